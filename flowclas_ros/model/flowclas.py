@@ -1,0 +1,157 @@
+"""The FlowCLAS model: frozen backbone -> LayerNorm -> flow -> diagonal Gaussian (METHOD.md 1, 6).
+
+Follow one batch through :meth:`FlowCLAS.forward`:
+
+1. :meth:`features` normalises the [0, 1] RGB batch (B, 3, H, W), zero-pads it at the bottom and
+   right to the backbone's multiple and runs the frozen backbone -> (B, C, h, w).
+2. :meth:`latent` applies the learnable LayerNorm over channels and the flow -> z (B, C, h, w) and
+   the per-pixel log-determinant (B, h, w).
+3. :meth:`score_map` turns them into a per-position anomaly score (B, h, w).
+4. :meth:`upsample` resizes it bilinearly to the padded input and crops the padding -> (B, H, W).
+
+Scores (higher = more anomalous):
+* ``latent`` (the authors'): -mean_c[-0.5 ((z_c - mu_c) / sigma_c)^2 - log sigma_c];
+* ``nll``: the full per-pixel negative log-likelihood per dimension, log-determinant included.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .backbones import BackboneConfig, build_backbone
+from .flow import Flow, FlowConfig
+from .losses import gaussian_nll_map
+
+SCORES = ("nll", "latent")
+
+
+@dataclass
+class ModelConfig:
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    proj_dim: int = 128  # contrastive projection head width
+    score: str = "nll"  # "nll" or "latent"
+    mean: list[float] | None = None  # input normalisation; None = the backbone's own
+    std: list[float] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        d = dict(d)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys {sorted(unknown)}; known: {sorted(known)}")
+        backbone = BackboneConfig(**d.pop("backbone", {}))
+        flow = FlowConfig(**d.pop("flow", {}))
+        return cls(backbone=backbone, flow=flow, **d)
+
+
+class FlowCLAS(nn.Module):
+    """Backbone (frozen) + LayerNorm + flow + Gaussian + projection head.
+
+    forward: images (B, 3, H, W) RGB in [0, 1] -> anomaly scores (B, H, W).
+    """
+
+    def __init__(self, config: ModelConfig | None = None):
+        super().__init__()
+        cfg = config or ModelConfig()
+        if cfg.score not in SCORES:
+            raise ValueError(f"score must be one of {SCORES}, got {cfg.score!r}")
+        self.config = cfg
+        self.backbone = build_backbone(cfg.backbone)
+        c = self.backbone.channels
+        self.norm = nn.LayerNorm(c)
+        self.flow = Flow(c, cfg.flow)
+        self.mu = nn.Parameter(torch.zeros(c))
+        self.log_sigma = nn.Parameter(torch.zeros(c))
+        self.proj = nn.Conv2d(c, cfg.proj_dim, 1)
+        mean = cfg.mean or self.backbone.mean
+        std = cfg.std or self.backbone.std
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    @property
+    def channels(self) -> int:
+        return self.backbone.channels
+
+    @property
+    def stride(self) -> int:
+        return self.backbone.stride
+
+    # 1. frozen features ---------------------------------------------------------------------
+    def normalize_and_pad(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) in [0, 1] -> normalised, zero-padded to the backbone's multiple."""
+        x = (images - self.mean) / self.std
+        m = self.backbone.pad_multiple
+        h, w = x.shape[-2:]
+        return F.pad(x, (0, (-w) % m, 0, (-h) % m))
+
+    @torch.no_grad()
+    def features(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) in [0, 1] -> frozen features (B, C, ceil(H/m)*m/stride, ...)."""
+        return self.backbone(self.normalize_and_pad(images))
+
+    # 2. flow -------------------------------------------------------------------------------
+    def latent(self, feats: Tensor) -> tuple[Tensor, Tensor]:
+        """features (B, C, h, w) -> z (B, C, h, w), per-pixel log-determinant (B, h, w)."""
+        x = self.norm(feats.float().permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.flow(x)
+
+    @torch.no_grad()
+    def initialize(self, feats: Tensor) -> None:
+        """Data-dependent ActNorm initialisation from a batch of features."""
+        x = self.norm(feats.float().permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        self.flow.initialize(x)
+
+    # 3. scores ------------------------------------------------------------------------------
+    def nll_map(self, z: Tensor, logdet: Tensor) -> Tensor:
+        """Per-pixel NLL per dimension, log-determinant included: (B, h, w)."""
+        return gaussian_nll_map(z, logdet, self.mu, self.log_sigma)
+
+    def latent_score_map(self, z: Tensor) -> Tensor:
+        """The authors' score -log p~ = mean_c[0.5 u_c^2 + log sigma_c]: (B, h, w)."""
+        u = (z - self.mu.view(1, -1, 1, 1)) * torch.exp(-self.log_sigma).view(1, -1, 1, 1)
+        return (0.5 * u * u + self.log_sigma.view(1, -1, 1, 1)).mean(dim=1)
+
+    def score_map(self, z: Tensor, logdet: Tensor) -> Tensor:
+        if self.config.score == "nll":
+            return self.nll_map(z, logdet)
+        return self.latent_score_map(z)
+
+    def embed(self, z: Tensor) -> Tensor:
+        """Projection for the contrastive loss: (B, C, h, w) -> L2-normalised (B, P, h, w)."""
+        return F.normalize(self.proj(z), dim=1)
+
+    # 4. input resolution ----------------------------------------------------------------------
+    def upsample(self, score: Tensor, size: tuple[int, int]) -> Tensor:
+        """(B, h, w) on the padded grid -> (B, H, W): bilinear to h*stride, then crop padding."""
+        h, w = score.shape[-2:]
+        s = self.stride
+        up = F.interpolate(score[:, None], size=(h * s, w * s), mode="bilinear", align_corners=False)
+        return up[:, 0, : size[0], : size[1]]
+
+    def forward(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) RGB in [0, 1] -> anomaly score (B, H, W), float32."""
+        z, logdet = self.latent(self.features(images))
+        return self.upsample(self.score_map(z, logdet), images.shape[-2:])
+
+    # trainable part -----------------------------------------------------------------------
+    def trainable_state_dict(self) -> dict[str, Tensor]:
+        """Everything but the frozen backbone (which is rebuilt from its config)."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
+
+    def load_trainable_state_dict(self, sd: dict[str, Tensor]) -> None:
+        expected = set(self.trainable_state_dict())
+        missing, unexpected = expected - set(sd), set(sd) - expected
+        if missing or unexpected:
+            raise ValueError(f"state dict does not fit this model: missing {sorted(missing)[:8]}, "
+                             f"unexpected {sorted(unexpected)[:8]}")
+        self.load_state_dict(sd, strict=False)
