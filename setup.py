@@ -1,9 +1,21 @@
 """ament_python package: installs with colcon (ROS 2 layout) or with pip into a venv."""
+import os
 from glob import glob
 
 from setuptools import find_packages, setup
 
 PACKAGE = "flowclas_ros"
+
+
+def tree(folder: str) -> list[tuple[str, list[str]]]:
+    """data_files entries that install ``folder`` (e.g. model bundles) keeping its layout."""
+    entries = []
+    for root, _, files in os.walk(folder):
+        files = [os.path.join(root, f) for f in sorted(files) if not f.startswith(".")]
+        if files:
+            entries.append((os.path.join("share", PACKAGE, root), files))
+    return entries
+
 
 setup(
     name=PACKAGE,
@@ -14,15 +26,13 @@ setup(
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.rviz")),
-        (f"share/{PACKAGE}/models", [f for f in glob("models/**/*", recursive=True) if "." in f.rsplit("/", 1)[-1]]),
-    ],
+    ] + tree("models"),
     install_requires=["setuptools"],
     zip_safe=True,
     maintainer="flowclas_ros maintainers",
     maintainer_email="maintainers@flowclas-ros.org",
     description="FlowCLAS normalizing-flow anomaly segmentation for ROS 2",
     license="MIT",
-    tests_require=["pytest"],
     entry_points={
         "console_scripts": [
             "train = flowclas_ros.training.train:main",
