@@ -1,0 +1,23 @@
+"""Benchmark evaluation: pixel metrics, SMIYC component metrics, plots, the `evaluate` CLI.
+
+metrics and components need only numpy/scipy; evaluate (torch, the data readers) is imported on
+first use of its names.
+"""
+from .components import TRACKS, ComponentConfig, ComponentMetrics, frame_components
+from .metrics import (ExactPixelMetrics, PixelResult, StreamingPixelMetrics, pixel_metrics,
+                      threshold_at_fpr)
+
+_LAZY = ("evaluate_scores", "evaluate_model", "run_evaluation", "EvaluationError")
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        from . import evaluate
+
+        return getattr(evaluate, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["TRACKS", "ComponentConfig", "ComponentMetrics", "frame_components",
+           "ExactPixelMetrics", "PixelResult", "StreamingPixelMetrics", "pixel_metrics",
+           "threshold_at_fpr", *_LAZY]
