@@ -1,0 +1,243 @@
+"""``export``: a training checkpoint -> a model bundle (``ros2 run flowclas_ros export``).
+
+    export --checkpoint runs/x/checkpoints/best.pt --out models/my_bundle \\
+           [--input-size H W] [--dynamic] [--fp16] [--opset 17] \\
+           [--calibration DIR --fpr 0.05] [--threshold X] [--backbone-weights FILE]
+
+Threshold and display range:
+
+* ``--calibration DIR`` (a folder dataset: DIR/images/<name>.png, DIR/labels/<name>.png with
+  0 inlier / 1 anomaly / 255 void): every frame is scored exactly as the runtime does (resize to
+  the input size, score, bilinear back to the frame's size), then
+  threshold = the smallest threshold whose false-positive rate on inlier pixels is <= --fpr;
+  score_range = (1st percentile of inlier scores, 99.9th percentile of all valid scores), so
+  typical background maps to the cold end of the colour map and only the top 0.1 % saturate.
+  AUPRC / FPR95 / AUROC on that set go into the manifest's metrics.
+* without it: score_range is the same percentiles over the scores of two real photographs
+  (scikit-image's astronaut and coffee), and the threshold is --threshold or, as a placeholder,
+  the 95th percentile of those scores (the manifest records it as uncalibrated).
+* ``--threshold X`` always overrides the threshold (the FPR is then not recorded).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from flowclas_ros.model import FlowCLAS, ModelConfig
+
+from .bundle import write_bundle
+
+log = logging.getLogger("flowclas_ros.export")
+
+INLIER_LO_PCT, ALL_HI_PCT = 1.0, 99.9
+
+
+def default_input_size(cfg: ModelConfig) -> tuple[int, int]:
+    """DINOv2: 518 x 1036 (37 x 74 patches); CNNs: 480 x 640."""
+    return (518, 1036) if cfg.backbone.name.startswith("dinov2") else (480, 640)
+
+
+def load_checkpoint_model(path: str | Path, backbone_weights: str | None = None):
+    """(model, checkpoint dict) from a training checkpoint; the backbone is rebuilt from its config."""
+    from flowclas_ros.model.checkpoint import load_checkpoint
+
+    data = load_checkpoint(path)
+    cfg = ModelConfig.from_dict(data["model_config"])
+    if backbone_weights:
+        cfg.backbone.weights = backbone_weights
+    model = FlowCLAS(cfg)
+    model.load_trainable_state_dict(data["model"])
+    return model.eval(), data
+
+
+def threshold_at_fpr(scores: np.ndarray, labels: np.ndarray, fpr: float) -> float:
+    """Smallest t with (inlier pixels scoring >= t) / inliers <= fpr (the evaluation's if present)."""
+    try:
+        from flowclas_ros.evaluation.metrics import threshold_at_fpr as exact
+    except ImportError:
+        exact = None
+    if exact is not None:
+        return float(exact(scores, labels, fpr))
+    neg = np.sort(scores[labels == 0].astype(np.float32))[::-1]
+    if neg.size == 0:
+        raise ValueError("no inlier pixels: the false-positive rate is undefined")
+    k = int(np.floor(fpr * neg.size + 1e-9))  # inliers that may be flagged
+    if k >= neg.size:
+        return float(neg[-1])
+    return float(np.nextafter(neg[k], np.float32(np.inf)))
+
+
+def _folder_frames(root: Path):
+    """(name, image, label) of a folder dataset; the data package's reader when present."""
+    try:
+        from flowclas_ros.data.datasets import build_dataset
+    except ImportError:
+        build_dataset = None
+    if build_dataset is not None:
+        for s in build_dataset("folder", root):
+            yield s.name, s.image, s.label
+        return
+    from PIL import Image
+
+    for img in sorted((root / "images").glob("*.png")):
+        lab = root / "labels" / img.name
+        yield (img.stem, np.asarray(Image.open(img).convert("RGB")),
+               np.asarray(Image.open(lab)) if lab.is_file() else None)
+
+
+def _runtime_scores(model: FlowCLAS, image: np.ndarray, input_size, device) -> np.ndarray:
+    """The heatmap the runtime's torch backend would publish for ``image`` (fp32)."""
+    from flowclas_ros.runtime.preprocess import TorchPipeline
+
+    pipe = TorchPipeline(device, input_size, (0.0, 1.0))
+    x, frame = pipe.prepare(image)
+    with torch.inference_mode():
+        score = model(x)[0]
+    heat, _, _ = pipe.finish(score, frame, heatmap=True, mask=False, overlay=False,
+                             threshold=0.0, alpha=0.0, colormap="gray")
+    return heat
+
+
+def calibrate(model: FlowCLAS, root: str | Path, input_size: tuple[int, int], fpr: float,
+              device: str = "cpu") -> dict:
+    """Threshold at ``fpr`` and display range from a labelled folder dataset (see module doc)."""
+    root = Path(root)
+    model = model.to(device).eval()
+    scores, labels = [], []
+    n = 0
+    for name, image, label in _folder_frames(root):
+        if label is None:
+            raise ValueError(f"calibration frame {name} has no label (need {root}/labels/)")
+        heat = _runtime_scores(model, image, input_size, device)
+        if heat.shape != label.shape:
+            raise ValueError(f"calibration frame {name}: label {label.shape} vs image {heat.shape}")
+        valid = label != 255
+        scores.append(heat[valid])
+        labels.append(label[valid].astype(np.uint8))
+        n += 1
+    if n == 0:
+        raise ValueError(f"no calibration frames found in {root} (expected images/ and labels/)")
+    s, lab = np.concatenate(scores), np.concatenate(labels)
+    inl = s[lab == 0]
+    if inl.size == 0:
+        raise ValueError(f"the calibration set {root} has no inlier (0) pixels")
+    thr = threshold_at_fpr(s, lab, fpr)
+    lo = float(np.percentile(inl, INLIER_LO_PCT))
+    hi = float(np.percentile(s, ALL_HI_PCT))
+    if not hi > lo:
+        hi = lo + max(abs(lo), 1.0) * 1e-3
+    metrics = {"frames": n, "pixels": int(s.size), "outlier_pixels": int((lab == 1).sum()),
+               "fpr_at_threshold": float((inl >= thr).mean())}
+    if (lab == 1).any():
+        try:
+            from flowclas_ros.evaluation.metrics import pixel_metrics
+
+            metrics.update(pixel_metrics(s, lab))
+        except ImportError:
+            pass
+    log.info("calibrated on %d frames: threshold %.5g at FPR %.3g, score range (%.4g, %.4g)",
+             n, thr, fpr, lo, hi)
+    return {"threshold": thr, "score_range": (lo, hi), "metrics": metrics,
+            "threshold_method": f"smallest threshold with inlier-pixel FPR <= {fpr} on {n} frames "
+                                f"of {root.name} (scored as the runtime does)",
+            "score_range_method": f"({INLIER_LO_PCT}th percentile of inlier scores, "
+                                  f"{ALL_HI_PCT}th percentile of all valid scores) on {root.name}"}
+
+
+def photo_statistics(model: FlowCLAS, input_size: tuple[int, int], device: str = "cpu") -> dict:
+    """Uncalibrated display range and placeholder threshold from two real photographs."""
+    from .onnx_export import sample_images
+
+    model = model.to(device).eval()
+    s = np.concatenate([_runtime_scores(model, img, input_size, device).ravel()
+                        for _, img in sample_images()])
+    s = s[np.isfinite(s)]
+    lo, hi = (float(v) for v in np.percentile(s, [INLIER_LO_PCT, ALL_HI_PCT]))
+    if not hi > lo:
+        hi = lo + max(abs(lo), 1.0) * 1e-3
+    return {"threshold": float(np.percentile(s, 95.0)), "score_range": (lo, hi),
+            "threshold_method": "uncalibrated placeholder: 95th percentile of the scores of "
+                                "skimage astronaut + coffee; calibrate with --calibration",
+            "score_range_method": f"({INLIER_LO_PCT}th, {ALL_HI_PCT}th) percentiles of the scores "
+                                  f"of skimage astronaut + coffee (uncalibrated)"}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="export", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="training checkpoint (.pt)")
+    p.add_argument("--out", required=True, help="bundle directory to write (replaced if a bundle)")
+    p.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"),
+                   help="graph input size (default: 518 1036 for DINOv2, else 480 640)")
+    p.add_argument("--dynamic", action="store_true", help="graph accepts any H and W")
+    p.add_argument("--fp16", action="store_true", help="float16 backbone in the graph")
+    p.add_argument("--opset", type=int, default=17,
+                   help="minimum ONNX opset, >= 17 (the dynamo exporter emits 18 or newer; "
+                        "--exporter torchscript emits exactly this one)")
+    p.add_argument("--exporter", choices=("auto", "dynamo", "torchscript"), default="auto",
+                   help="auto: dynamo first (TorchScript first with --dynamic), the other on "
+                        "failure; the manifest records which one worked")
+    p.add_argument("--calibration", help="folder dataset (images/, labels/) for the threshold")
+    p.add_argument("--fpr", type=float, default=0.05, help="inlier false-positive rate of the "
+                                                          "calibrated threshold (default 0.05)")
+    p.add_argument("--threshold", type=float, help="mask threshold on the raw score (overrides)")
+    p.add_argument("--backbone-weights", help="backbone weights file, if the checkpoint's config "
+                                              "points to one that is not on this machine")
+    p.add_argument("--device", default="cpu", help="device for calibration (cpu, cuda)")
+    p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs torch check")
+    args = p.parse_args(argv)
+    if not 0.0 <= args.fpr <= 1.0:
+        p.error(f"--fpr must be in [0, 1], got {args.fpr}")
+    if args.input_size and min(args.input_size) < 1:
+        p.error("--input-size must be positive")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    model, ckpt = load_checkpoint_model(args.checkpoint, args.backbone_weights)
+    size = tuple(args.input_size) if args.input_size else default_input_size(model.config)
+    if args.calibration:
+        cal = calibrate(model, args.calibration, size, args.fpr, args.device)
+        fpr = args.fpr
+    else:
+        cal = photo_statistics(model, size, args.device)
+        fpr = None
+    model = model.cpu()
+    threshold, method = cal["threshold"], cal["threshold_method"]
+    if args.threshold is not None:
+        threshold, fpr, method = args.threshold, None, "given on the command line (--threshold)"
+    metrics = {}
+    if ckpt.get("metrics"):
+        metrics["checkpoint"] = ckpt["metrics"]
+    if cal.get("metrics"):
+        metrics["calibration"] = cal["metrics"]
+    bundle = write_bundle(model, args.out, input_size=size, threshold=threshold,
+                          score_range=cal["score_range"], threshold_fpr=fpr,
+                          train_config=ckpt.get("train_config"), metrics=metrics or None,
+                          opset=args.opset, dynamic=args.dynamic, fp16=args.fp16,
+                          threshold_method=method, score_range_method=cal["score_range_method"],
+                          exporter=args.exporter, verify=not args.no_verify)
+    m = bundle.manifest
+    summary = {"bundle": str(bundle.path), "exporter": m["onnx"]["exporter"],
+               "opset": m["onnx"]["opset"], "input_size": list(bundle.input_size),
+               "dynamic": bundle.dynamic, "fp16": bundle.fp16, "threshold": bundle.threshold,
+               "threshold_fpr": bundle.threshold_fpr, "score_range": list(bundle.score_range),
+               "verification": m["onnx"]["verification"]}
+    print(json.dumps(summary, indent=2))
+    ver = m["onnx"]["verification"] or {}
+    if ver.get("relative_to_score_range", 0.0) > (1e-2 if args.fp16 else 1e-3):
+        log.warning("ONNX Runtime differs from torch by %.2g of the score range",
+                    ver["relative_to_score_range"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

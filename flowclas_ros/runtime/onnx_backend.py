@@ -1,0 +1,167 @@
+"""The ONNX Runtime backend: the bundle's model.onnx on the CPU, CUDA or TensorRT provider.
+
+* CPU (``CPUExecutionProvider``): numpy pre/post-processing; ``intra_op_num_threads`` (0 = ORT's
+  default, one per physical core), ``graph_optimization_level`` (all | extended | basic |
+  disable), ``allow_spinning`` (False: idle pool threads sleep instead of busy-waiting, which
+  costs a little latency but leaves the cores to other processes, e.g. the rest of a robot).
+* CUDA (``CUDAExecutionProvider``) and TensorRT (``TensorrtExecutionProvider``, ORT's own
+  TensorRT integration with its engine cache: ``trt_engine_cache_enable``,
+  ``trt_engine_cache_path``): when torch sees the GPU, pre/post-processing runs in torch on it
+  and the graph reads and writes torch tensors through I/O binding on torch's current stream,
+  so no frame or score crosses to the host unless it is published.
+
+Precision is the graph's: fp32, or a float16 backbone for bundles exported with ``--fp16``.
+fp16 on an fp32 graph is only possible with the TensorRT provider (``trt_fp16_enable``).
+ORT silently falls back to the CPU when a GPU provider fails to load; that is detected and
+raised as :class:`BackendUnavailable`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from flowclas_ros.export.bundle import Bundle
+
+from .backend import Backend, BackendUnavailable
+from .preprocess import NumpyPipeline, TorchPipeline
+
+log = logging.getLogger("flowclas_ros.runtime")
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+             "tensorrt": "TensorrtExecutionProvider"}
+
+
+def default_cache_dir(kind: str) -> Path:
+    """$FLOWCLAS_CACHE/<kind>, else ~/.cache/flowclas_ros/<kind>."""
+    root = os.environ.get("FLOWCLAS_CACHE") or Path.home() / ".cache" / "flowclas_ros"
+    return Path(root) / kind
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+
+    def __init__(self, bundle: Bundle, device: str = "cpu", precision: str = "fp32", *,
+                 provider: str = "auto", intra_op_num_threads: int = 0,
+                 inter_op_num_threads: int = 0, graph_optimization_level: str = "all",
+                 allow_spinning: bool = True,
+                 trt_engine_cache_enable: bool = True, trt_engine_cache_path: str | None = None):
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise BackendUnavailable(f"onnxruntime is not installed ({exc})") from exc
+        dev = torch.device(device)
+        if provider == "auto":
+            provider = "cpu" if dev.type == "cpu" else "cuda"
+        if provider not in PROVIDERS:
+            raise BackendUnavailable(f"provider must be auto, cpu, cuda or tensorrt, got {provider!r}")
+        if (provider == "cpu") != (dev.type == "cpu"):
+            raise BackendUnavailable(f"provider {provider} does not run on device {device}")
+        ep = PROVIDERS[provider]
+        available = ort.get_available_providers()
+        if ep not in available:
+            hint = " (install onnxruntime-gpu)" if provider != "cpu" else ""
+            raise BackendUnavailable(f"ONNX Runtime {ort.__version__} has no {ep}{hint}; "
+                                     f"available: {available}")
+        graph_precision = "fp16" if bundle.fp16 else "fp32"
+        trt_fp16 = False
+        if precision != graph_precision:
+            if provider == "tensorrt" and precision == "fp16":
+                trt_fp16 = True
+            elif precision == "fp32" and bundle.fp16:
+                log.warning("this bundle's graph has a float16 backbone; running it as exported")
+                precision = "fp16"
+            else:
+                raise BackendUnavailable(
+                    f"ONNX Runtime runs the graph's precision ({graph_precision}); for {precision} "
+                    f"export the bundle with --fp16, or use provider tensorrt (fp16) or the torch "
+                    f"backend")
+        device_id = dev.index or 0
+        providers: list = []
+        if provider == "tensorrt":
+            cache = Path(trt_engine_cache_path or default_cache_dir("ort_tensorrt"))
+            cache.mkdir(parents=True, exist_ok=True)
+            providers.append((ep, {"device_id": device_id,
+                                   "trt_engine_cache_enable": bool(trt_engine_cache_enable),
+                                   "trt_engine_cache_path": str(cache),
+                                   "trt_timing_cache_enable": True,
+                                   "trt_timing_cache_path": str(cache),
+                                   "trt_fp16_enable": trt_fp16}))
+        self._torch_io = provider != "cpu" and torch.cuda.is_available()
+        if provider in ("cuda", "tensorrt"):
+            cuda_opts: dict = {"device_id": device_id}
+            if self._torch_io:  # run on torch's stream: ordering with the pre/post-processing
+                cuda_opts["user_compute_stream"] = str(torch.cuda.current_stream(dev).cuda_stream)
+            providers.append(("CUDAExecutionProvider", cuda_opts))
+            if provider == "tensorrt" and self._torch_io:
+                providers[0][1]["user_compute_stream"] = cuda_opts["user_compute_stream"]
+        providers.append("CPUExecutionProvider")
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        levels = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+                  "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                  "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                  "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}
+        if graph_optimization_level not in levels:
+            raise BackendUnavailable(f"graph_optimization_level must be one of {list(levels)}")
+        opts.graph_optimization_level = levels[graph_optimization_level]
+        opts.intra_op_num_threads = int(intra_op_num_threads)
+        opts.inter_op_num_threads = int(inter_op_num_threads)
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        if not allow_spinning:  # idle pool threads sleep instead of spinning: kinder to neighbours
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            self.session = ort.InferenceSession(str(bundle.onnx_path), opts, providers=providers)
+        except Exception as exc:  # provider libraries missing, graph the provider cannot take
+            raise BackendUnavailable(f"ONNX Runtime could not start {ep}: {exc}") from exc
+        active = self.session.get_providers()
+        if active[0] != ep:
+            raise BackendUnavailable(f"ONNX Runtime fell back from {ep} to {active[0]} (its CUDA/"
+                                     f"TensorRT libraries did not load); active: {active}")
+        self.provider = ep
+        self._in = bundle.manifest["onnx"]["input_name"]
+        self._out = bundle.manifest["onnx"]["output_name"]
+        self._device_id = device_id
+        if self._torch_io:
+            pipeline = TorchPipeline(dev, bundle.input_size, bundle.score_range)
+            dev_str = str(dev)
+        else:
+            pipeline = NumpyPipeline(bundle.input_size, bundle.score_range)
+            dev_str = "cpu" if provider == "cpu" else str(dev)
+        super().__init__(bundle, dev_str, precision, pipeline)
+        self._out_buf: torch.Tensor | None = None
+
+    def describe(self) -> dict:
+        d = super().describe()
+        d.update(provider=self.provider, providers=self.session.get_providers())
+        return d
+
+    def _forward(self, x):
+        if not self._torch_io:
+            return self.session.run([self._out], {self._in: x})[0][0]
+        # I/O binding on device memory owned by torch
+        x = x.contiguous()
+        shape = (1, x.shape[2], x.shape[3])
+        if self._out_buf is None or tuple(self._out_buf.shape) != shape:
+            self._out_buf = torch.empty(shape, dtype=torch.float32, device=x.device)
+        binding = self.session.io_binding()
+        binding.bind_input(self._in, "cuda", self._device_id, np.float32, tuple(x.shape),
+                           x.data_ptr())
+        binding.bind_output(self._out, "cuda", self._device_id, np.float32, shape,
+                            self._out_buf.data_ptr())
+        binding.synchronize_inputs()
+        self.session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+        return self._out_buf[0]
+
+    def _sync(self) -> None:
+        if self._torch_io:
+            torch.cuda.synchronize(self.pipeline.device)
+
+    def _release(self) -> None:
+        self.session = None
+        self._out_buf = None

@@ -1,0 +1,245 @@
+"""The TensorRT backend: an engine built from the bundle's ONNX graph, cached on disk.
+
+The engine is built with the TensorRT builder (``OnnxParser`` on model.onnx, fp16/bf16 builder
+flags for half precision, a fixed optimisation profile at the bundle's input size) and stored in
+an :class:`EngineCache`. An engine is only valid for the exact TensorRT version, GPU model and
+compute capability, precision, input shape and graph it was built from, so those six make the
+cache key (:class:`EngineKey`). The engine file's name is the key's sha256 and a JSON sidecar
+repeats the key and the engine's own sha256: a different key never finds an old engine, and a
+sidecar that disagrees (or a corrupted engine) is rebuilt with a warning, never reused. Builds
+are logged with their duration.
+
+Frames, scores and post-processing stay on the GPU (torch tensors; TensorRT reads and writes
+them in place on torch's current stream).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from flowclas_ros.export.bundle import Bundle
+
+from .backend import Backend, BackendUnavailable
+from .onnx_backend import default_cache_dir
+from .preprocess import TorchPipeline
+
+log = logging.getLogger("flowclas_ros.runtime")
+
+KEY_SCHEMA = 1  # bump when the engine build recipe changes: old engines then miss
+
+
+@dataclass(frozen=True)
+class EngineKey:
+    """Everything an engine depends on. ``input_shape`` is (1, 3, H, W)."""
+
+    trt_version: str
+    gpu_name: str
+    compute_capability: str  # "9.0"
+    precision: str  # fp32 | fp16 | bf16
+    input_shape: tuple[int, ...]
+    onnx_sha256: str
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["input_shape"] = list(self.input_shape)
+        d["schema"] = KEY_SCHEMA
+        return d
+
+    def digest(self) -> str:
+        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def engine_cache_key(*, trt_version: str, gpu_name: str, compute_capability: str,
+                     precision: str, input_shape, onnx_sha256: str) -> str:
+    """The cache key (hex sha256) of an engine built under these conditions."""
+    return EngineKey(str(trt_version), str(gpu_name), str(compute_capability), str(precision),
+                     tuple(int(v) for v in input_shape), str(onnx_sha256)).digest()
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class EngineCache:
+    """Serialized engines in ``root``: <digest>.engine + <digest>.json (key, engine sha256)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def paths(self, key: EngineKey) -> tuple[Path, Path]:
+        d = key.digest()
+        return self.root / f"{d}.engine", self.root / f"{d}.json"
+
+    def load(self, key: EngineKey) -> bytes | None:
+        """The cached engine for exactly ``key``, or None (absent, mismatched or corrupted)."""
+        engine, meta = self.paths(key)
+        if not engine.is_file() or not meta.is_file():
+            return None
+        try:
+            info = json.loads(meta.read_text())
+        except (OSError, json.JSONDecodeError):
+            log.warning("engine cache %s: unreadable sidecar, rebuilding", meta)
+            return None
+        if info.get("key") != key.to_dict():
+            log.warning("engine cache %s was built for %s, not %s: rebuilding", engine.name,
+                        info.get("key"), key.to_dict())
+            return None
+        data = engine.read_bytes()
+        if hashlib.sha256(data).hexdigest() != info.get("engine_sha256"):
+            log.warning("engine cache %s is corrupted (sha256 mismatch): rebuilding", engine)
+            return None
+        return data
+
+    def store(self, key: EngineKey, data: bytes, build_seconds: float) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        engine, meta = self.paths(key)
+        _atomic_write(engine, data)
+        info = {"key": key.to_dict(), "engine_sha256": hashlib.sha256(data).hexdigest(),
+                "bytes": len(data), "build_seconds": round(build_seconds, 2),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        _atomic_write(meta, (json.dumps(info, indent=2) + "\n").encode())
+        return engine
+
+    def get_or_build(self, key: EngineKey, build: Callable[[], bytes]) -> tuple[bytes, bool]:
+        """(engine bytes, built?) - the cached engine for ``key``, else ``build()`` stored."""
+        data = self.load(key)
+        if data is not None:
+            log.info("TensorRT engine cache hit: %s", self.paths(key)[0])
+            return data, False
+        log.info("building TensorRT engine for %s (this takes a while)", key.to_dict())
+        t0 = time.perf_counter()
+        data = build()
+        seconds = time.perf_counter() - t0
+        path = self.store(key, data, seconds)
+        log.info("built TensorRT engine in %.1f s -> %s (%.1f MB)", seconds, path, len(data) / 1e6)
+        return data, True
+
+
+def import_tensorrt():
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise BackendUnavailable(
+            "the tensorrt backend needs NVIDIA TensorRT's Python package (pip install tensorrt "
+            "matching your CUDA, or the JetPack/TensorRT apt packages); it is not installed "
+            f"({exc}). Use backend onnxruntime or torch instead") from exc
+    return trt
+
+
+def build_engine(trt, onnx_path: Path, precision: str, input_shape: tuple[int, ...],
+                 input_name: str, workspace_bytes: int = 4 << 30) -> bytes:
+    """Parse ``onnx_path`` and build a serialized engine for exactly ``input_shape``."""
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 0
+    if hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH"):  # TensorRT < 10
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
+    if precision == "fp16":
+        config.set_flag(trt.BuilderFlag.FP16)
+    elif precision == "bf16":
+        if not hasattr(trt.BuilderFlag, "BF16"):
+            raise BackendUnavailable(f"TensorRT {trt.__version__} has no bf16 support")
+        config.set_flag(trt.BuilderFlag.BF16)
+    profile = builder.create_optimization_profile()
+    profile.set_shape(input_name, input_shape, input_shape, input_shape)
+    config.add_optimization_profile(profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise RuntimeError(f"TensorRT failed to build an engine for {onnx_path}")
+    return bytes(serialized)
+
+
+class TensorRTBackend(Backend):
+    name = "tensorrt"
+
+    def __init__(self, bundle: Bundle, device: str = "cuda", precision: str = "fp32", *,
+                 engine_cache_dir: str | Path | None = None, workspace_gb: float = 4.0):
+        trt = import_tensorrt()
+        if not torch.cuda.is_available():
+            raise BackendUnavailable("the tensorrt backend needs a CUDA GPU visible to torch "
+                                     "(torch.cuda.is_available() is False)")
+        if not str(device).startswith("cuda"):
+            raise BackendUnavailable(f"the tensorrt backend runs on a GPU, not on {device}")
+        dev = torch.device(device)
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+        props = torch.cuda.get_device_properties(dev)
+        h, w = bundle.input_size
+        self.key = EngineKey(trt.__version__, props.name, f"{props.major}.{props.minor}",
+                             precision, (1, 3, h, w), bundle.onnx_sha256)
+        self.cache = EngineCache(engine_cache_dir or default_cache_dir("tensorrt"))
+        in_name = bundle.manifest["onnx"]["input_name"]
+        self._in, self._out = in_name, bundle.manifest["onnx"]["output_name"]
+
+        def build() -> bytes:
+            with torch.cuda.device(dev):
+                return build_engine(trt, bundle.onnx_path, precision, self.key.input_shape,
+                                    in_name, int(workspace_gb * (1 << 30)))
+
+        data, self.built = self.cache.get_or_build(self.key, build)
+        self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        with torch.cuda.device(dev):
+            engine = self._runtime.deserialize_cuda_engine(data)
+            if engine is None and not self.built:  # stale despite its key: rebuild once
+                log.warning("cached engine %s did not deserialize: rebuilding",
+                            self.cache.paths(self.key)[0])
+                data = build()
+                self.cache.store(self.key, data, 0.0)
+                engine = self._runtime.deserialize_cuda_engine(data)
+            if engine is None:
+                raise RuntimeError("TensorRT could not deserialize the engine it built")
+            self._engine = engine
+            self._context = engine.create_execution_context()
+            self._context.set_input_shape(in_name, self.key.input_shape)
+            out_shape = tuple(self._context.get_tensor_shape(self._out))
+            self._out_buf = torch.empty(out_shape, dtype=torch.float32, device=dev)
+        self._dev = dev
+        super().__init__(bundle, str(dev), precision, TorchPipeline(dev, bundle.input_size,
+                                                                   bundle.score_range))
+
+    def describe(self) -> dict:
+        d = super().describe()
+        d.update(engine=str(self.cache.paths(self.key)[0]), built=self.built,
+                 gpu=self.key.gpu_name, trt=self.key.trt_version)
+        return d
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous()
+        self._context.set_tensor_address(self._in, x.data_ptr())
+        self._context.set_tensor_address(self._out, self._out_buf.data_ptr())
+        stream = torch.cuda.current_stream(self._dev)
+        if not self._context.execute_async_v3(stream.cuda_stream):
+            raise RuntimeError("TensorRT execution failed")
+        return self._out_buf[0]
+
+    def _sync(self) -> None:
+        torch.cuda.synchronize(self._dev)
+
+    def _release(self) -> None:
+        self._context = self._engine = self._runtime = None
+        self._out_buf = None
+        torch.cuda.empty_cache()

@@ -1,0 +1,145 @@
+"""The torch backend: the bundle's weights in eager PyTorch, on the CPU or a CUDA GPU.
+
+Precision: fp32, or fp16/bf16 via autocast with the frozen backbone's weights stored in that
+dtype; the flow's main path and the score stay float32 (the coupling subnets run in half, the
+log-determinant sums in float32), so half precision costs little accuracy.
+
+Options: ``compile`` (torch.compile; a compile failure at the first frame falls back to eager
+with a warning), ``cuda_graphs`` (capture the model at the bundle's fixed input size and replay
+it: no per-kernel launch cost; with ``compile`` this is inductor's "reduce-overhead" mode),
+``num_threads`` (torch.set_num_threads: process-wide), ``model`` (a FlowCLAS instance to use
+instead of building one from the bundle's weights, e.g. for benchmarks).
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import Tensor
+
+from flowclas_ros.export.bundle import Bundle, build_torch_model
+from flowclas_ros.model import FlowCLAS
+
+from .backend import TORCH_DTYPES, Backend, BackendUnavailable
+from .preprocess import TorchPipeline
+
+log = logging.getLogger("flowclas_ros.runtime")
+
+
+class TorchBackend(Backend):
+    name = "torch"
+
+    def __init__(self, bundle: Bundle, device: str = "cpu", precision: str = "fp32", *,
+                 compile: bool = False, cuda_graphs: bool = False, compile_mode: str | None = None,
+                 num_threads: int | None = None, model: FlowCLAS | None = None):
+        dev = torch.device(device)
+        if dev.type == "cuda":
+            if not torch.cuda.is_available():
+                raise BackendUnavailable(
+                    f"torch CUDA asked for but torch.cuda.is_available() is False (torch "
+                    f"{torch.__version__}, built for CUDA {torch.version.cuda})")
+            if dev.index is not None and dev.index >= torch.cuda.device_count():
+                raise BackendUnavailable(f"{device}: only {torch.cuda.device_count()} GPU(s)")
+        elif dev.type != "cpu":
+            raise BackendUnavailable(f"the torch backend runs on cpu or cuda, not {device}")
+        if precision not in TORCH_DTYPES:
+            raise BackendUnavailable(f"precision must be one of {list(TORCH_DTYPES)}")
+        if precision == "bf16" and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise BackendUnavailable(f"{torch.cuda.get_device_name(dev)} has no bf16 support")
+        if cuda_graphs and dev.type != "cuda":
+            raise BackendUnavailable("cuda_graphs needs a CUDA device")
+        if precision != "fp32" and dev.type == "cpu":
+            log.warning("torch %s on the CPU is emulated and usually slower than fp32", precision)
+        if num_threads:
+            torch.set_num_threads(int(num_threads))
+        self.dtype = TORCH_DTYPES[precision]
+        model = (model if model is not None else build_torch_model(bundle)).eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        if self.dtype != torch.float32:
+            model.backbone.to(self.dtype)
+        self.model = model.to(dev)
+        super().__init__(bundle, str(dev), precision,
+                         TorchPipeline(dev, bundle.input_size, bundle.score_range))
+        self._dev = dev
+        self.cuda_graphs = cuda_graphs
+        self.compiled = False
+        self._fn = self._eager
+        if compile:
+            if compile_mode is None:
+                compile_mode = "reduce-overhead" if cuda_graphs else "default"
+            try:
+                self._fn = torch.compile(self._eager, mode=compile_mode, dynamic=False)
+                self.compiled = True
+                self._compile_mode = compile_mode
+            except Exception as exc:  # no compiler toolchain, unsupported platform
+                log.warning("torch.compile unavailable (%s): running eager", exc)
+        self._first_call = True
+        self._graph = None
+        self._static_in: Tensor | None = None
+        self._static_out: Tensor | None = None
+
+    def describe(self) -> dict:
+        d = super().describe()
+        d.update(compiled=self.compiled, cuda_graphs=self.cuda_graphs,
+                 threads=torch.get_num_threads())
+        if self._dev.type == "cuda":
+            d["gpu"] = torch.cuda.get_device_name(self._dev)
+        return d
+
+    def _eager(self, x: Tensor) -> Tensor:
+        with torch.autocast(self._dev.type, dtype=self.dtype,
+                            enabled=self.dtype != torch.float32):
+            return self.model(x)[0].float()
+
+    def _run(self, x: Tensor) -> Tensor:
+        if not self._first_call:
+            return self._fn(x)
+        try:
+            out = self._fn(x)
+        except Exception as exc:
+            if not self.compiled:
+                raise
+            log.warning("torch.compile failed at the first frame (%s: %s): running eager",
+                        type(exc).__name__, str(exc).splitlines()[0][:300])
+            self._fn, self.compiled = self._eager, False
+            out = self._fn(x)
+        self._first_call = False
+        return out
+
+    def _capture(self, x: Tensor) -> None:
+        """Record one forward at this input shape into a CUDA graph (warm-up on a side stream)."""
+        self._static_in = x.clone()
+        side = torch.cuda.Stream(self._dev)
+        side.wait_stream(torch.cuda.current_stream(self._dev))
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                self._run(self._static_in)
+        torch.cuda.current_stream(self._dev).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._static_out = self._fn(self._static_in)
+        self._graph = graph
+        log.info("captured a CUDA graph at input %s", tuple(x.shape))
+
+    def _forward(self, x: Tensor) -> Tensor:
+        with torch.inference_mode():
+            # compile + cuda_graphs = inductor's own CUDA graphs ("reduce-overhead")
+            if self.cuda_graphs and not self.compiled:
+                if self._graph is None or self._static_in.shape != x.shape:
+                    self._capture(x)
+                self._static_in.copy_(x)
+                self._graph.replay()
+                return self._static_out
+            return self._run(x)
+
+    def _sync(self) -> None:
+        if self._dev.type == "cuda":
+            torch.cuda.synchronize(self._dev)
+
+    def _release(self) -> None:
+        self._graph = self._static_in = self._static_out = None
+        self._fn = None
+        self.model = None
+        if self._dev.type == "cuda":
+            torch.cuda.empty_cache()

@@ -1,0 +1,145 @@
+"""The export CLI (checkpoint -> bundle), calibration of the threshold and display range, the
+exporter fallback and the ONNX Runtime vs torch check."""
+import json
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from flowclas_ros.export import export as export_mod
+from flowclas_ros.export import onnx_export
+from flowclas_ros.export.bundle import config_sha256, load_bundle
+from flowclas_ros.export.onnx_export import export_onnx, sample_images, verify_onnx
+from flowclas_ros.model.checkpoint import model_payload, save_checkpoint
+from flowclas_ros.runtime import create_backend
+from flowclas_ros.runtime.bench_backends import demo_model
+
+TRAIN_CONFIG = {"model": {"backbone": "tiny"}, "train": {"steps": 10}}
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    return demo_model("tiny")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_model, tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "best.pt"
+    save_checkpoint(path, {**model_payload(tiny_model), "train_config": TRAIN_CONFIG,
+                           "metrics": {"auprc": 0.42}})
+    return path
+
+
+@pytest.fixture(scope="module")
+def calibration_dir(tmp_path_factory):
+    """A folder dataset: 3 real photo crops, a pasted 'anomaly' square (1) and a void border."""
+    root = tmp_path_factory.mktemp("calib")
+    (root / "images").mkdir()
+    (root / "labels").mkdir()
+    photos = [img for _, img in sample_images()]
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        img = photos[i % 2][40 * i: 40 * i + 60, 50 * i: 50 * i + 80].copy()
+        label = np.zeros(img.shape[:2], np.uint8)
+        other = photos[(i + 1) % 2]
+        y, x = rng.integers(5, 30), rng.integers(5, 50)
+        img[y:y + 20, x:x + 20] = other[100:120, 100:120]
+        label[y:y + 20, x:x + 20] = 1
+        label[:2] = 255
+        Image.fromarray(img).save(root / "images" / f"f{i}.png")
+        Image.fromarray(label).save(root / "labels" / f"f{i}.png")
+    return root
+
+
+def test_cli_with_calibration(checkpoint, calibration_dir, tmp_path, capsys):
+    out = tmp_path / "bundle"
+    assert export_mod.main(["--checkpoint", str(checkpoint), "--out", str(out), "--input-size",
+                            "32", "48", "--calibration", str(calibration_dir), "--fpr", "0.1"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    b = load_bundle(out)
+    assert summary["bundle"] == str(out) and b.input_size == (32, 48)
+    assert b.threshold_fpr == 0.1 and summary["threshold"] == b.threshold
+    m = b.manifest
+    assert m["train_config"] == TRAIN_CONFIG
+    assert m["train_config_sha256"] == config_sha256(TRAIN_CONFIG)
+    assert m["metrics"]["checkpoint"] == {"auprc": 0.42}
+    cal = m["metrics"]["calibration"]
+    assert cal["frames"] == 3 and cal["fpr_at_threshold"] <= 0.1 and "auprc" in cal
+    assert m["onnx"]["verification"]["relative_to_score_range"] < 1e-4
+    # the runtime reproduces the calibration: inlier FPR at the threshold is <= 0.1
+    ds = [(np.asarray(Image.open(calibration_dir / "images" / f"f{i}.png")),
+           np.asarray(Image.open(calibration_dir / "labels" / f"f{i}.png"))) for i in range(3)]
+    with create_backend(out, backend="torch", device="cpu") as be:
+        heat = [be.infer(img, mask=False, overlay=False).heatmap for img, _ in ds]
+    inl = np.concatenate([h[lab == 0] for h, (_, lab) in zip(heat, ds)])
+    allv = np.concatenate([h[lab != 255] for h, (_, lab) in zip(heat, ds)])
+    assert (inl >= b.threshold).mean() <= 0.1
+    assert (inl >= np.nextafter(np.float32(b.threshold), np.float32(-np.inf))).mean() > 0.1 - 1e-3 \
+        or b.threshold <= inl.min()
+    lo, hi = b.score_range
+    assert lo == pytest.approx(np.percentile(inl, 1.0), rel=1e-4, abs=1e-5)
+    assert hi == pytest.approx(np.percentile(allv, 99.9), rel=1e-4, abs=1e-5)
+
+
+def test_cli_without_calibration_and_threshold_override(checkpoint, tmp_path, capsys):
+    out = tmp_path / "b"
+    export_mod.main(["--checkpoint", str(checkpoint), "--out", str(out), "--input-size", "32",
+                     "48", "--threshold", "1.25", "--no-verify"])
+    b = load_bundle(out)
+    assert b.threshold == 1.25 and b.threshold_fpr is None
+    assert "--threshold" in b.manifest["threshold"]["method"]
+    assert "uncalibrated" in b.manifest["score_range_method"]
+    assert b.manifest["onnx"]["verification"] is None
+    # without --threshold: the placeholder from the photos, marked uncalibrated
+    export_mod.main(["--checkpoint", str(checkpoint), "--out", str(out), "--input-size", "32",
+                     "48", "--no-verify"])
+    b = load_bundle(out)
+    assert "uncalibrated" in b.manifest["threshold"]["method"] and b.threshold_fpr is None
+    lo, hi = b.score_range
+    assert lo < b.threshold < hi
+
+
+def test_cli_rejects_bad_arguments(checkpoint, tmp_path):
+    with pytest.raises(SystemExit):
+        export_mod.main(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "x"),
+                         "--fpr", "1.5"])
+    with pytest.raises(FileNotFoundError):
+        export_mod.main(["--checkpoint", str(tmp_path / "missing.pt"), "--out", str(tmp_path)])
+
+
+@pytest.mark.parametrize("use_fallback", [False, True])
+def test_threshold_at_fpr(monkeypatch, use_fallback):
+    if use_fallback:  # the local numpy version, used when the evaluation package is absent
+        monkeypatch.setitem(sys.modules, "flowclas_ros.evaluation.metrics", None)
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=2000).astype(np.float32)
+    labels = (rng.random(2000) < 0.2).astype(np.uint8)
+    labels[:50] = 255
+    for fpr in (0.0, 0.01, 0.05, 0.5):
+        t = export_mod.threshold_at_fpr(scores, labels, fpr)
+        inl = scores[labels == 0]
+        assert (inl >= t).mean() <= fpr
+        below = np.nextafter(np.float32(t), np.float32(-np.inf))
+        assert (inl >= below).mean() > fpr  # the smallest such threshold
+    assert export_mod.threshold_at_fpr(scores, labels, 1.0) == scores[labels == 0].min()
+
+
+def test_exporter_fallback_is_recorded(tiny_model, tmp_path, monkeypatch):
+    def broken(*a, **k):
+        raise RuntimeError("dynamo says no")
+
+    monkeypatch.setattr(onnx_export, "_export_dynamo", broken)
+    info = export_onnx(tiny_model, tmp_path / "m.onnx", (32, 48), exporter="auto")
+    assert info["exporter"] == "torchscript" and "dynamo exporter failed" in info["note"]
+    assert info["opset"] == 17
+    with pytest.raises(RuntimeError, match="failed with every exporter"):
+        export_onnx(tiny_model, tmp_path / "n.onnx", (32, 48), exporter="dynamo")
+
+
+def test_dynamo_export_and_verify(tiny_model, tmp_path):
+    info = export_onnx(tiny_model, tmp_path / "m.onnx", (40, 56), exporter="dynamo")
+    assert info["exporter"] == "dynamo" and info["opset"] >= 18 and not info["external_data"]
+    v = verify_onnx(tiny_model, tmp_path / "m.onnx", (40, 56), score_range=(0.0, 2.0))
+    assert v["provider"] == "CPUExecutionProvider" and v["finite"]
+    assert v["relative_to_score_range"] < 1e-5 and v["image"].startswith("skimage.data")
