@@ -14,8 +14,10 @@ $(STAMP): requirements.txt constraints.txt setup.py
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+DEMO_OUTPUT ?= demo_output
+
 demo: $(STAMP)
-	$(PY) -m flowclas_ros.demo $(DEMO_ARGS)
+	$(PY) -m flowclas_ros.demo --out $(DEMO_OUTPUT) $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -39,7 +39,8 @@ setup(
             "evaluate = flowclas_ros.evaluation.evaluate:main",
             "export = flowclas_ros.export.export:main",
             "anomaly_node = flowclas_ros.node.anomaly_node:main",
-            "smoke = flowclas_ros.demo:smoke_main",
+            "image_player = flowclas_ros.node.image_player:main",
+            "demo = flowclas_ros.demo:main",
         ],
     },
 )
