@@ -1,0 +1,652 @@
+"""``flowclas_anomaly``: the rclpy lifecycle node that publishes FlowCLAS anomaly maps.
+
+A thin ROS shell around :func:`flowclas_ros.runtime.create_backend`; no model logic here.
+
+Lifecycle::
+
+    unconfigured --configure--> inactive --activate--> active
+         ^  (load + validate the bundle, create the backend, one warm-up inference,
+         |   create the lifecycle publishers and the inference worker thread)
+         +--cleanup-- inactive <--deactivate-- active
+    shutdown from any primary state -> finalized (everything released; ``main`` then exits)
+
+A failed configure (missing bundle, bad manifest, backend unavailable, warm-up error) returns
+FAILURE with one error line saying what to fix; the node stays unconfigured and a later configure,
+after the parameter is fixed, can succeed.
+
+Data path (one frame in flight)::
+
+    image (sub, executor thread): validate sizes O(1) -> single-slot mailbox (a newer frame
+        replaces the waiting one: never a queue)
+    worker thread: mailbox -> numpy RGB -> backend.infer(only the outputs someone subscribes
+        to) -> anomaly/heatmap (32FC1), anomaly/mask (mono8), anomaly/overlay (bgr8), each with
+        the input header unchanged
+
+Inference runs on the worker thread, so the lifecycle and parameter services keep answering
+during a slow frame. Topics are relative (``image``, ``anomaly/...``): they follow the node's
+namespace and can be remapped. ``/diagnostics`` gets a DiagnosticArray every
+``diagnostics_period`` seconds in every state.
+"""
+from __future__ import annotations
+
+import math
+import re
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
+                                SetParametersResult)
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import QoSProfile, ReliabilityPolicy, HistoryPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import Image
+
+from .image_conversion import (ImageFormatError, ImageLayout, ImageTooLarge, bgr_to_msg,
+                               heatmap_to_msg, image_to_rgb, mask_to_msg, validate_image)
+from .stats import LatencyWindow, RateMeter
+
+NODE_NAME = "flowclas_anomaly"
+PACKAGE = "flowclas_ros"
+DEMO_BUNDLE = "flowclas_lite0_camvid"
+
+BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "bf16")
+# Same tuple as flowclas_ros.runtime.COLORMAPS (checked by a test); repeated so validating a
+# parameter does not import torch.
+COLORMAPS = ("turbo", "jet", "inferno", "viridis", "gray")
+IMAGE_QOS = ("sensor_data", "reliable")
+DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+STRUCTURAL = ("model_path", "backend", "device", "precision")  # need cleanup -> configure
+DEFAULT_MAX_PIXELS = 3840 * 2160  # 4K UHD; an 8K frame (33 Mpx) is refused by default
+
+OUTPUT_QOS = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE,
+                        history=HistoryPolicy.KEEP_LAST)
+RELIABLE_INPUT_QOS = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE,
+                                history=HistoryPolicy.KEEP_LAST)
+
+
+def _no_event_handlers(cls):
+    """No QoS event handlers for entities created and destroyed at transitions: in rclpy an
+    event handler destroyed while a multi-threaded executor builds its wait set raises
+    InvalidHandle in the executor (ros2/rclpy#1142, #1206, #1284) and stops the spin."""
+    return cls(use_default_callbacks=False)
+
+
+def default_model_path() -> str:
+    """The demo bundle: installed share/flowclas_ros/models/ first, else the repo's models/.
+
+    Returns the repo path even where it does not exist (configure then says what to fix).
+    """
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        installed = Path(get_package_share_directory(PACKAGE)) / "models" / DEMO_BUNDLE
+        if installed.is_dir():
+            return str(installed)
+    except Exception:  # not installed with colcon (PackageNotFoundError) or no ament index
+        pass
+    return str(Path(__file__).resolve().parents[2] / "models" / DEMO_BUNDLE)
+
+
+def _default_backend_factory(bundle, backend: str, device: str, precision: str):
+    from flowclas_ros.runtime import create_backend
+
+    return create_backend(bundle, backend=backend, device=device, precision=precision)
+
+
+@dataclass
+class _Frame:
+    msg: Image
+    layout: ImageLayout
+    received: float  # time.monotonic() when the subscription callback got it
+
+
+class FrameMailbox:
+    """A single slot between the subscription and the worker: ``put`` replaces what waits.
+
+    Memory is bounded by construction: at most one waiting frame (``high_water`` <= 1).
+    """
+
+    def __init__(self):
+        self._cv = threading.Condition()
+        self._item: _Frame | None = None
+        self._closed = False
+        self.high_water = 0
+
+    def put(self, item: _Frame) -> bool:
+        """Store ``item``; True when it replaced a frame that was still waiting."""
+        with self._cv:
+            replaced = self._item is not None
+            self._item = item
+            self.high_water = max(self.high_water, 1)
+            self._cv.notify()
+            return replaced
+
+    def get(self) -> _Frame | None:
+        """Block until a frame arrives (returned) or the mailbox is closed (None)."""
+        with self._cv:
+            while self._item is None and not self._closed:
+                self._cv.wait()
+            if self._closed:
+                return None
+            item, self._item = self._item, None
+            return item
+
+    def clear(self) -> bool:
+        """Drop the waiting frame; True when there was one."""
+        with self._cv:
+            had = self._item is not None
+            self._item = None
+            return had
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._item = None
+            self._cv.notify_all()
+
+    def __len__(self) -> int:
+        with self._cv:
+            return int(self._item is not None)
+
+
+@dataclass
+class Counters:
+    """Frame accounting. received = published + replaced + malformed + oversize + skipped
+    + errors + discarded + (waiting or in flight)."""
+
+    received: int = 0
+    published: int = 0  # frames whose outputs were published
+    replaced: int = 0  # a newer frame took its place in the mailbox
+    malformed: int = 0  # unknown encoding / sizes that do not add up
+    oversize: int = 0  # more than max_image_pixels
+    skipped: int = 0  # no output had a subscriber (nothing computed)
+    errors: int = 0  # the backend raised
+    discarded: int = 0  # waiting when the node was deactivated
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self.lock:
+            setattr(self, name, getattr(self, name) + n)
+
+    def snapshot(self) -> dict[str, int]:
+        with self.lock:
+            return {k: getattr(self, k) for k in ("received", "published", "replaced",
+                                                  "malformed", "oversize", "skipped", "errors",
+                                                  "discarded")}
+
+
+def _descriptor(description: str, *, read_only: bool = False, constraints: str = "",
+                float_range: tuple[float, float] | None = None,
+                int_range: tuple[int, int] | None = None) -> ParameterDescriptor:
+    d = ParameterDescriptor(description=description, read_only=read_only,
+                            additional_constraints=constraints)
+    if float_range is not None:
+        d.floating_point_range = [FloatingPointRange(from_value=float(float_range[0]),
+                                                     to_value=float(float_range[1]), step=0.0)]
+    if int_range is not None:
+        d.integer_range = [IntegerRange(from_value=int(int_range[0]), to_value=int(int_range[1]),
+                                        step=0)]
+    return d
+
+
+class AnomalyNode(LifecycleNode):
+    """The FlowCLAS lifecycle node (see the module docstring).
+
+    ``backend_factory(bundle, backend, device, precision) -> Backend`` (``bundle``: the loaded
+    :class:`~flowclas_ros.export.bundle.Bundle`, which create_backend also takes) replaces
+    :func:`flowclas_ros.runtime.create_backend` (tests wrap it); other kwargs go to ``Node``
+    (``namespace``, ``context``, ``parameter_overrides``, ...).
+    """
+
+    def __init__(self, node_name: str = NODE_NAME, *,
+                 backend_factory: Callable[..., Any] | None = None, **kwargs):
+        super().__init__(node_name, **kwargs)
+        self._backend_factory = backend_factory or _default_backend_factory
+        self._guard_change_state_service()
+        self._declare_parameters()
+        self.add_on_set_parameters_callback(self._validate_parameters)
+        self.add_post_set_parameters_callback(self._apply_parameters)
+
+        self.counters = Counters()
+        self._in_rate, self._out_rate = RateMeter(), RateMeter()
+        self._latency, self._inference = LatencyWindow(), LatencyWindow()
+        self.state_label = "unconfigured"
+        self.last_error = ""
+        self.finalized = threading.Event()
+
+        self._backend = None
+        self._bundle = None
+        self._backend_lock = threading.Lock()  # held by infer and close: never close mid-frame
+        self._mailbox: FrameMailbox | None = None
+        self._worker: threading.Thread | None = None
+        self._pubs: dict[str, Any] = {}
+        self._sub = None
+        self._sub_group = MutuallyExclusiveCallbackGroup()
+        self._diag_group = MutuallyExclusiveCallbackGroup()
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        period = float(self.get_parameter("diagnostics_period").value)
+        self._diag_timer = self.create_timer(period, self._publish_diagnostics,
+                                             callback_group=self._diag_group)
+        self.get_logger().info(
+            f"{self.get_fully_qualified_name()} created (unconfigured); configure it to load "
+            f"{self.get_parameter('model_path').value or default_model_path()}")
+
+    def _guard_change_state_service(self) -> None:
+        """Answer an invalid transition request (e.g. activate while unconfigured) with
+        success=False. rclpy's own handler raises RCLError there, which would end the executor's
+        spin (and with it the node) instead of answering the caller."""
+        srv = getattr(self, "_service_change_state", None)
+        if srv is None:
+            return
+        handler = srv.callback
+
+        def change_state(request, response):
+            try:
+                return handler(request, response)
+            except Exception as exc:
+                self.get_logger().warning(
+                    f"transition {request.transition.id} {request.transition.label!r} refused in "
+                    f"state {self.state_label}: {exc}")
+                response.success = False
+                return response
+
+        srv.callback = change_state
+
+    # parameters --------------------------------------------------------------------------------
+    def _declare_parameters(self) -> None:
+        p = self.declare_parameter
+        p("model_path", default_model_path(), _descriptor(
+            "Bundle folder written by `export` (manifest.json + weights + ONNX). Empty = the demo "
+            f"bundle {DEMO_BUNDLE}. Structural: change it while unconfigured."))
+        p("backend", "auto", _descriptor(
+            "Inference backend; auto picks the fastest available. Structural.",
+            constraints="one of " + ", ".join(BACKENDS)))
+        p("device", "auto", _descriptor(
+            "auto, cpu, cuda or cuda:N. Structural.", constraints="auto|cpu|cuda|cuda:N"))
+        p("precision", "fp32", _descriptor(
+            "Compute precision (fp16/bf16 need a backend and device that support them). "
+            "Structural.", constraints="one of " + ", ".join(PRECISIONS)))
+        p("threshold", float("nan"), _descriptor(
+            "Mask threshold on the raw score (mask = 255 where score >= threshold). NaN = the "
+            "bundle's calibrated threshold. Raw scores can be negative, so any finite value is "
+            "a real threshold. Changes live.", constraints="finite or NaN"))
+        p("overlay_alpha", 0.5, _descriptor(
+            "Weight of the colour map in the overlay (0 = camera image only). Changes live.",
+            float_range=(0.0, 1.0)))
+        p("colormap", "turbo", _descriptor(
+            "Colour map of the overlay. Changes live.",
+            constraints="one of " + ", ".join(COLORMAPS)))
+        p("image_qos", "sensor_data", _descriptor(
+            "QoS of the image subscription: sensor_data (best effort, keep last 5) or reliable "
+            "(keep last 2). Read-only: set it at start-up.", read_only=True,
+            constraints="one of " + ", ".join(IMAGE_QOS)))
+        p("publish_heatmap", True, _descriptor(
+            "Publish anomaly/heatmap (32FC1 raw score). Computed only with a subscriber."))
+        p("publish_mask", True, _descriptor(
+            "Publish anomaly/mask (mono8 0/255). Computed only with a subscriber."))
+        p("publish_overlay", True, _descriptor(
+            "Publish anomaly/overlay (bgr8 colour map on the image). Computed only with a "
+            "subscriber."))
+        p("max_image_pixels", DEFAULT_MAX_PIXELS, _descriptor(
+            "Frames with more pixels (width * height) are refused with a warning before any "
+            "copy, so an oversize frame cannot exhaust memory. Changes live.",
+            int_range=(1, 2**31 - 1)))
+        p("diagnostics_period", 1.0, _descriptor(
+            "Seconds between /diagnostics messages. Read-only.", read_only=True,
+            float_range=(0.05, 60.0)))
+        self._refresh_live()
+        # Read-only is enforced by rclpy after start-up; validate the start-up values here.
+        qos = self.get_parameter("image_qos").value
+        if qos not in IMAGE_QOS:
+            raise ValueError(f"image_qos must be one of {IMAGE_QOS}, got {qos!r}")
+
+    def _refresh_live(self) -> None:
+        """Cache the live parameters (read by the worker each frame without a lookup)."""
+        g = lambda n: self.get_parameter(n).value  # noqa: E731
+        thr = float(g("threshold"))
+        self._threshold: float | None = None if math.isnan(thr) else thr
+        self._overlay_alpha = float(g("overlay_alpha"))
+        self._colormap = str(g("colormap"))
+        self._want = {"heatmap": bool(g("publish_heatmap")), "mask": bool(g("publish_mask")),
+                      "overlay": bool(g("publish_overlay"))}
+        self._max_pixels = int(g("max_image_pixels"))
+
+    def _validate_parameters(self, params) -> SetParametersResult:
+        """Reject invalid values, and structural changes while a backend is loaded."""
+        for prm in params:
+            name, value = prm.name, prm.value
+            reason = None
+            if name in STRUCTURAL and self._backend is not None:
+                reason = (f"{name} is structural: deactivate and cleanup the node, set it, then "
+                          f"configure again")
+            elif name == "backend" and value not in BACKENDS:
+                reason = f"backend must be one of {BACKENDS}, got {value!r}"
+            elif name == "device" and not DEVICE_RE.match(str(value)):
+                reason = f"device must be auto, cpu, cuda or cuda:N, got {value!r}"
+            elif name == "precision" and value not in PRECISIONS:
+                reason = f"precision must be one of {PRECISIONS}, got {value!r}"
+            elif name == "colormap" and value not in COLORMAPS:
+                reason = f"colormap must be one of {COLORMAPS}, got {value!r}"
+            elif name == "threshold" and isinstance(value, float) and math.isinf(value):
+                reason = "threshold must be finite, or NaN for the bundle's threshold"
+            elif name == "overlay_alpha" and isinstance(value, float) and not 0.0 <= value <= 1.0:
+                reason = f"overlay_alpha must be in [0, 1], got {value}"
+            if reason:
+                return SetParametersResult(successful=False, reason=reason)
+        return SetParametersResult(successful=True)
+
+    def _apply_parameters(self, params) -> None:
+        self._refresh_live()
+
+    # lifecycle ---------------------------------------------------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        fqn = self.get_fully_qualified_name()
+        g = lambda n: self.get_parameter(n).value  # noqa: E731
+        path = str(g("model_path")) or default_model_path()
+        backend, device, precision = str(g("backend")), str(g("device")), str(g("precision"))
+        fix_path = (f"set model_path to a bundle folder written by `export` (ros2 param set "
+                    f"{fqn} model_path /path/to/bundle), then configure again")
+        try:
+            from flowclas_ros.export.bundle import BundleError, load_bundle
+            from flowclas_ros.runtime import BackendUnavailable
+        except Exception as exc:  # a broken install, not a parameter problem
+            return self._fail(f"cannot import the runtime ({exc!r}); reinstall flowclas_ros")
+        try:
+            bundle = load_bundle(path)
+        except FileNotFoundError as exc:
+            return self._fail(f"model bundle not found at {path!r} ({exc}); {fix_path}")
+        except BundleError as exc:
+            return self._fail(f"invalid model bundle at {path!r}: {exc}; re-export it or "
+                              f"{fix_path}")
+        except Exception as exc:
+            return self._fail(f"cannot read model bundle at {path!r}: {exc!r}; {fix_path}")
+        try:
+            be = self._backend_factory(bundle, backend, device, precision)
+        except BackendUnavailable as exc:
+            return self._fail(
+                f"backend={backend!r} device={device!r} precision={precision!r} is unavailable: "
+                f"{exc}; set backend to 'auto' (or an installed one), device to 'cpu' or "
+                f"precision to 'fp32', then configure again")
+        except (FileNotFoundError, BundleError) as exc:
+            return self._fail(f"invalid model bundle at {path!r}: {exc}; {fix_path}")
+        except Exception as exc:
+            return self._fail(f"creating the {backend} backend failed: {exc!r}; check backend/"
+                              f"device/precision, then configure again",
+                              tb=traceback.format_exc())
+        try:
+            h, w = bundle.input_size
+            be.warmup(int(h), int(w))
+        except Exception as exc:
+            self._close_backend(be)
+            return self._fail(f"warm-up inference on {be.name}/{be.device} failed: {exc!r}; try "
+                              f"backend:=torch device:=cpu precision:=fp32, then configure again",
+                              tb=traceback.format_exc())
+
+        with self._backend_lock:
+            self._backend, self._bundle = be, bundle
+        self._pubs = {
+            name: self.create_lifecycle_publisher(
+                Image, f"anomaly/{name}", OUTPUT_QOS,
+                event_callbacks=_no_event_handlers(PublisherEventCallbacks))
+            for name in ("heatmap", "mask", "overlay")}
+        self._mailbox = FrameMailbox()
+        self._worker = threading.Thread(target=self._worker_loop, args=(self._mailbox,),
+                                        name="flowclas_infer", daemon=True)
+        self._worker.start()
+        self.last_error = ""
+        self.state_label = "inactive"
+        thr = self._threshold if self._threshold is not None else bundle.threshold
+        reason = getattr(be, "selection_reason", "")
+        self.get_logger().info(
+            f"configured: bundle {path} (input {w}x{h}), backend {be.name} on {be.device} "
+            f"({be.precision}){' [' + reason + ']' if reason else ''}, threshold {thr:.4g}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def _fail(self, message: str, tb: str | None = None) -> TransitionCallbackReturn:
+        self.last_error = message
+        self.get_logger().error(f"configure failed: {message}")
+        if tb:
+            self.get_logger().debug(tb)
+        return TransitionCallbackReturn.FAILURE
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        qos_name = self.get_parameter("image_qos").value
+        qos = qos_profile_sensor_data if qos_name == "sensor_data" else RELIABLE_INPUT_QOS
+        self._sub = self.create_subscription(
+            Image, "image", self._on_image, qos, callback_group=self._sub_group,
+            event_callbacks=_no_event_handlers(SubscriptionEventCallbacks))
+        ret = super().on_activate(state)  # enables the lifecycle publishers
+        self.state_label = "active"
+        self.get_logger().info(f"active: subscribed to {self._sub.topic_name} ({qos_name})")
+        return ret
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._drop_subscription()
+        if self._mailbox is not None and self._mailbox.clear():
+            self.counters.add("discarded")
+        ret = super().on_deactivate(state)
+        self.state_label = "inactive"
+        return ret
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        self.state_label = "unconfigured"
+        self.get_logger().info("cleaned up: backend released")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        self.state_label = "finalized"
+        self.finalized.set()
+        self.get_logger().info(f"shut down from {state.label}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.get_logger().error(f"error while in {state.label}: releasing everything")
+        self._release()
+        self.state_label = "unconfigured"
+        return TransitionCallbackReturn.SUCCESS
+
+    def _drop_subscription(self) -> None:
+        if self._sub is not None:
+            self.destroy_subscription(self._sub)
+            self._sub = None
+
+    def _release(self) -> None:
+        """Undo configure and activate (idempotent): subscription, worker, backend, publishers."""
+        self._drop_subscription()
+        if self._mailbox is not None:
+            self._mailbox.close()  # the worker finishes its frame and exits
+        if self._worker is not None and self._worker is not threading.current_thread():
+            self._worker.join()
+        self._mailbox, self._worker = None, None
+        with self._backend_lock:
+            be, self._backend, self._bundle = self._backend, None, None
+        self._close_backend(be)
+        for pub in self._pubs.values():
+            self.destroy_lifecycle_publisher(pub)
+        self._pubs = {}
+
+    def _close_backend(self, be) -> None:
+        if be is None:
+            return
+        try:
+            be.close()
+        except Exception as exc:
+            self.get_logger().warning(f"closing the backend raised {exc!r}")
+
+    def release(self) -> None:
+        """Free the backend and the worker (``main``'s exit path; safe in any state)."""
+        self._release()
+
+    # data path ---------------------------------------------------------------------------------
+    def _on_image(self, msg: Image) -> None:
+        """Executor thread: O(1) validation, then the single-slot mailbox. Never raises."""
+        now = time.monotonic()
+        self._in_rate.tick(now)
+        self.counters.add("received")
+        try:
+            layout = validate_image(msg, self._max_pixels)
+        except ImageTooLarge as exc:
+            self.counters.add("oversize")
+            self.get_logger().warning(f"frame refused: {exc} (raise max_image_pixels to accept "
+                                      f"it)", throttle_duration_sec=5.0)
+            return
+        except ImageFormatError as exc:
+            self.counters.add("malformed")
+            self.get_logger().warning(f"malformed image dropped: {exc}",
+                                      throttle_duration_sec=5.0)
+            return
+        except Exception as exc:  # defensive: a message we cannot even read
+            self.counters.add("malformed")
+            self.get_logger().warning(f"unreadable image dropped: {exc!r}",
+                                      throttle_duration_sec=5.0)
+            return
+        mailbox = self._mailbox
+        if mailbox is not None and mailbox.put(_Frame(msg, layout, now)):
+            self.counters.add("replaced")
+
+    def _worker_loop(self, mailbox: FrameMailbox) -> None:
+        while True:
+            frame = mailbox.get()
+            if frame is None:
+                return
+            try:
+                self._process(frame)
+            except Exception as exc:  # never let the worker die
+                self.counters.add("errors")
+                self.get_logger().error(f"inference failed: {exc!r}", throttle_duration_sec=5.0)
+
+    def _process(self, frame: _Frame) -> None:
+        pubs = self._pubs
+        want = {k: self._want[k] and pubs[k].get_subscription_count() > 0 for k in pubs}
+        if not any(want.values()):
+            self.counters.add("skipped")  # nobody listens: compute nothing
+            return
+        rgb = image_to_rgb(frame.msg, layout=frame.layout)
+        with self._backend_lock:
+            be = self._backend
+            if be is None:  # released while the frame waited
+                return
+            result = be.infer(rgb, heatmap=want["heatmap"], mask=want["mask"],
+                              overlay=want["overlay"], threshold=self._threshold,
+                              overlay_alpha=self._overlay_alpha, colormap=self._colormap)
+        header = frame.msg.header
+        published = False
+        if want["heatmap"] and result.heatmap is not None:
+            published |= self._publish(pubs["heatmap"], heatmap_to_msg(result.heatmap, header))
+        if want["mask"] and result.mask is not None:
+            published |= self._publish(pubs["mask"], mask_to_msg(result.mask, header))
+        if want["overlay"] and result.overlay is not None:
+            published |= self._publish(pubs["overlay"], bgr_to_msg(result.overlay, header))
+        done = time.monotonic()
+        if published:
+            self.counters.add("published")
+            self._out_rate.tick(done)
+            self._latency.add((done - frame.received) * 1e3)
+            self._inference.add(float(result.inference_ms))
+        else:
+            self.counters.add("discarded")  # deactivated while in flight
+
+    @staticmethod
+    def _publish(pub, msg) -> bool:
+        if not pub.is_activated:
+            return False
+        pub.publish(msg)
+        return True
+
+    # diagnostics -------------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """Counters, rates and latency percentiles (ms) as published on /diagnostics."""
+        lat50, lat99 = self._latency.percentiles(50, 99)
+        inf50, inf99 = self._inference.percentiles(50, 99)
+        c = self.counters.snapshot()
+        mailbox = self._mailbox
+        return c | {
+            "dropped": c["replaced"] + c["malformed"] + c["oversize"],
+            "waiting": len(mailbox) if mailbox is not None else 0,
+            "mailbox_high_water": mailbox.high_water if mailbox is not None else 0,
+            "input_rate_hz": self._in_rate.rate(),
+            "output_rate_hz": self._out_rate.rate(),
+            "latency_p50_ms": lat50, "latency_p99_ms": lat99,
+            "inference_p50_ms": inf50, "inference_p99_ms": inf99,
+        }
+
+    def _publish_diagnostics(self) -> None:
+        s = self.stats()
+        be, bundle = self._backend, self._bundle
+        status = DiagnosticStatus()
+        status.name = f"{self.get_fully_qualified_name()}: FlowCLAS anomaly segmentation"
+        status.hardware_id = be.device if be is not None else "none"
+        if self.state_label == "active":
+            status.level, status.message = DiagnosticStatus.OK, "active"
+            if s["malformed"] or s["oversize"] or s["errors"]:
+                status.level = DiagnosticStatus.WARN
+                status.message = "active; some frames refused (see malformed/oversize/errors)"
+        elif self.last_error:
+            status.level, status.message = DiagnosticStatus.ERROR, self.last_error
+        else:
+            status.level, status.message = DiagnosticStatus.WARN, self.state_label
+        thr = self._threshold
+        if thr is None and bundle is not None:
+            thr = bundle.threshold
+        values = {
+            "state": self.state_label,
+            "backend": be.name if be is not None else "",
+            "device": be.device if be is not None else "",
+            "precision": be.precision if be is not None else "",
+            "model_path": str(self.get_parameter("model_path").value),
+            "threshold": "" if thr is None else f"{thr:.6g}",
+            "input_rate_hz": f"{s['input_rate_hz']:.2f}",
+            "output_rate_hz": f"{s['output_rate_hz']:.2f}",
+            "latency_p50_ms": f"{s['latency_p50_ms']:.2f}",
+            "latency_p99_ms": f"{s['latency_p99_ms']:.2f}",
+            "inference_p50_ms": f"{s['inference_p50_ms']:.2f}",
+            "inference_p99_ms": f"{s['inference_p99_ms']:.2f}",
+            "frames_received": s["received"],
+            "frames_published": s["published"],
+            "dropped_frames": s["dropped"],
+            "dropped_replaced": s["replaced"],
+            "dropped_malformed": s["malformed"],
+            "dropped_oversize": s["oversize"],
+            "skipped_no_subscribers": s["skipped"],
+            "inference_errors": s["errors"],
+        }
+        status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
+        arr = DiagnosticArray()
+        arr.header.stamp = self.get_clock().now().to_msg()
+        arr.status = [status]
+        self._diag_pub.publish(arr)
+
+
+def main(args=None) -> int:
+    """``anomaly_node`` executable: spin until Ctrl-C or the shutdown transition."""
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = AnomalyNode()
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        while rclpy.ok() and not node.finalized.is_set():
+            executor.spin_once(timeout_sec=0.25)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.release()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,76 @@
+"""Thread-safe counters for the node's diagnostics: event rates and latency percentiles.
+
+Both keep bounded windows (a fixed number of samples and a time span), so memory stays flat
+however long the node runs. Times are ``time.monotonic()`` seconds.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+
+import numpy as np
+
+
+class RateMeter:
+    """Events per second over the last ``window_s`` seconds (at most ``max_events`` kept)."""
+
+    def __init__(self, window_s: float = 5.0, max_events: int = 4096):
+        self.window_s = float(window_s)
+        self._times: deque[float] = deque(maxlen=max_events)
+        self._lock = threading.Lock()
+        self.total = 0
+
+    def tick(self, now: float | None = None) -> None:
+        with self._lock:
+            self._times.append(time.monotonic() if now is None else now)
+            self.total += 1
+
+    def rate(self, now: float | None = None) -> float:
+        """Hz over the window; 0 with fewer than two events in it."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            while self._times and now - self._times[0] > self.window_s:
+                self._times.popleft()
+            n = len(self._times)
+            if n < 2:
+                return 0.0
+            span = max(now - self._times[0], self._times[-1] - self._times[0])
+            return (n - 1) / span if span > 0 else 0.0
+
+
+class LatencyWindow:
+    """The last ``size`` latency samples (milliseconds); percentiles over them."""
+
+    def __init__(self, size: int = 512):
+        self._samples: deque[float] = deque(maxlen=size)
+        self._lock = threading.Lock()
+        self.count = 0
+
+    def add(self, ms: float) -> None:
+        with self._lock:
+            self._samples.append(float(ms))
+            self.count += 1
+
+    def percentiles(self, *qs: float) -> tuple[float, ...]:
+        """The requested percentiles (0..100) in ms; NaN for each when there are no samples."""
+        with self._lock:
+            data = np.fromiter(self._samples, dtype=np.float64, count=len(self._samples))
+        if data.size == 0:
+            return tuple(float("nan") for _ in qs)
+        return tuple(float(v) for v in np.percentile(data, qs))
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._samples)
+
+
+def percentile_summary(samples, qs=(50, 99)) -> dict[str, float]:
+    """{"p50": .., "p99": .., "mean": .., "n": ..} of a list of ms values (bench output)."""
+    data = np.asarray(list(samples), dtype=np.float64)
+    if data.size == 0:
+        return {f"p{q:g}": float("nan") for q in qs} | {"mean": float("nan"), "n": 0}
+    out = {f"p{q:g}": float(np.percentile(data, q)) for q in qs}
+    out["mean"] = float(data.mean())
+    out["n"] = int(data.size)
+    return out

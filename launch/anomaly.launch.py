@@ -1,0 +1,126 @@
+"""Start the FlowCLAS anomaly node and bring it to active (optionally with rviz2).
+
+    ros2 launch flowclas_ros anomaly.launch.py image_topic:=/camera/image_raw use_rviz:=true
+
+The lifecycle node is configured as soon as it starts and activated once it reaches
+``inactive``. If configure fails (the log line says what to fix), the node stays unconfigured:
+fix the parameter (``ros2 param set``) and run ``ros2 lifecycle set <node> configure``, then
+``activate``.
+
+Arguments: namespace, image_topic, params_file, model_path, backend, use_rviz. ``model_path`` and
+``backend`` left empty keep the value of the parameters file.
+"""
+import os
+
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, EmitEvent, LogInfo, OpaqueFunction
+from launch.actions import RegisterEventHandler
+from launch.events import matches_action
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import LifecycleNode, Node
+from launch_ros.event_handlers import OnStateTransition
+from launch_ros.events.lifecycle import ChangeState
+from lifecycle_msgs.msg import Transition
+
+PACKAGE = "flowclas_ros"
+
+
+def _share_dir() -> str:
+    """The installed share/flowclas_ros, or the source tree when run from a checkout."""
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        return get_package_share_directory(PACKAGE)
+    except Exception:  # not installed with colcon: use the files beside this launch file
+        return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _truthy(value: str) -> bool:
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _launch_setup(context, *args, **kwargs):
+    """Resolve the arguments, then build the node, its lifecycle events and rviz2."""
+    namespace = LaunchConfiguration("namespace").perform(context)
+    image_topic = LaunchConfiguration("image_topic").perform(context)
+    params_file = LaunchConfiguration("params_file").perform(context)
+    model_path = LaunchConfiguration("model_path").perform(context)
+    backend = LaunchConfiguration("backend").perform(context)
+    use_rviz = _truthy(LaunchConfiguration("use_rviz").perform(context))
+
+    parameters = [params_file] if params_file else []
+    overrides = {}
+    if model_path:  # empty: keep the parameters file's value
+        overrides["model_path"] = model_path
+    if backend:
+        overrides["backend"] = backend
+    if overrides:
+        parameters.append(overrides)  # later entries win over the file
+
+    anomaly = LifecycleNode(
+        package=PACKAGE,
+        executable="anomaly_node",
+        name="flowclas_anomaly",
+        namespace=namespace,
+        parameters=parameters,
+        remappings=[("image", image_topic)],
+        output="screen",
+    )
+    # inactive -> activate (registered before the node starts, so the event cannot be missed)
+    activate_when_inactive = RegisterEventHandler(OnStateTransition(
+        target_lifecycle_node=anomaly,
+        start_state="configuring",
+        goal_state="inactive",
+        entities=[
+            LogInfo(msg="flowclas_anomaly is inactive: activating"),
+            EmitEvent(event=ChangeState(
+                lifecycle_node_matcher=matches_action(anomaly),
+                transition_id=Transition.TRANSITION_ACTIVATE)),
+        ],
+    ))
+    configure_at_start = EmitEvent(event=ChangeState(
+        lifecycle_node_matcher=matches_action(anomaly),
+        transition_id=Transition.TRANSITION_CONFIGURE))
+    actions = [activate_when_inactive, anomaly, configure_at_start]
+
+    if use_rviz:
+        # The .rviz file names topics relative to rviz2's namespace (the node's), and its camera
+        # display reads "image", remapped here like the node's input.
+        actions.append(Node(
+            package="rviz2",
+            executable="rviz2",
+            name="flowclas_rviz",
+            namespace=namespace,
+            arguments=["-d", os.path.join(_share_dir(), "config", "anomaly.rviz")],
+            remappings=[("image", image_topic)],
+            output="screen",
+        ))
+    return actions
+
+
+def generate_launch_description() -> LaunchDescription:
+    share = _share_dir()
+    return LaunchDescription([
+        DeclareLaunchArgument(
+            "namespace", default_value="",
+            description="Namespace of the node; outputs are <namespace>/anomaly/{heatmap,mask,"
+                        "overlay}"),
+        DeclareLaunchArgument(
+            "image_topic", default_value="image",
+            description="Camera topic (sensor_msgs/Image) remapped onto the node's 'image' "
+                        "input, e.g. /camera/image_raw"),
+        DeclareLaunchArgument(
+            "params_file", default_value=os.path.join(share, "config", "anomaly.yaml"),
+            description="Parameters file for flowclas_anomaly"),
+        DeclareLaunchArgument(
+            "model_path", default_value="",
+            description="Model bundle folder; empty keeps the parameters file's model_path"),
+        DeclareLaunchArgument(
+            "backend", default_value="",
+            description="auto | torch | onnxruntime | tensorrt; empty keeps the parameters "
+                        "file's backend"),
+        DeclareLaunchArgument(
+            "use_rviz", default_value="false",
+            description="Start rviz2 with config/anomaly.rviz (camera, heatmap, mask, overlay)"),
+        OpaqueFunction(function=_launch_setup),
+    ])

@@ -1,0 +1,288 @@
+"""launch/anomaly.launch.py.
+
+* Without launch_ros (ROS 2 from PyPI wheels has no launch): the file's syntax (ast), its
+  launch arguments and imports against the launch_ros Jazzy API, and its setup function run
+  against recording stand-ins of the launch classes; the rviz2 view and the installed files.
+* With launch, launch_ros and launch_testing installed (a colcon workspace): a launch_testing
+  test that launches it with a tiny bundle, sees the node reach ``active`` by itself (configure
+  at start, activate on reaching inactive) and serve a frame, and checks the exit codes.
+  Elsewhere that test is reported as skipped, with the reason.
+
+The static checks are unittest.TestCase classes so they run under pytest and, where the
+launch_testing plugin takes this file over, inside the launch test as well.
+"""
+from __future__ import annotations
+
+import ast
+import importlib.util
+import os
+import sys
+import types
+import unittest
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+LAUNCH_FILE = ROOT / "launch" / "anomaly.launch.py"
+RVIZ_FILE = ROOT / "config" / "anomaly.rviz"
+EXPECTED_ARGUMENTS = {"namespace", "image_topic", "params_file", "model_path", "backend",
+                      "use_rviz"}
+# The names the file may import, as the launch/launch_ros Jazzy packages spell them.
+JAZZY_API = {
+    "launch": {"LaunchDescription"},
+    "launch.actions": {"DeclareLaunchArgument", "EmitEvent", "LogInfo", "OpaqueFunction",
+                       "RegisterEventHandler", "IncludeLaunchDescription", "GroupAction"},
+    "launch.conditions": {"IfCondition", "UnlessCondition"},
+    "launch.events": {"matches_action", "Shutdown"},
+    "launch.substitutions": {"LaunchConfiguration", "PathJoinSubstitution"},
+    "launch_ros.actions": {"LifecycleNode", "Node", "PushRosNamespace"},
+    "launch_ros.event_handlers": {"OnStateTransition"},
+    "launch_ros.events.lifecycle": {"ChangeState", "StateTransition"},
+    "launch_ros.substitutions": {"FindPackageShare"},
+    "lifecycle_msgs.msg": {"Transition", "State"},
+    "ament_index_python.packages": {"get_package_share_directory"},
+}
+HAVE_LAUNCH_TESTING = all(importlib.util.find_spec(m) is not None
+                          for m in ("launch", "launch_ros", "launch_testing"))
+
+
+def _tree() -> ast.Module:
+    return ast.parse(LAUNCH_FILE.read_text(), filename=str(LAUNCH_FILE))
+
+
+def _calls(tree, name):
+    return [n for n in ast.walk(tree) if isinstance(n, ast.Call)
+            and getattr(n.func, "id", getattr(n.func, "attr", None)) == name]
+
+
+def _kw(call, key):
+    for k in call.keywords:
+        if k.arg == key:
+            return k.value
+    return None
+
+
+# recording stand-ins for the launch classes -------------------------------------------------
+class _Recorded:
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
+
+
+class _LaunchConfiguration(_Recorded):
+    def perform(self, context):
+        return context.launch_configurations[self.args[0]]
+
+
+def _fake_launch_modules() -> dict[str, types.ModuleType]:
+    mods = {}
+    for name, attrs in JAZZY_API.items():
+        if name.startswith(("lifecycle_msgs", "ament_index_python")):
+            continue  # real packages
+        parts = name.split(".")
+        for i in range(1, len(parts) + 1):  # parents first
+            mods.setdefault(".".join(parts[:i]), types.ModuleType(".".join(parts[:i])))
+        for attr in attrs:
+            setattr(mods[name], attr, type(attr, (_Recorded,), {}))
+    mods["launch.substitutions"].LaunchConfiguration = _LaunchConfiguration
+    mods["launch.events"].matches_action = lambda action: ("matches", action)
+    return mods
+
+
+def _load_with_fakes():
+    fakes = _fake_launch_modules()
+    with mock.patch.dict(sys.modules, fakes):
+        spec = importlib.util.spec_from_file_location("anomaly_launch_under_test", LAUNCH_FILE)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        description = module.generate_launch_description()
+    return module, description, fakes
+
+
+class TestLaunchFileStatic(unittest.TestCase):
+    def test_syntax_and_declared_arguments(self):
+        tree = _tree()
+        compile(tree, str(LAUNCH_FILE), "exec")
+        names = {c.args[0].value for c in _calls(tree, "DeclareLaunchArgument")}
+        self.assertEqual(names, EXPECTED_ARGUMENTS)
+        for call in _calls(tree, "DeclareLaunchArgument"):
+            self.assertIsNotNone(_kw(call, "default_value"), call.args[0].value)
+            self.assertIsNotNone(_kw(call, "description"), call.args[0].value)
+        funcs = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+        self.assertIn("generate_launch_description", funcs)
+
+    def test_imports_exist_in_the_jazzy_api(self):
+        for node in ast.walk(_tree()):
+            if isinstance(node, ast.ImportFrom):
+                allowed = JAZZY_API.get(node.module)
+                if node.module in ("os", "__future__"):
+                    continue
+                self.assertIsNotNone(allowed, f"unexpected import from {node.module}")
+                for alias in node.names:
+                    self.assertIn(alias.name, allowed, f"{node.module}.{alias.name}")
+
+    def test_lifecycle_node_is_configured_then_activated(self):
+        tree = _tree()
+        (node,) = _calls(tree, "LifecycleNode")
+        self.assertEqual(_kw(node, "executable").value, "anomaly_node")
+        self.assertEqual(_kw(node, "name").value, "flowclas_anomaly")
+        self.assertEqual(_kw(node, "package").id, "PACKAGE")
+        transitions = {ast.unparse(_kw(c, "transition_id")) for c in _calls(tree, "ChangeState")}
+        self.assertEqual(transitions, {"Transition.TRANSITION_CONFIGURE",
+                                       "Transition.TRANSITION_ACTIVATE"})
+        (handler,) = _calls(tree, "OnStateTransition")
+        self.assertEqual(_kw(handler, "goal_state").value, "inactive")
+        self.assertIn("TRANSITION_ACTIVATE", ast.unparse(_kw(handler, "entities")))
+
+    def test_setup_builds_the_node_events_and_rviz(self):
+        module, description, fakes = _load_with_fakes()
+        args = {a.args[0]: a.kwargs["default_value"] for a in description.args[0]
+                if type(a).__name__ == "DeclareLaunchArgument"}
+        self.assertEqual(set(args), EXPECTED_ARGUMENTS)
+        self.assertTrue(args["params_file"].endswith(os.path.join("config", "anomaly.yaml")))
+        self.assertEqual((args["use_rviz"], args["model_path"], args["backend"]),
+                         ("false", "", ""))
+        (setup,) = [a for a in description.args[0] if type(a).__name__ == "OpaqueFunction"]
+
+        def run(**overrides):
+            context = types.SimpleNamespace(launch_configurations=dict(args, **overrides))
+            with mock.patch.dict(sys.modules, fakes):
+                return setup.kwargs["function"](context)
+
+        actions = run(namespace="/cam0", image_topic="/camera/image_raw")
+        kinds = [type(a).__name__ for a in actions]
+        self.assertEqual(kinds, ["RegisterEventHandler", "LifecycleNode", "EmitEvent"])
+        handler, node, configure = actions
+        self.assertEqual(node.kwargs["namespace"], "/cam0")
+        self.assertEqual(node.kwargs["remappings"], [("image", "/camera/image_raw")])
+        # empty model_path/backend keep the parameters file's values: no override dict
+        self.assertEqual(node.kwargs["parameters"], [args["params_file"]])
+        on_inactive = handler.args[0]
+        self.assertIs(on_inactive.kwargs["target_lifecycle_node"], node)
+        emitted = [e for e in on_inactive.kwargs["entities"] if type(e).__name__ == "EmitEvent"]
+        activate = emitted[0].kwargs["event"]
+        self.assertEqual(activate.kwargs["transition_id"], 3)  # TRANSITION_ACTIVATE
+        self.assertEqual(activate.kwargs["lifecycle_node_matcher"], ("matches", node))
+        self.assertEqual(configure.kwargs["event"].kwargs["transition_id"], 1)  # CONFIGURE
+
+        actions = run(model_path="/models/b", backend="onnxruntime", use_rviz="true")
+        self.assertEqual([type(a).__name__ for a in actions][-1], "Node")
+        self.assertEqual(actions[1].kwargs["parameters"][-1],
+                         {"model_path": "/models/b", "backend": "onnxruntime"})
+        rviz = actions[-1]
+        self.assertEqual(rviz.kwargs["executable"], "rviz2")
+        self.assertEqual(rviz.kwargs["arguments"][0], "-d")
+        self.assertTrue(Path(rviz.kwargs["arguments"][1]).samefile(RVIZ_FILE))
+
+    def test_rviz_view_shows_camera_heatmap_mask_overlay(self):
+        view = yaml.safe_load(RVIZ_FILE.read_text())
+        displays = view["Visualization Manager"]["Displays"]
+        images = [d for d in displays if d["Class"] == "rviz_default_plugins/Image"]
+        self.assertEqual({d["Topic"]["Value"] for d in images},
+                         {"image", "anomaly/heatmap", "anomaly/mask", "anomaly/overlay"})
+        for d in images:  # best effort subscribes to reliable and best-effort publishers alike
+            self.assertEqual(d["Topic"]["Reliability Policy"], "Best Effort")
+
+    def test_installed_files(self):
+        setup_py = (ROOT / "setup.py").read_text()
+        self.assertIn("anomaly_node = flowclas_ros.node.anomaly_node:main", setup_py)
+        self.assertIn('glob("launch/*.py")', setup_py)
+        self.assertIn('glob("config/*.rviz")', setup_py)
+        self.assertTrue((ROOT / "config" / "anomaly.yaml").is_file())
+
+
+if HAVE_LAUNCH_TESTING:  # pragma: no cover - needs a ROS 2 workspace with launch installed
+    import launch_testing
+    import launch_testing.actions
+    import launch_testing.asserts
+    from launch import LaunchDescription
+    from launch.actions import IncludeLaunchDescription
+    from launch.launch_description_sources import PythonLaunchDescriptionSource
+
+    NAMESPACE = f"/launch_test_{os.getpid()}"
+
+    def _tiny_bundle() -> str:
+        import tempfile
+
+        import torch
+
+        from flowclas_ros.export.bundle import write_bundle
+        from flowclas_ros.model import BackboneConfig, FlowCLAS, FlowConfig, ModelConfig
+
+        torch.manual_seed(0)
+        model = FlowCLAS(ModelConfig(backbone=BackboneConfig(name="tiny"),
+                                     flow=FlowConfig(steps=2))).eval()
+        out = Path(tempfile.mkdtemp(prefix="flowclas_launch_")) / "tiny"
+        write_bundle(model, out, input_size=(48, 64), threshold=0.0, score_range=(-5.0, 5.0))
+        return str(out)
+
+    @pytest.mark.launch_test
+    def generate_test_description():
+        os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+        include = IncludeLaunchDescription(
+            PythonLaunchDescriptionSource(str(LAUNCH_FILE)),
+            launch_arguments={
+                "namespace": NAMESPACE,
+                "image_topic": f"{NAMESPACE}/camera",
+                "params_file": str(ROOT / "config" / "anomaly.yaml"),
+                "model_path": _tiny_bundle(),
+                "backend": "auto",
+                "use_rviz": "false",
+            }.items())
+        return LaunchDescription([include, launch_testing.actions.ReadyToTest()]), {}
+
+    class TestNodeComesUpActive(unittest.TestCase):
+        def test_active_and_serving(self):
+            import threading
+            import time
+
+            import numpy as np
+            import rclpy
+            from lifecycle_msgs.srv import GetState
+            from rclpy.qos import QoSProfile, ReliabilityPolicy
+            from sensor_msgs.msg import Image
+
+            from flowclas_ros.node.image_conversion import numpy_to_msg
+
+            rclpy.init()
+            node = rclpy.create_node("launch_test_client")
+            try:
+                cli = node.create_client(GetState, f"{NAMESPACE}/flowclas_anomaly/get_state")
+                self.assertTrue(cli.wait_for_service(timeout_sec=60))
+                deadline = time.monotonic() + 120
+                label = ""
+                while label != "active" and time.monotonic() < deadline:
+                    fut = cli.call_async(GetState.Request())
+                    rclpy.spin_until_future_complete(node, fut, timeout_sec=5)
+                    label = fut.result().current_state.label if fut.done() else label
+                self.assertEqual(label, "active")
+                got = threading.Event()
+                qos = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
+                node.create_subscription(Image, f"{NAMESPACE}/anomaly/heatmap",
+                                         lambda m: got.set(), qos)
+                pub = node.create_publisher(Image, f"{NAMESPACE}/camera", qos)
+                frame = numpy_to_msg(np.zeros((48, 64, 3), np.uint8), "rgb8")
+                deadline = time.monotonic() + 60
+                while not got.is_set() and time.monotonic() < deadline:
+                    pub.publish(frame)
+                    rclpy.spin_once(node, timeout_sec=0.5)
+                self.assertTrue(got.is_set(), "no heatmap from the launched node")
+            finally:
+                node.destroy_node()
+                rclpy.shutdown()
+
+    @launch_testing.post_shutdown_test()
+    class TestExit(unittest.TestCase):
+        def test_exit_codes(self, proc_info):
+            # the node handles the SIGINT launch sends at shutdown and exits 0
+            launch_testing.asserts.assertExitCodes(proc_info)
+
+else:
+
+    def test_launch_testing_of_the_launch_file():
+        pytest.importorskip(
+            "launch_ros",
+            reason="launch_ros/launch_testing are not installed (the ROS 2 PyPI wheels used "
+                   "here have no launch); anomaly.launch.py is checked statically instead")
