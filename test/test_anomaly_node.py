@@ -56,25 +56,6 @@ TIMEOUT = 30.0
 
 
 # fixtures -----------------------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def tiny_bundle(tmp_path_factory) -> Path:
-    """A bundle of the tiny test model: threshold at the median score of a random image."""
-    import torch
-
-    from flowclas_ros.export.bundle import write_bundle
-    from flowclas_ros.model import BackboneConfig, FlowCLAS, FlowConfig, ModelConfig
-
-    torch.manual_seed(0)
-    model = FlowCLAS(ModelConfig(backbone=BackboneConfig(name="tiny"),
-                                 flow=FlowConfig(steps=2))).eval()
-    with torch.no_grad():
-        scores = model(torch.rand(1, 3, 48, 64, generator=torch.Generator().manual_seed(0)))
-    out = tmp_path_factory.mktemp("bundle") / "tiny"
-    write_bundle(model, out, input_size=(48, 64), threshold=float(scores.median()),
-                 score_range=(float(scores.min()), float(scores.max())))
-    return out
-
-
 def wait_until(predicate, timeout: float = TIMEOUT, what: str = "condition") -> None:
     """Poll ``predicate`` on a short Event wait until it holds; fail after ``timeout``."""
     deadline = time.monotonic() + timeout
