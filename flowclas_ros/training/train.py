@@ -1,0 +1,101 @@
+"""``train`` console script: ``train --config FILE [key=value ...] [--resume] [--out DIR]``.
+
+Also ``ros2 run flowclas_ros train ...`` and, for several GPUs (or CPU processes with gloo),
+``torchrun --nproc_per_node=N -m flowclas_ros.training.train --config FILE``.
+
+``--config`` takes a path, or the name of a config shipped in the package's config/ folder
+(``train_demo_lite0_camvid``). Overrides use dotted keys parsed as YAML: ``train.lr=1e-4``
+``model.flow.steps=4`` ``data.image_size=[180,240]``; an unknown key or a wrongly typed value is
+an error that names the key. Output (default runs/<config name>-<objective>): checkpoints/last.pt,
+checkpoints/best.pt, log.csv, tb/, config.yaml, summary.json.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .config import ConfigError, load_config
+
+PACKAGE = "flowclas_ros"
+
+
+def config_search_dirs() -> list[Path]:
+    """Where named configs are looked up: the source tree, then installed share/ folders."""
+    here = Path(__file__).resolve()
+    dirs = [here.parents[2] / "config"]  # source checkout / editable install
+    prefixes = [p for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
+    prefixes += [sys.prefix, str(here.parents[5]) if len(here.parents) > 5 else sys.prefix]
+    dirs += [Path(p) / "share" / PACKAGE / "config" for p in prefixes]
+    return dirs
+
+
+def resolve_config(name: str) -> Path:
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    names = [name] if name.endswith((".yaml", ".yml")) else [name, f"{name}.yaml"]
+    for d in config_search_dirs():
+        for n in names:
+            if (d / n).is_file():
+                return d / n
+    raise FileNotFoundError(f"config {name!r} not found (as a path or in "
+                            f"{', '.join(str(d) for d in config_search_dirs())})")
+
+
+def strip_ros_args(argv: list[str]) -> list[str]:
+    """Drop the ``--ros-args ... [--]`` block that ``ros2 run`` may append."""
+    if "--ros-args" not in argv:
+        return argv
+    i = argv.index("--ros-args")
+    rest = argv[i + 1:]
+    tail = rest[rest.index("--") + 1:] if "--" in rest else []
+    return argv[:i] + tail
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="train", description="Train a FlowCLAS anomaly segmentation model.")
+    p.add_argument("--config", required=True, help="YAML config file, or the name of a shipped one")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides with dotted keys, e.g. train.lr=1e-4 train.objective=nll")
+    p.add_argument("--out", default=None, help="output folder (overrides the config's 'out')")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT/checkpoints/last.pt (exactly where it stopped)")
+    p.add_argument("--overwrite", action="store_true", help="start over in an OUT that holds a run")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = strip_ros_args(list(sys.argv[1:] if argv is None else argv))
+    args = build_parser().parse_intermixed_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S")
+    try:
+        overrides = list(args.overrides) + (["train.progress=false"] if args.quiet else [])
+        cfg = load_config(resolve_config(args.config), overrides)
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"train: error: {exc}", file=sys.stderr)
+        return 2
+
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from .trainer import cleanup_distributed, setup_distributed, train
+
+    dist = setup_distributed(cfg.train.device)
+    try:
+        with logging_redirect_tqdm():
+            train(cfg, out=args.out, resume=args.resume, overwrite=args.overwrite, dist=dist)
+    except (ConfigError, FileExistsError, FileNotFoundError) as exc:
+        print(f"train: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        cleanup_distributed(dist)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
