@@ -2,13 +2,15 @@
 
     ros2 launch flowclas_ros anomaly.launch.py image_topic:=/camera/image_raw use_rviz:=true
 
-The lifecycle node is configured as soon as it starts and activated once it reaches
+The lifecycle node is configured as soon as it starts and activated the first time it reaches
 ``inactive``. If configure fails (the log line says what to fix), the node stays unconfigured:
-fix the parameter (``ros2 param set``) and run ``ros2 lifecycle set <node> configure``, then
-``activate``.
+fix the parameter (``ros2 param set``) and run ``ros2 lifecycle set <node> configure``; launch
+then activates it. Only that first ``inactive`` is activated: after a later ``deactivate`` /
+``cleanup`` / ``configure`` the node stays where ``ros2 lifecycle set`` leaves it.
 
 Arguments: namespace, image_topic, params_file, model_path, backend, use_rviz. ``model_path`` and
-``backend`` left empty keep the value of the parameters file.
+``backend`` left empty keep the value of the parameters file. ``use_rviz:=true`` where rviz2 is
+not installed logs that and starts the node alone.
 """
 import os
 
@@ -33,6 +35,17 @@ def _share_dir() -> str:
         return get_package_share_directory(PACKAGE)
     except Exception:  # not installed with colcon: use the files beside this launch file
         return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _rviz2_installed() -> bool:
+    """Whether the rviz2 package is in the ament index (it is not in the PyPI ROS 2 wheels)."""
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        get_package_share_directory("rviz2")
+        return True
+    except Exception:  # PackageNotFoundError, or no ament_index_python at all
+        return False
 
 
 def _truthy(value: str) -> bool:
@@ -66,11 +79,13 @@ def _launch_setup(context, *args, **kwargs):
         remappings=[("image", image_topic)],
         output="screen",
     )
-    # inactive -> activate (registered before the node starts, so the event cannot be missed)
+    # inactive -> activate (registered before the node starts, so the event cannot be missed).
+    # Once only: a later manual cleanup/configure is not activated behind the user's back.
     activate_when_inactive = RegisterEventHandler(OnStateTransition(
         target_lifecycle_node=anomaly,
         start_state="configuring",
         goal_state="inactive",
+        handle_once=True,
         entities=[
             LogInfo(msg="flowclas_anomaly is inactive: activating"),
             EmitEvent(event=ChangeState(
@@ -83,7 +98,13 @@ def _launch_setup(context, *args, **kwargs):
         transition_id=Transition.TRANSITION_CONFIGURE))
     actions = [activate_when_inactive, anomaly, configure_at_start]
 
-    if use_rviz:
+    if use_rviz and not _rviz2_installed():
+        # Without this check launch raises "package 'rviz2' not found" and takes the node down.
+        actions.append(LogInfo(
+            msg="use_rviz:=true but rviz2 is not installed (no 'rviz2' in AMENT_PREFIX_PATH): "
+                "starting flowclas_anomaly without it; install rviz2 (apt install "
+                "ros-jazzy-rviz2) or view the anomaly/* topics elsewhere"))
+    elif use_rviz:
         # The .rviz file names topics relative to rviz2's namespace (the node's), and its camera
         # display reads "image", remapped here like the node's input.
         actions.append(Node(
