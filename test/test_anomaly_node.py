@@ -726,9 +726,11 @@ def test_parameters_file_declares_every_parameter(ros, nodes):
 
 
 def test_colormaps_match_the_runtime():
+    from flowclas_ros.node.parameters import table
     from flowclas_ros.runtime import COLORMAPS
 
-    assert tuple(COLORMAPS) == an.COLORMAPS
+    spec = {p.name: p for p in table(an.default_model_path)}["colormap"]
+    assert tuple(COLORMAPS) == spec.choices
 
 
 def test_default_model_path_points_at_the_demo_bundle():

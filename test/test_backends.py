@@ -15,8 +15,9 @@ from flowclas_ros.export.onnx_export import sample_images
 from flowclas_ros.runtime import (COLORMAPS, BackendUnavailable, FrameResult, create_backend)
 from flowclas_ros.runtime.bench_backends import demo_model
 from flowclas_ros.runtime.bench_backends import main as bench_main
-from flowclas_ros.runtime.preprocess import (FLOAT32_MAX, NumpyPipeline, TorchPipeline,
-                                             colormap_lut, resize_bilinear_np)
+from flowclas_ros.runtime.pipeline import (FLOAT32_MAX, NumpyPipeline, TorchPipeline,
+                                           resize_bilinear_np)
+from flowclas_ros.runtime.visualisation import colormap_lut
 from flowclas_ros.runtime.tensorrt_backend import EngineCache, EngineKey, engine_cache_key
 
 SIZE = (48, 64)

@@ -391,7 +391,8 @@ def test_real_cityscapes_sample(shared_data):
     # labelIds give (nearly: the files differ on 0.2 % of pixels, at polygon borders) the same
     # ignore mask as trainIds: the fallback used when trainIds were never generated.
     ids_path = Path(str(ds.records[0].label).replace("labelTrainIds", "labelIds"))
-    from flowclas_ros.data.datasets import CITYSCAPES_LABELID_LUT, apply_lut
+    from flowclas_ros.data.frames import apply_lut
+    from flowclas_ros.data.inlier_sets import CITYSCAPES_LABELID_LUT
     assert (apply_lut(read_label(ids_path), CITYSCAPES_LABELID_LUT) == s.label).mean() > 0.99
 
 

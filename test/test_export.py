@@ -1,7 +1,6 @@
 """The export CLI (checkpoint -> bundle), calibration of the threshold and display range, the
 exporter fallback and the ONNX Runtime vs torch check."""
 import json
-import sys
 
 import numpy as np
 import pytest
@@ -106,23 +105,6 @@ def test_cli_rejects_bad_arguments(checkpoint, tmp_path):
                          "--fpr", "1.5"])
     with pytest.raises(FileNotFoundError):
         export_mod.main(["--checkpoint", str(tmp_path / "missing.pt"), "--out", str(tmp_path)])
-
-
-@pytest.mark.parametrize("use_fallback", [False, True])
-def test_threshold_at_fpr(monkeypatch, use_fallback):
-    if use_fallback:  # the local numpy version, used when the evaluation package is absent
-        monkeypatch.setitem(sys.modules, "flowclas_ros.evaluation.metrics", None)
-    rng = np.random.default_rng(0)
-    scores = rng.normal(size=2000).astype(np.float32)
-    labels = (rng.random(2000) < 0.2).astype(np.uint8)
-    labels[:50] = 255
-    for fpr in (0.0, 0.01, 0.05, 0.5):
-        t = export_mod.threshold_at_fpr(scores, labels, fpr)
-        inl = scores[labels == 0]
-        assert (inl >= t).mean() <= fpr
-        below = np.nextafter(np.float32(t), np.float32(-np.inf))
-        assert (inl >= below).mean() > fpr  # the smallest such threshold
-    assert export_mod.threshold_at_fpr(scores, labels, 1.0) == scores[labels == 0].min()
 
 
 def test_exporter_fallback_is_recorded(tiny_model, tmp_path, monkeypatch):

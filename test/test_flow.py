@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from flowclas_ros.model.flow import ActNorm, AffineCoupling, Flow, FlowConfig, Permutation
+from flowclas_ros.model.flow import ActNorm, AffineCoupling, Flow, FlowConfig
 from flowclas_ros.model.losses import gaussian_nll_map
 
 
@@ -13,12 +13,10 @@ def _perturbed_flow(channels=6, steps=3, subnet="residual", hidden=0):
     flow = Flow(channels, FlowConfig(steps=steps, subnet=subnet, hidden=hidden, seed=3)).double()
     flow.initialize(torch.randn(4, channels, 5, 7, dtype=torch.float64) * 3 + 1)
     with torch.no_grad():
-        for layer in flow.layers:
-            if isinstance(layer, AffineCoupling):
-                for p in layer.subnet.parameters():
-                    p.add_(torch.randn_like(p) * 0.3)
-            if isinstance(layer, ActNorm):
-                layer.log_scale.add_(torch.randn_like(layer.log_scale) * 0.2)
+        for step in flow.steps:
+            for p in step.coupling.subnet.parameters():
+                p.add_(torch.randn_like(p) * 0.3)
+            step.actnorm.log_scale.add_(torch.randn_like(step.actnorm.log_scale) * 0.2)
     return flow.eval()
 
 
@@ -57,18 +55,16 @@ def test_per_pixel_logdet_matches_per_module_terms():
     x = torch.randn(2, 6, 4, 5, dtype=torch.float64)
     expected = torch.zeros(2, 4, 5, dtype=torch.float64)
     h = x
-    for layer in flow.layers:
-        if isinstance(layer, ActNorm):
-            expected += layer.log_scale.sum()
-            h = (h + layer.bias) * layer.log_scale.exp()
-        elif isinstance(layer, Permutation):
-            h = h[:, layer.perm]
-        else:
-            x1, x2 = h[:, : layer.split], h[:, layer.split:]
-            s_raw, t = layer.subnet(x1).chunk(2, dim=1)
-            s = 2.0 * torch.tanh(s_raw)
-            expected += s.sum(1)
-            h = torch.cat([x1, x2 * s.exp() + t], 1)
+    for step in flow.steps:
+        norm, perm, coupling = step.actnorm, step.permute, step.coupling
+        expected += norm.log_scale.sum()
+        h = (h + norm.bias) * norm.log_scale.exp()
+        h = h[:, perm.perm]
+        x1, x2 = h[:, : coupling.split], h[:, coupling.split:]
+        s_raw, t = coupling.subnet(x1).chunk(2, dim=1)
+        s = 2.0 * torch.tanh(s_raw)
+        expected += s.sum(1)
+        h = torch.cat([x1, x2 * s.exp() + t], 1)
     z, logdet = flow(x)
     torch.testing.assert_close(z, h)
     torch.testing.assert_close(logdet, expected)
@@ -123,9 +119,9 @@ def test_matches_freia_blocks_with_same_weights():
     Fm = pytest.importorskip("FrEIA.modules")
     c, h, w = 6, 4, 5
     ours = _perturbed_flow(channels=c, steps=2).float()
-    couplings = [m for m in ours.layers if isinstance(m, AffineCoupling)]
-    perms = [m for m in ours.layers if isinstance(m, Permutation)]
-    norms = [m for m in ours.layers if isinstance(m, ActNorm)]
+    couplings = [step.coupling for step in ours.steps]
+    perms = [step.permute for step in ours.steps]
+    norms = [step.actnorm for step in ours.steps]
 
     def subnet_factory():
         it = iter(couplings)

@@ -4,7 +4,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from flowclas_ros.model.losses import (IGNORE, INLIER, OUTLIER, downsample_labels, masked_nll,
+from flowclas_ros.labels import ANOMALY, INLIER, VOID
+from flowclas_ros.model.losses import (downsample_labels, masked_nll,
                                        sample_views, supervised_contrastive)
 
 
@@ -62,16 +63,16 @@ def test_sample_views_balances_and_respects_max_views():
     g = torch.Generator().manual_seed(0)
     emb = F.normalize(torch.randn(2, 4, 6, 6, generator=g), dim=1)
     labels = torch.full((2, 6, 6), INLIER)
-    labels[0, :2, :3] = OUTLIER  # 6 outlier pixels
-    labels[1, 5] = IGNORE
+    labels[0, :2, :3] = ANOMALY  # 6 outlier pixels
+    labels[1, 5] = VOID
     aux_labels = torch.full((2, 6, 6), INLIER)
-    aux_labels[:, :1] = OUTLIER
+    aux_labels[:, :1] = ANOMALY
     anchors, la, contrast, lc = sample_views(emb, labels, emb * 1, aux_labels, max_views=4,
                                              generator=g)
-    assert (la == OUTLIER).sum() == 4 and (la == INLIER).sum() == 4
+    assert (la == ANOMALY).sum() == 4 and (la == INLIER).sum() == 4
     assert torch.equal(contrast[:8], anchors) and torch.equal(lc[:8], la)
-    assert (lc[8:] == OUTLIER).sum() == 4 and (lc[8:] == INLIER).sum() == 4
-    assert IGNORE not in lc.tolist()
+    assert (lc[8:] == ANOMALY).sum() == 4 and (lc[8:] == INLIER).sum() == 4
+    assert VOID not in lc.tolist()
     # every anchor is a real pixel of its class
     flat = emb.permute(0, 2, 3, 1).reshape(-1, 4)
     flat_labels = labels.reshape(-1)

@@ -200,3 +200,18 @@ def test_streaming_threshold_at_fpr_is_conservative_within_a_bin():
         t_exact, t_stream = threshold_at_fpr(scores, labels, fpr), st.threshold_at_fpr(fpr)
         assert np.count_nonzero(neg >= t_stream) / neg.size <= fpr
         assert t_exact <= t_stream + 1e-6 <= t_exact + width + 1e-5
+
+
+def test_threshold_at_fpr():
+    """The calibration threshold of export: the smallest t with inlier FPR <= fpr."""
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=2000).astype(np.float32)
+    labels = (rng.random(2000) < 0.2).astype(np.uint8)
+    labels[:50] = 255
+    for fpr in (0.0, 0.01, 0.05, 0.5):
+        t = threshold_at_fpr(scores, labels, fpr)
+        inl = scores[labels == 0]
+        assert (inl >= t).mean() <= fpr
+        below = np.nextafter(np.float32(t), np.float32(-np.inf))
+        assert (inl >= below).mean() > fpr  # the smallest such threshold
+    assert threshold_at_fpr(scores, labels, 1.0) == scores[labels == 0].min()

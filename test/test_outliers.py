@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flowclas_ros.data.outliers import (ALLO_COCO_IDS, COCO_CLASSES, ROAD_SCENE_COCO_IDS,
-                                        YOLO_TO_COCO_ID, OutlierObject, OutlierPaster,
-                                        OutlierSource, PasteConfig, default_outlier_split,
-                                        fit_to_size, load_outlier_source, mask_bbox,
-                                        polygons_to_mask, rescale_object, rle_counts_from_string,
-                                        rle_counts_to_string, rle_decode, rle_encode,
-                                        segmentation_to_mask)
+from coco_encode import rle_counts_to_string, rle_encode
+from flowclas_ros.data.coco import (ALLO_COCO_IDS, COCO_CLASSES, ROAD_SCENE_COCO_IDS,
+                                    YOLO_TO_COCO_ID, polygons_to_mask, rle_counts_from_string,
+                                    rle_decode, segmentation_to_mask)
+from flowclas_ros.data.outlier_sources import (OutlierObject, OutlierSource,
+                                               default_outlier_split, load_outlier_source)
+from flowclas_ros.data.pasting import (OutlierPaster, PasteConfig, fit_to_size, mask_bbox,
+                                       rescale_object)
 
 
 def write_rgb(path: Path, h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -294,7 +295,7 @@ def expected_patch(src, info, size, grey=False):
     obj = src[info["index"]]
     img = obj.image
     if grey:
-        from flowclas_ros.data.outliers import to_grey
+        from flowclas_ros.data.pasting import to_grey
         img = to_grey(img)
     s_img, s_mask = rescale_object(OutlierObject(img, obj.mask, ""), info["scale"])
     f_img, _ = fit_to_size(s_img, size, 0)

@@ -3,7 +3,6 @@ that lowers the loss, exact kill-and-resume, checkpoint selection, the CLI. Tiny
 generated 'folder' dataset and generated outlier objects, all in tmp_path."""
 import csv
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -16,14 +15,14 @@ import yaml
 from PIL import Image
 
 from flowclas_ros.model.checkpoint import load_checkpoint, load_model
-from flowclas_ros.model.losses import IGNORE
+from flowclas_ros.labels import VOID
 from flowclas_ros.training import config as config_mod
 from flowclas_ros.training.config import ConfigError, load_config
 from flowclas_ros.training.feature_cache import FeatureCache, encode, grid_labels
 from flowclas_ros.training.schedule import OneCycleSchedule, one_cycle_factor
 from flowclas_ros.training.train import main, resolve_config
-from flowclas_ros.training.trainer import (EpochOrder, Trainer, param_groups, train,
-                                           variant_rng)
+from flowclas_ros.training.samples import EpochOrder, variant_rng
+from flowclas_ros.training.trainer import Trainer, param_groups, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,7 +41,7 @@ def make_fixture(root: Path, n_images: int = 8, n_outliers: int = 4, size=(64, 6
         img = np.clip(base + rng.normal(0, 8, (h, w, 3)), 0, 255).astype(np.uint8)
         Image.fromarray(img).save(root / f"inliers/images/img{i:02d}.png")
         lab = np.zeros((h, w), np.uint8)
-        lab[:2] = IGNORE
+        lab[:2] = VOID
         Image.fromarray(lab).save(root / f"inliers/labels/img{i:02d}.png")
     oh, ow = 48, 40
     oy, ox = np.mgrid[0:oh, 0:ow]
@@ -270,9 +269,16 @@ def test_kill_and_resume_gives_the_same_parameters(tmp_path, cache):
     full, broken = tmp_path / "full", tmp_path / "broken"
     assert main(["--config", str(path), "--out", str(full), "--quiet"]) == 0
 
-    env = {**os.environ, "FLOWCLAS_KILL_AT_STEP": "7"}
-    proc = subprocess.run([sys.executable, "-m", "flowclas_ros.training.train", "--config",
-                           str(path), "--out", str(broken), "--quiet"], cwd=ROOT, env=env,
+    # a separate process that dies like a killed run: SIGKILL right after step 7
+    killed_at_7 = (
+        "import os, signal, sys\n"
+        "from flowclas_ros.training.config import load_config\n"
+        "from flowclas_ros.training.trainer import Trainer\n"
+        "def die(trainer):\n"
+        "    if trainer.step == 7:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "Trainer(load_config(sys.argv[1], ['train.progress=false']), out=sys.argv[2]).fit(on_step=die)\n")
+    proc = subprocess.run([sys.executable, "-c", killed_at_7, str(path), str(broken)], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr  # killed, not finished
     assert load_checkpoint(broken / "checkpoints" / "last.pt")["step"] == 4
@@ -337,7 +343,7 @@ def test_feature_cache_holds_the_features_of_each_variant(tmp_path):
         assert np.array_equal(row["aux_labels"], lab[0].numpy())
     # pasted outliers are in the labels, the ignored band too
     assert (cache.arrays["mixed_labels"] == 1).any()
-    assert (cache.arrays["mixed_labels"][:, 0] == IGNORE).all()
+    assert (cache.arrays["mixed_labels"][:, 0] == VOID).all()
 
 
 def test_flips_keep_labels_aligned(tmp_path):
@@ -363,7 +369,8 @@ def test_flips_keep_labels_aligned(tmp_path):
 
 
 def test_validation_keeps_best_checkpoint(tmp_path):
-    from flowclas_ros.data.outliers import OutlierPaster, PasteConfig, load_outlier_source
+    from flowclas_ros.data.outlier_sources import load_outlier_source
+    from flowclas_ros.data.pasting import OutlierPaster, PasteConfig
 
     data = make_fixture(tmp_path / "data")
     val = tmp_path / "val"

@@ -33,9 +33,11 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from .datasets import ANOMALY, IGNORE, INLIER, camvid
-from .outliers import (DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION, OutlierPaster, OutlierSource,
-                       PasteConfig, default_outlier_split, load_outlier_source)
+from ..labels import ANOMALY, INLIER, VOID
+from .inlier_sets import camvid
+from .outlier_sources import (DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION, OutlierSource,
+                              default_outlier_split, load_outlier_source)
+from .pasting import OutlierPaster, PasteConfig
 
 MANIFEST = "manifest.json"
 
@@ -109,7 +111,7 @@ def build_validation_set(camvid_root: str | Path, outlier_source: OutlierSource 
             counts["frames"] += 1
             counts["pasted"] += int(mixed.info["box"] is not None)
             counts["pixels"]["outlier"] += n_out
-            counts["pixels"]["ignore"] += int(np.count_nonzero(mixed.label == IGNORE))
+            counts["pixels"]["ignore"] += int(np.count_nonzero(mixed.label == VOID))
             counts["pixels"]["inlier"] += int(np.count_nonzero(mixed.label == INLIER))
             frames.append({"name": name, "frame": str(ds.records[i].image),
                            "object": mixed.info["object"], "scale": mixed.info["scale"],
@@ -121,7 +123,7 @@ def build_validation_set(camvid_root: str | Path, outlier_source: OutlierSource 
         "camvid_root": str(Path(camvid_root)), "outliers": outlier_meta,
         "paste": {"scales": list(config.scales), "paste_prob": config.paste_prob,
                   "grey_prob": config.grey_prob},
-        "labels": {"inlier": INLIER, "outlier": ANOMALY, "ignore": IGNORE},
+        "labels": {"inlier": INLIER, "outlier": ANOMALY, "ignore": VOID},
         "counts": counts, "seconds": round(time.perf_counter() - t0, 2), "frames": frames,
     }
     tmp = out_dir / f".{MANIFEST}.tmp"

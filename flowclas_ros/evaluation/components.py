@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from .metrics import ANOMALY, VOID, _check_labels
+from ..labels import ANOMALY, VOID
+from .metrics import _check_labels
 
 TAUS = tuple(float(t) for t in np.linspace(0.25, 0.75, 11))
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)

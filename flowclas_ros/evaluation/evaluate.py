@@ -20,7 +20,7 @@ formed, so they take a second pass: the first pass caches each frame's score and
 a temporary folder (or keeps the scores in OUT/scores with ``--save-scores``). ``auto`` picks the
 Obstacle track for smiyc_obstacle and lost_and_found and the Anomaly track otherwise.
 
-Library use (training's checkpoint selection): :func:`evaluate_scores` and :func:`evaluate_model`.
+Library use: evaluate_scores (score maps) and evaluate_model (a model or a runtime backend).
 """
 from __future__ import annotations
 
@@ -44,6 +44,20 @@ from .components import ComponentConfig, ComponentMetrics, track_config
 from .metrics import ExactPixelMetrics, PixelResult, StreamingPixelMetrics
 from .plots import Example, plot_curves, plot_examples
 
+CLI_DESCRIPTION = """\
+Score a benchmark with the benchmark's own metric definitions (METHOD.md section 8).
+
+Writes OUT/metrics.json (auprc, fpr95, auroc as fractions; siou, ppv, mean_f1 when component
+metrics are computed), OUT/curves.png (PR and ROC) and OUT/examples.png.
+
+Score sources, one (H, W) float map per image at the label's resolution:
+  --scores DIR   saved maps named after the images: DIR/<name>.npy (float) or DIR/<name>.png
+                 (16-bit, read as value / 65535), so any method is compared on equal terms
+  --model FILE   a training checkpoint, run per image at native resolution
+  --model DIR    an exported bundle, run through the runtime backends
+
+Component metrics take a second pass over cached maps; --components auto picks the Obstacle
+track for smiyc_obstacle and lost_and_found, the Anomaly track otherwise."""
 OBSTACLE_DATASETS = ("smiyc_obstacle", "lost_and_found")
 COMPONENT_CHOICES = ("auto", "anomaly", "obstacle", "none")
 Scorer = Callable[[Any], np.ndarray]  # Sample -> (H, W) float score map
@@ -128,20 +142,22 @@ def module_device(model) -> str:
     return "cpu"
 
 
-def model_scorer(model, device: str | None = None) -> Scorer:
+def model_scorer(model, device: str | None = None, autocast: bool = False) -> Scorer:
     """FlowCLAS (or any images -> (B, H, W) module) at native resolution, one image at a time.
 
-    device: where to run; None keeps the module where it is. Puts the module in eval mode.
+    device: where to run; None keeps the module where it is. autocast: bf16 autocast (what
+    training uses on CUDA). Puts the module in eval mode.
     """
     import torch
 
     device = device or module_device(model)
     model = model.to(device).eval()
+    device_type = torch.device(device).type
 
     def score(sample) -> np.ndarray:
         img = torch.from_numpy(np.ascontiguousarray(sample.image)).to(device)
         x = img.permute(2, 0, 1)[None].float().div_(255.0)
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast):
             return model(x)[0].float().cpu().numpy()
 
     return score
@@ -267,18 +283,17 @@ def run_evaluation(scores: Scorer | Iterable[np.ndarray], dataset, *, streaming:
 
 
 def evaluate_scores(scores: Scorer | Iterable[np.ndarray], dataset, **kwargs) -> dict:
-    """Metrics dict of score maps against ``dataset``; keyword arguments of :func:`run_evaluation`.
-
-    Used by training for checkpoint selection: ``evaluate_scores(maps, val_set)["auprc"]``.
-    """
+    """Metrics dict of score maps against ``dataset``; keyword arguments of :func:`run_evaluation`."""
     return run_evaluation(scores, dataset, **kwargs).metrics
 
 
-def evaluate_model(model_or_backend, dataset, *, device: str | None = None, **kwargs) -> dict:
+def evaluate_model(model_or_backend, dataset, *, device: str | None = None,
+                   autocast: bool = False, **kwargs) -> dict:
     """Metrics dict of a FlowCLAS model (torch module) or a runtime Backend on ``dataset``.
 
-    A module runs on ``device`` (None: where it already is) in eval mode and gets its previous
-    train/eval mode and device back afterwards. Keyword arguments of :func:`run_evaluation`.
+    This is what training's checkpoint selection calls. A module runs on ``device`` (None: where
+    it already is) in eval mode (bf16 with ``autocast``) and gets its previous train/eval mode
+    and device back afterwards. Keyword arguments of :func:`run_evaluation`.
     """
     if hasattr(model_or_backend, "infer"):
         return run_evaluation(backend_scorer(model_or_backend), dataset, **kwargs).metrics
@@ -289,7 +304,7 @@ def evaluate_model(model_or_backend, dataset, *, device: str | None = None, **kw
         raise TypeError(f"expected a torch module or a runtime Backend, got {type(model).__name__}")
     was_training, was_on = model.training, module_device(model)
     try:
-        return run_evaluation(model_scorer(model, device), dataset, **kwargs).metrics
+        return run_evaluation(model_scorer(model, device, autocast), dataset, **kwargs).metrics
     finally:
         model.to(was_on).train(was_training)
 
@@ -316,7 +331,7 @@ def peak_rss_mb() -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="evaluate", description=__doc__,
+    p = argparse.ArgumentParser(prog="evaluate", description=CLI_DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", required=True,
                    help="dataset name (road_anomaly, fishyscapes_laf, fishyscapes_static, "

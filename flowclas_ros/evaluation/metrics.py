@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-INLIER, ANOMALY, VOID = 0, 1, 255
+from ..labels import ANOMALY, INLIER, VOID
+
 TPR_LEVEL = 0.95
 CURVE_POINTS = 2000  # points kept per curve for plotting
 

@@ -48,11 +48,12 @@ from typing import Any
 import torch
 
 from flowclas_ros.model import FlowCLAS, ModelConfig
+from flowclas_ros.model.upgrade import upgrade_state_dict
 
 log = logging.getLogger("flowclas_ros.export")
 
 FORMAT = "flowclas_ros.bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # = the weights' state-dict layout (flowclas_ros.model.upgrade); 1 loads too
 MANIFEST = "manifest.json"
 ONNX_FILE = "model.onnx"
 WEIGHTS_FILE = "weights.safetensors"
@@ -353,7 +354,8 @@ def build_torch_model(bundle: Bundle | str | Path) -> FlowCLAS:
     cfg.backbone.weights = None
     cfg.backbone.pretrained = False
     model = FlowCLAS(cfg)
-    sd = load_file(str(bundle.weights_path))
+    sd = upgrade_state_dict(load_file(str(bundle.weights_path)),
+                            int(bundle.manifest["format_version"]))
     expected = model.state_dict()
     missing = sorted(set(expected) - set(sd))
     unexpected = sorted(set(sd) - set(expected))

@@ -7,7 +7,7 @@
 Threshold and display range:
 
 * ``--calibration DIR`` (a folder dataset: DIR/images/<name>.png, DIR/labels/<name>.png with
-  0 inlier / 1 anomaly / 255 void): every frame is scored exactly as the runtime does (resize to
+  0 inlier / 1 anomaly / 255 void; without labels/ every pixel is an inlier): every frame is scored exactly as the runtime does (resize to
   the input size, score, bilinear back to the frame's size), then
   threshold = the smallest threshold whose false-positive rate on inlier pixels is <= --fpr;
   score_range = (1st percentile of inlier scores, 99.9th percentile of all valid scores), so
@@ -29,13 +29,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from flowclas_ros.data.datasets import build_dataset
+from flowclas_ros.evaluation.metrics import pixel_metrics, threshold_at_fpr
+from flowclas_ros.labels import ANOMALY, INLIER, VOID
 from flowclas_ros.model import FlowCLAS, ModelConfig
+from flowclas_ros.runtime.pipeline import TorchPipeline
 
 from .bundle import write_bundle
 
 log = logging.getLogger("flowclas_ros.export")
 
 INLIER_LO_PCT, ALL_HI_PCT = 1.0, 99.9
+CLI_DESCRIPTION = """\
+Export a training checkpoint to a model bundle (also: ros2 run flowclas_ros export).
+
+With --calibration DIR (DIR/images/ and DIR/labels/ with 0 inlier, 1 anomaly, 255 void; without
+labels/ every pixel is an inlier) the mask threshold is the smallest one whose false-positive
+rate on inlier pixels is at most --fpr, every frame scored as the runtime does. Without it the
+threshold is --threshold or an uncalibrated placeholder."""
 
 
 def default_input_size(cfg: ModelConfig) -> tuple[int, int]:
@@ -56,45 +67,8 @@ def load_checkpoint_model(path: str | Path, backbone_weights: str | None = None)
     return model.eval(), data
 
 
-def threshold_at_fpr(scores: np.ndarray, labels: np.ndarray, fpr: float) -> float:
-    """Smallest t with (inlier pixels scoring >= t) / inliers <= fpr (the evaluation's if present)."""
-    try:
-        from flowclas_ros.evaluation.metrics import threshold_at_fpr as exact
-    except ImportError:
-        exact = None
-    if exact is not None:
-        return float(exact(scores, labels, fpr))
-    neg = np.sort(scores[labels == 0].astype(np.float32))[::-1]
-    if neg.size == 0:
-        raise ValueError("no inlier pixels: the false-positive rate is undefined")
-    k = int(np.floor(fpr * neg.size + 1e-9))  # inliers that may be flagged
-    if k >= neg.size:
-        return float(neg[-1])
-    return float(np.nextafter(neg[k], np.float32(np.inf)))
-
-
-def _folder_frames(root: Path):
-    """(name, image, label) of a folder dataset; the data package's reader when present."""
-    try:
-        from flowclas_ros.data.datasets import build_dataset
-    except ImportError:
-        build_dataset = None
-    if build_dataset is not None:
-        for s in build_dataset("folder", root):
-            yield s.name, s.image, s.label
-        return
-    from PIL import Image
-
-    for img in sorted((root / "images").glob("*.png")):
-        lab = root / "labels" / img.name
-        yield (img.stem, np.asarray(Image.open(img).convert("RGB")),
-               np.asarray(Image.open(lab)) if lab.is_file() else None)
-
-
 def _runtime_scores(model: FlowCLAS, image: np.ndarray, input_size, device) -> np.ndarray:
     """The heatmap the runtime's torch backend would publish for ``image`` (fp32)."""
-    from flowclas_ros.runtime.preprocess import TorchPipeline
-
     pipe = TorchPipeline(device, input_size, (0.0, 1.0))
     x, frame = pipe.prepare(image)
     with torch.inference_mode():
@@ -111,20 +85,19 @@ def calibrate(model: FlowCLAS, root: str | Path, input_size: tuple[int, int], fp
     model = model.to(device).eval()
     scores, labels = [], []
     n = 0
-    for name, image, label in _folder_frames(root):
-        if label is None:
-            raise ValueError(f"calibration frame {name} has no label (need {root}/labels/)")
+    for sample in build_dataset("folder", root):
+        name, image, label = sample.name, sample.image, sample.label
         heat = _runtime_scores(model, image, input_size, device)
         if heat.shape != label.shape:
             raise ValueError(f"calibration frame {name}: label {label.shape} vs image {heat.shape}")
-        valid = label != 255
+        valid = label != VOID
         scores.append(heat[valid])
         labels.append(label[valid].astype(np.uint8))
         n += 1
     if n == 0:
         raise ValueError(f"no calibration frames found in {root} (expected images/ and labels/)")
     s, lab = np.concatenate(scores), np.concatenate(labels)
-    inl = s[lab == 0]
+    inl = s[lab == INLIER]
     if inl.size == 0:
         raise ValueError(f"the calibration set {root} has no inlier (0) pixels")
     thr = threshold_at_fpr(s, lab, fpr)
@@ -132,15 +105,10 @@ def calibrate(model: FlowCLAS, root: str | Path, input_size: tuple[int, int], fp
     hi = float(np.percentile(s, ALL_HI_PCT))
     if not hi > lo:
         hi = lo + max(abs(lo), 1.0) * 1e-3
-    metrics = {"frames": n, "pixels": int(s.size), "outlier_pixels": int((lab == 1).sum()),
+    metrics = {"frames": n, "pixels": int(s.size), "outlier_pixels": int((lab == ANOMALY).sum()),
                "fpr_at_threshold": float((inl >= thr).mean())}
-    if (lab == 1).any():
-        try:
-            from flowclas_ros.evaluation.metrics import pixel_metrics
-
-            metrics.update(pixel_metrics(s, lab))
-        except ImportError:
-            pass
+    if (lab == ANOMALY).any():
+        metrics.update(pixel_metrics(s, lab))
     log.info("calibrated on %d frames: threshold %.5g at FPR %.3g, score range (%.4g, %.4g)",
              n, thr, fpr, lo, hi)
     return {"threshold": thr, "score_range": (lo, hi), "metrics": metrics,
@@ -169,7 +137,7 @@ def photo_statistics(model: FlowCLAS, input_size: tuple[int, int], device: str =
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="export", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="export", description=CLI_DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="training checkpoint (.pt)")
     p.add_argument("--out", required=True, help="bundle directory to write (replaced if a bundle)")

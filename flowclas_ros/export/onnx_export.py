@@ -65,7 +65,7 @@ def sample_images() -> list[tuple[str, np.ndarray]]:
 
 def image_to_input(image: np.ndarray, size: tuple[int, int]) -> Tensor:
     """(H, W, 3) uint8 RGB -> (1, 3, h, w) float32 in [0, 1], resized as the runtime does."""
-    from flowclas_ros.runtime.preprocess import TorchPipeline
+    from flowclas_ros.runtime.pipeline import TorchPipeline
 
     return TorchPipeline.prepare_input(torch.from_numpy(np.ascontiguousarray(image)), size)
 

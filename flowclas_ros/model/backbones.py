@@ -24,8 +24,6 @@ from torch import Tensor, nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-TF_MEAN = (0.5, 0.5, 0.5)  # TF-ported EfficientNet-Lite weights expect inputs in [-1, 1]
-TF_STD = (0.5, 0.5, 0.5)
 
 
 @dataclass
@@ -123,22 +121,18 @@ def _lite_key_map(model: nn.Module) -> dict[str, str]:
     return m
 
 
-def load_efficientnet_lite_classifier(variant: int = 0, weights: str | Path | None = None,
-                                      pretrained: bool = True) -> nn.Module:
-    """timm ``tf_efficientnet_lite{variant}`` with the packaged ImageNet weights, in eval mode.
+def load_packaged_lite_weights(variant: int, path: Path, target: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The packaged (lukemelas-style) weights file renamed onto timm's ``target`` state dict.
 
-    Every tensor of the file must map onto a model tensor of the same shape and every model tensor
-    must be covered; anything else raises with the offending names.
+    Every tensor of ``target`` must be covered with the right shape; tensors of the file that
+    ``target`` does not hold (the classifier head, for a features-only model) are dropped, and
+    anything else that does not fit raises with the offending names.
     """
     import timm
 
-    model = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
-    if not pretrained and weights is None:
-        return model.eval()
-    path = Path(weights) if weights else efficientnet_lite_weights_file(variant)
     src = torch.load(path, map_location="cpu", weights_only=True)
-    key_map = _lite_key_map(model)
-    target = model.state_dict()
+    full = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
+    key_map, full_names = _lite_key_map(full), set(full.state_dict())
     mapped, problems = {}, []
     for key, value in src.items():
         prefix, _, leaf = key.rpartition(".")
@@ -147,8 +141,10 @@ def load_efficientnet_lite_classifier(variant: int = 0, weights: str | Path | No
             problems.append(f"unexpected tensor {key}")
             continue
         dst = f"{name}.{leaf}"
-        if dst not in target:
+        if dst not in full_names:
             problems.append(f"{key} -> {dst}: no such tensor in the model")
+        elif dst not in target:
+            continue  # the classifier head, or blocks past the last stage a backbone uses
         elif target[dst].shape != value.shape:
             problems.append(f"{key} -> {dst}: shape {tuple(value.shape)} != {tuple(target[dst].shape)}")
         else:
@@ -156,45 +152,56 @@ def load_efficientnet_lite_classifier(variant: int = 0, weights: str | Path | No
     problems += [f"model tensor {k} not in {path.name}" for k in target if k not in mapped]
     if problems:
         raise ValueError(f"{path} does not fit EfficientNet-Lite{variant}:\n  " + "\n  ".join(problems[:20]))
-    model.load_state_dict(mapped, strict=True)
+    return mapped
+
+
+def load_efficientnet_lite_classifier(variant: int = 0, weights: str | Path | None = None,
+                                      pretrained: bool = True) -> nn.Module:
+    """timm ``tf_efficientnet_lite{variant}`` with the packaged ImageNet weights, in eval mode."""
+    import timm
+
+    model = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
+    if pretrained or weights is not None:
+        path = Path(weights) if weights else efficientnet_lite_weights_file(variant)
+        model.load_state_dict(load_packaged_lite_weights(variant, path, model.state_dict()))
     return model.eval()
 
 
 class EfficientNetLite(Backbone):
     """EfficientNet-Lite feature stages. (B,3,H,W) in [-1,1] -> (B, C, H/stride, W/stride).
 
-    stages index timm's feature_info (0..4 = strides 2, 4, 8, 16, 32). The stride-16 stage
-    (index 3, 112 channels for Lite0) gives much better anomaly features than stride 8. With
-    several stages, coarser maps are bilinearly resized to the finest one and concatenated.
-    Blocks after the last selected stage and the classifier are dropped.
+    ``net`` is timm's features-only model (``features_only=True, out_indices=stages``);
+    stages 0..4 are strides 2, 4, 8, 16, 32. The stride-16 stage (index 3, 112 channels for
+    Lite0) gives much better anomaly features than stride 8. With several stages, coarser maps
+    are bilinearly resized to the finest one and concatenated.
     """
-
-    mean, std = TF_MEAN, TF_STD
 
     def __init__(self, variant: int = 0, stages: list[int] | None = None,
                  weights: str | None = None, pretrained: bool = True):
         super().__init__()
+        import timm
+
         stages = sorted(stages or [3])
-        full = load_efficientnet_lite_classifier(variant, weights, pretrained)
-        info = full.feature_info
-        if not all(0 <= s < len(info) for s in stages):
-            raise ValueError(f"EfficientNet-Lite stages must be in 0..{len(info) - 1}, got {stages}")
-        # feature_info modules are 'blocks.<i>'; keep blocks up to the last one needed
-        self.taps = [int(info[s]["module"].split(".")[1]) for s in stages]
-        self.stem = nn.Sequential(full.conv_stem, full.bn1)
-        self.blocks = nn.Sequential(*list(full.blocks)[: self.taps[-1] + 1])
-        self.channels = sum(info[s]["num_chs"] for s in stages)
-        self.stride = info[stages[0]]["reduction"]
-        self.pad_multiple = info[stages[-1]]["reduction"]
+        if not all(0 <= s <= 4 for s in stages):
+            raise ValueError(f"EfficientNet-Lite stages must be in 0..4, got {stages}")
+        self.net = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False,
+                                     features_only=True, out_indices=tuple(stages))
+        # Blocks past the last tapped stage would cost time (and be exported) for nothing.
+        last = int(self.net.feature_info.module_name()[-1].split(".")[1])
+        self.net.blocks = self.net.blocks[: last + 1]
+        if pretrained or weights is not None:
+            path = Path(weights) if weights else efficientnet_lite_weights_file(variant)
+            self.net.load_state_dict(load_packaged_lite_weights(variant, path,
+                                                                self.net.state_dict()))
+        info = self.net.feature_info
+        self.channels = sum(info.channels())
+        self.stride = info.reduction()[0]
+        self.pad_multiple = info.reduction()[-1]
+        self.mean, self.std = self.net.pretrained_cfg["mean"], self.net.pretrained_cfg["std"]
         self.freeze()
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.stem(x)
-        feats = []
-        for i, block in enumerate(self.blocks):
-            x = block(x)
-            if i in self.taps:
-                feats.append(x)
+        feats = self.net(x)
         if len(feats) == 1:
             return feats[0]
         size = feats[0].shape[-2:]
@@ -300,8 +307,9 @@ def dinov2_state_dict_to_timm(sd: dict[str, Tensor]) -> dict[str, Tensor]:
 class DinoV2(Backbone):
     """DINOv2 ViT with patch 14: last block output (after the final norm), prefix tokens dropped.
 
-    (B,3,H,W) with H, W multiples of 14 -> (B, D, H/14, W/14). Positional embeddings are
-    interpolated to the input size. ``weights=None`` gives random initialisation (tests, speed).
+    (B,3,H,W) with H, W multiples of 14 -> (B, D, H/14, W/14), from timm's
+    ``forward_intermediates``. Positional embeddings are interpolated to the input size.
+    ``weights=None`` gives random initialisation (tests, speed).
     """
 
     def __init__(self, name: str = "dinov2_vitl14", weights: str | None = None):
@@ -320,12 +328,12 @@ class DinoV2(Backbone):
                                  f"unexpected {unexpected[:10]}")
         self.channels = self.vit.embed_dim
         self.stride = self.pad_multiple = 14
+        self.mean, self.std = self.vit.pretrained_cfg["mean"], self.vit.pretrained_cfg["std"]
         self.freeze()
 
     def forward(self, x: Tensor) -> Tensor:
-        b, _, h, w = x.shape
-        tokens = self.vit.forward_features(x)[:, self.vit.num_prefix_tokens:]
-        return tokens.transpose(1, 2).reshape(b, self.channels, h // 14, w // 14)
+        return self.vit.forward_intermediates(x, indices=1, norm=True, output_fmt="NCHW",
+                                              intermediates_only=True)[0]
 
 
 def build_backbone(cfg: BackboneConfig) -> Backbone:

@@ -2,10 +2,12 @@
 
 A checkpoint is a plain dict of tensors and primitive values (no pickled objects):
 
-    {"format": "flowclas_ros.checkpoint", "version": 1,
+    {"format": "flowclas_ros.checkpoint", "version": 2,
      "model_config": ModelConfig.to_dict(),   # rebuilds the model, backbone included
      "model": FlowCLAS.trainable_state_dict(), # the frozen backbone is not stored
      ... anything else training wants to resume (optimizer, scheduler, step, rng) ...}
+
+Version 1 files (the flat flow layout, :mod:`.upgrade`) load with their names upgraded.
 """
 from __future__ import annotations
 
@@ -17,9 +19,10 @@ from typing import Any
 import torch
 
 from .flowclas import FlowCLAS, ModelConfig
+from .upgrade import upgrade_state_dict
 
 FORMAT = "flowclas_ros.checkpoint"
-VERSION = 1
+VERSION = 2  # the state-dict layout of :mod:`.upgrade` (1: flat flow)
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
@@ -53,6 +56,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if data.get("version", 0) > VERSION:
         raise ValueError(f"{path} has checkpoint version {data['version']}; this flowclas_ros "
                          f"reads up to {VERSION}: upgrade flowclas_ros")
+    if "model" in data:
+        data["model"] = upgrade_state_dict(data["model"], int(data.get("version", 1)))
     return data
 
 

@@ -1,6 +1,8 @@
 """The normalizing flow of FlowCLAS (METHOD.md section 2).
 
-One step = ActNorm -> fixed channel permutation -> one-sided affine coupling. Every module maps a
+One :class:`FlowStep` = ActNorm -> fixed channel permutation -> one-sided affine coupling, composed
+of small invertible modules as FrEIA does; :class:`Flow` stacks them (state-dict keys read
+``steps.3.coupling.subnet...``). Every module maps a
 feature map x (B x C x h x w) to (y, logdet) where logdet (B x h x w) is the *per-pixel*
 log|det J|: summing it over positions gives the exact total log-determinant of the module, because
 each Jacobian is triangular in a (x1, then x2) channel ordering even though the coupling subnet
@@ -107,18 +109,17 @@ class ResidualSubnet(nn.Module):
 
 
 class SimpleSubnet(nn.Module):
-    """A lighter subnet: Conv3x3(c->h)-ReLU-Conv1x1(h->out), last layer zero-initialised."""
+    """A lighter subnet: Conv3x3(c->h)-ReLU, then the zero-initialised Conv1x1(h->out)."""
 
     def __init__(self, c_in: int, c_out: int, hidden: int):
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(c_in, hidden, 3, padding=1), nn.ReLU(), nn.Conv2d(hidden, c_out, 1)
-        )
-        nn.init.zeros_(self.net[-1].weight)
-        nn.init.zeros_(self.net[-1].bias)
+        self.body = nn.Sequential(nn.Conv2d(c_in, hidden, 3, padding=1), nn.ReLU())
+        self.out = nn.Conv2d(hidden, c_out, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
+        return self.out(self.body(x))
 
 
 SUBNETS = {"residual": ResidualSubnet, "simple": SimpleSubnet}
@@ -156,8 +157,32 @@ class AffineCoupling(nn.Module):
         return torch.cat((y1, (y2 - t) * torch.exp(-s)), dim=1)
 
 
+class FlowStep(nn.Module):
+    """One step of the flow: ``actnorm`` -> ``permute`` -> ``coupling``, (B, C, h, w) in and out.
+
+    forward(x, logdet=None) returns (y, logdet (B, h, w)): the running per-pixel log-determinant
+    plus this step's (taking the running sum in keeps the additions in the flat-stack order).
+    """
+
+    def __init__(self, channels: int, hidden: int, subnet: str, clamp: float, seed: int):
+        super().__init__()
+        self.actnorm = ActNorm(channels)
+        self.permute = Permutation(channels, seed=seed)
+        self.coupling = AffineCoupling(channels, hidden, subnet, clamp)
+
+    def forward(self, x: Tensor, logdet: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        x, ld = self.actnorm(x)
+        logdet = ld if logdet is None else logdet + ld
+        x, _ = self.permute(x)  # a permutation's log-determinant is 0
+        y, ld = self.coupling(x)
+        return y, logdet + ld
+
+    def inverse(self, y: Tensor) -> Tensor:
+        return self.actnorm.inverse(self.permute.inverse(self.coupling.inverse(y)))
+
+
 class Flow(nn.Module):
-    """A stack of ``steps`` x (ActNorm, Permutation, AffineCoupling) on C channels.
+    """A stack of ``steps`` :class:`FlowStep` on C channels.
 
     forward: x (B, C, h, w) -> z (B, C, h, w), logdet (B, h, w) with
     logdet.sum() == total log|det dz/dx| over the batch.
@@ -167,34 +192,28 @@ class Flow(nn.Module):
         super().__init__()
         cfg = config or FlowConfig()
         hidden = cfg.hidden or max(channels // 2, 1)
-        layers: list[nn.Module] = []
-        for i in range(cfg.steps):
-            layers += [
-                ActNorm(channels),
-                Permutation(channels, seed=cfg.seed * 1000 + i),
-                AffineCoupling(channels, hidden, cfg.subnet, cfg.clamp),
-            ]
-        self.layers = nn.ModuleList(layers)
+        self.steps = nn.ModuleList(
+            FlowStep(channels, hidden, cfg.subnet, cfg.clamp, seed=cfg.seed * 1000 + i)
+            for i in range(cfg.steps))
         self.channels = channels
         self.config = cfg
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         b, _, h, w = x.shape
         logdet = x.new_zeros(b, h, w)
-        for layer in self.layers:
-            x, ld = layer(x)
-            logdet = logdet + ld
+        for step in self.steps:
+            x, logdet = step(x, logdet)
         return x, logdet
 
     def inverse(self, z: Tensor) -> Tensor:
-        for layer in reversed(self.layers):
-            z = layer.inverse(z)
+        for step in reversed(self.steps):
+            z = step.inverse(z)
         return z
 
     @torch.no_grad()
     def initialize(self, x: Tensor) -> None:
         """Data-dependent ActNorm initialisation from one batch, regardless of train/eval mode."""
-        for layer in self.layers:
-            if isinstance(layer, ActNorm) and not bool(layer.initialized):
-                layer.initialize(x)
-            x, _ = layer(x)
+        for step in self.steps:
+            if not bool(step.actnorm.initialized):
+                step.actnorm.initialize(x)
+            x, _ = step(x)

@@ -5,6 +5,7 @@
   weight alpha is of order 1 instead of the authors' 1e-6 on a sum.
 * :func:`supervised_contrastive` - the outlier-vs-inlier contrastive loss on projected latents.
 * :func:`sample_views` - max_views sampling of anchors and contrast embeddings.
+* :class:`FlowCLASLoss` - the training objective (alpha * NLL [+ contrastive]) as one module.
 """
 from __future__ import annotations
 
@@ -12,10 +13,9 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-IGNORE = 255  # label of pixels that take part in no loss
-INLIER, OUTLIER = 0, 1
+from ..labels import ANOMALY, INLIER
 
 
 def gaussian_log_prob_map(z: Tensor, mu: Tensor, log_sigma: Tensor) -> Tensor:
@@ -67,7 +67,7 @@ def sample_views(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Pick anchors and the contrast set, pooled over the batch.
 
-    emb_*: (B, D, h, w) embeddings, labels_*: (B, h, w) in {INLIER, OUTLIER, IGNORE}.
+    emb_*: (B, D, h, w) embeddings, labels_*: (B, h, w) in {INLIER, ANOMALY, VOID}.
     N = min(max_views, number of outlier pixels, number of inlier pixels) of each class are drawn
     from the mixed images as anchors (so both classes are balanced); the contrast set is the
     anchors plus up to N of each class from the auxiliary images.
@@ -78,14 +78,14 @@ def sample_views(
         return e.permute(0, 2, 3, 1).reshape(-1, e.shape[1]), lab.reshape(-1)
 
     em, lm = flat(emb_mixed, labels_mixed)
-    n = min(max_views, int((lm == OUTLIER).sum()), int((lm == INLIER).sum()))
-    parts = [_take(em, lm, OUTLIER, n, generator), _take(em, lm, INLIER, n, generator)]
+    n = min(max_views, int((lm == ANOMALY).sum()), int((lm == INLIER).sum()))
+    parts = [_take(em, lm, ANOMALY, n, generator), _take(em, lm, INLIER, n, generator)]
     anchors = torch.cat([p[0] for p in parts])
     anchor_labels = torch.cat([p[1] for p in parts])
     contrast, contrast_labels = [anchors], [anchor_labels]
     if emb_aux is not None and labels_aux is not None and n > 0:
         ea, la = flat(emb_aux, labels_aux)
-        for cls in (OUTLIER, INLIER):
+        for cls in (ANOMALY, INLIER):
             e, lab = _take(ea, la, cls, n, generator)
             contrast.append(e)
             contrast_labels.append(lab)
@@ -126,3 +126,38 @@ def supervised_contrastive(
     if not bool(valid.any()):
         return contrast.sum() * 0.0
     return per_anchor[valid].mean()
+
+
+class FlowCLASLoss(nn.Module):
+    """The FlowCLAS objective around a model, as one module (what DDP needs to wrap).
+
+    forward(feats (B, C, h, w), labels (B, h, w) uint8 [, aux_feats, aux_labels, generator])
+    -> (loss, nll, con) scalars, nll and con detached. ``objective="nll"``: loss = NLL over the
+    inlier positions of ``feats``; ``"flowclas"``: alpha * NLL + the contrastive loss on the
+    projected latents of the mixed and auxiliary images (METHOD.md section 3).
+    """
+
+    def __init__(self, model: nn.Module, objective: str, alpha: float = 1.0,
+                 temperature: float = 0.13, max_views: int = 512):
+        super().__init__()
+        self.model = model
+        self.objective, self.alpha = objective, alpha
+        self.temperature, self.max_views = temperature, max_views
+
+    def forward(self, feats: Tensor, labels: Tensor, aux_feats: Tensor | None = None,
+                aux_labels: Tensor | None = None, generator: torch.Generator | None = None):
+        model = self.model
+        b = feats.shape[0]
+        contrastive = self.objective == "flowclas"
+        x = torch.cat([feats, aux_feats]) if contrastive else feats
+        z_all, logdet_all = model.latent(x)  # mixed and aux in one pass: norms are per sample
+        z, logdet = z_all[:b].float(), logdet_all[:b].float()
+        nll = masked_nll(model.nll_map(z, logdet), labels == INLIER)
+        if not contrastive:
+            zero = nll.detach() * 0.0
+            return nll, nll.detach(), zero
+        emb = model.embed(z_all).float()
+        views = sample_views(emb[:b], labels.long(), emb[b:], aux_labels.long(),
+                             self.max_views, generator)
+        con = supervised_contrastive(*views, temperature=self.temperature)
+        return self.alpha * nll + con, nll.detach(), con.detach()

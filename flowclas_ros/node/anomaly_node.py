@@ -22,26 +22,25 @@ Data path (one frame in flight)::
         to) -> anomaly/heatmap (32FC1), anomaly/mask (mono8), anomaly/overlay (bgr8), each with
         the input header unchanged
 
-Inference runs on the worker thread, so the lifecycle and parameter services keep answering
-during a slow frame. Topics are relative (``image``, ``anomaly/...``): they follow the node's
+Inference runs on the worker thread (:mod:`.mailbox`), so the lifecycle and parameter services
+keep answering during a slow frame. The parameters are one table in :mod:`.parameters`, the
+/diagnostics status is built in :mod:`.diagnostics`, messages convert in
+:mod:`.image_conversion`; this file is the lifecycle and the data path. Topics are relative (``image``, ``anomaly/...``): they follow the node's
 namespace and can be remapped. ``/diagnostics`` gets a DiagnosticArray every
 ``diagnostics_period`` seconds in every state.
 """
 from __future__ import annotations
 
 import math
-import re
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
-                                SetParametersResult)
+from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
@@ -49,23 +48,16 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.qos import QoSProfile, ReliabilityPolicy, HistoryPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image
 
+from . import parameters
+from .diagnostics import node_status
 from .image_conversion import (ImageFormatError, ImageLayout, ImageTooLarge, bgr_to_msg,
                                heatmap_to_msg, image_to_rgb, mask_to_msg, validate_image)
-from .stats import LatencyWindow, RateMeter
+from .mailbox import InferenceWorker
+from .stats import Counters, LatencyWindow, RateMeter
 
 NODE_NAME = "flowclas_anomaly"
 PACKAGE = "flowclas_ros"
 DEMO_BUNDLE = "flowclas_lite0_camvid"
-
-BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "bf16")
-# Same tuple as flowclas_ros.runtime.COLORMAPS (checked by a test); repeated so validating a
-# parameter does not import torch.
-COLORMAPS = ("turbo", "jet", "inferno", "viridis", "gray")
-IMAGE_QOS = ("sensor_data", "reliable")
-DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
-STRUCTURAL = ("model_path", "backend", "device", "precision")  # need cleanup -> configure
-DEFAULT_MAX_PIXELS = 3840 * 2160  # 4K UHD; an 8K frame (33 Mpx) is refused by default
 
 OUTPUT_QOS = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE,
                         history=HistoryPolicy.KEEP_LAST)
@@ -109,95 +101,6 @@ class _Frame:
     received: float  # time.monotonic() when the subscription callback got it
 
 
-class FrameMailbox:
-    """A single slot between the subscription and the worker: ``put`` replaces what waits.
-
-    Memory is bounded by construction: at most one waiting frame (``high_water`` <= 1).
-    """
-
-    def __init__(self):
-        self._cv = threading.Condition()
-        self._item: _Frame | None = None
-        self._closed = False
-        self.high_water = 0
-
-    def put(self, item: _Frame) -> bool:
-        """Store ``item``; True when it replaced a frame that was still waiting."""
-        with self._cv:
-            replaced = self._item is not None
-            self._item = item
-            self.high_water = max(self.high_water, 1)
-            self._cv.notify()
-            return replaced
-
-    def get(self) -> _Frame | None:
-        """Block until a frame arrives (returned) or the mailbox is closed (None)."""
-        with self._cv:
-            while self._item is None and not self._closed:
-                self._cv.wait()
-            if self._closed:
-                return None
-            item, self._item = self._item, None
-            return item
-
-    def clear(self) -> bool:
-        """Drop the waiting frame; True when there was one."""
-        with self._cv:
-            had = self._item is not None
-            self._item = None
-            return had
-
-    def close(self) -> None:
-        with self._cv:
-            self._closed = True
-            self._item = None
-            self._cv.notify_all()
-
-    def __len__(self) -> int:
-        with self._cv:
-            return int(self._item is not None)
-
-
-@dataclass
-class Counters:
-    """Frame accounting. received = published + replaced + malformed + oversize + skipped
-    + errors + discarded + (waiting or in flight)."""
-
-    received: int = 0
-    published: int = 0  # frames whose outputs were published
-    replaced: int = 0  # a newer frame took its place in the mailbox
-    malformed: int = 0  # unknown encoding / sizes that do not add up
-    oversize: int = 0  # more than max_image_pixels
-    skipped: int = 0  # no output had a subscriber (nothing computed)
-    errors: int = 0  # the backend raised
-    discarded: int = 0  # waiting when the node was deactivated
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-
-    def add(self, name: str, n: int = 1) -> None:
-        with self.lock:
-            setattr(self, name, getattr(self, name) + n)
-
-    def snapshot(self) -> dict[str, int]:
-        with self.lock:
-            return {k: getattr(self, k) for k in ("received", "published", "replaced",
-                                                  "malformed", "oversize", "skipped", "errors",
-                                                  "discarded")}
-
-
-def _descriptor(description: str, *, read_only: bool = False, constraints: str = "",
-                float_range: tuple[float, float] | None = None,
-                int_range: tuple[int, int] | None = None) -> ParameterDescriptor:
-    d = ParameterDescriptor(description=description, read_only=read_only,
-                            additional_constraints=constraints)
-    if float_range is not None:
-        d.floating_point_range = [FloatingPointRange(from_value=float(float_range[0]),
-                                                     to_value=float(float_range[1]), step=0.0)]
-    if int_range is not None:
-        d.integer_range = [IntegerRange(from_value=int(int_range[0]), to_value=int(int_range[1]),
-                                        step=0)]
-    return d
-
-
 class AnomalyNode(LifecycleNode):
     """The FlowCLAS lifecycle node (see the module docstring).
 
@@ -226,8 +129,7 @@ class AnomalyNode(LifecycleNode):
         self._backend = None
         self._bundle = None
         self._backend_lock = threading.Lock()  # held by infer and close: never close mid-frame
-        self._mailbox: FrameMailbox | None = None
-        self._worker: threading.Thread | None = None
+        self._worker: InferenceWorker[_Frame] | None = None
         self._pubs: dict[str, Any] = {}
         self._sub = None
         self._sub_group = MutuallyExclusiveCallbackGroup()
@@ -263,51 +165,9 @@ class AnomalyNode(LifecycleNode):
 
     # parameters --------------------------------------------------------------------------------
     def _declare_parameters(self) -> None:
-        p = self.declare_parameter
-        p("model_path", default_model_path(), _descriptor(
-            "Bundle folder written by `export` (manifest.json + weights + ONNX). Empty = the demo "
-            f"bundle {DEMO_BUNDLE}. Structural: change it while unconfigured."))
-        p("backend", "auto", _descriptor(
-            "Inference backend; auto picks the fastest available. Structural.",
-            constraints="one of " + ", ".join(BACKENDS)))
-        p("device", "auto", _descriptor(
-            "auto, cpu, cuda or cuda:N. Structural.", constraints="auto|cpu|cuda|cuda:N"))
-        p("precision", "fp32", _descriptor(
-            "Compute precision (fp16/bf16 need a backend and device that support them). "
-            "Structural.", constraints="one of " + ", ".join(PRECISIONS)))
-        p("threshold", float("nan"), _descriptor(
-            "Mask threshold on the raw score (mask = 255 where score >= threshold). NaN = the "
-            "bundle's calibrated threshold. Raw scores can be negative, so any finite value is "
-            "a real threshold. Changes live.", constraints="finite or NaN"))
-        p("overlay_alpha", 0.5, _descriptor(
-            "Weight of the colour map in the overlay (0 = camera image only). Changes live.",
-            float_range=(0.0, 1.0)))
-        p("colormap", "turbo", _descriptor(
-            "Colour map of the overlay. Changes live.",
-            constraints="one of " + ", ".join(COLORMAPS)))
-        p("image_qos", "sensor_data", _descriptor(
-            "QoS of the image subscription: sensor_data (best effort, keep last 5) or reliable "
-            "(keep last 2). Read-only: set it at start-up.", read_only=True,
-            constraints="one of " + ", ".join(IMAGE_QOS)))
-        p("publish_heatmap", True, _descriptor(
-            "Publish anomaly/heatmap (32FC1 raw score). Computed only with a subscriber."))
-        p("publish_mask", True, _descriptor(
-            "Publish anomaly/mask (mono8 0/255). Computed only with a subscriber."))
-        p("publish_overlay", True, _descriptor(
-            "Publish anomaly/overlay (bgr8 colour map on the image). Computed only with a "
-            "subscriber."))
-        p("max_image_pixels", DEFAULT_MAX_PIXELS, _descriptor(
-            "Frames with more pixels (width * height) are refused with a warning before any "
-            "copy, so an oversize frame cannot exhaust memory. Changes live.",
-            int_range=(1, 2**31 - 1)))
-        p("diagnostics_period", 1.0, _descriptor(
-            "Seconds between /diagnostics messages. Read-only.", read_only=True,
-            float_range=(0.05, 60.0)))
+        self._params = parameters.table(default_model_path)
+        parameters.declare(self, self._params)
         self._refresh_live()
-        # Read-only is enforced by rclpy after start-up; validate the start-up values here.
-        qos = self.get_parameter("image_qos").value
-        if qos not in IMAGE_QOS:
-            raise ValueError(f"image_qos must be one of {IMAGE_QOS}, got {qos!r}")
 
     def _refresh_live(self) -> None:
         """Cache the live parameters (read by the worker each frame without a lookup)."""
@@ -320,29 +180,9 @@ class AnomalyNode(LifecycleNode):
                       "overlay": bool(g("publish_overlay"))}
         self._max_pixels = int(g("max_image_pixels"))
 
-    def _validate_parameters(self, params) -> SetParametersResult:
+    def _validate_parameters(self, params):
         """Reject invalid values, and structural changes while a backend is loaded."""
-        for prm in params:
-            name, value = prm.name, prm.value
-            reason = None
-            if name in STRUCTURAL and self._backend is not None:
-                reason = (f"{name} is structural: deactivate and cleanup the node, set it, then "
-                          f"configure again")
-            elif name == "backend" and value not in BACKENDS:
-                reason = f"backend must be one of {BACKENDS}, got {value!r}"
-            elif name == "device" and not DEVICE_RE.match(str(value)):
-                reason = f"device must be auto, cpu, cuda or cuda:N, got {value!r}"
-            elif name == "precision" and value not in PRECISIONS:
-                reason = f"precision must be one of {PRECISIONS}, got {value!r}"
-            elif name == "colormap" and value not in COLORMAPS:
-                reason = f"colormap must be one of {COLORMAPS}, got {value!r}"
-            elif name == "threshold" and isinstance(value, float) and math.isinf(value):
-                reason = "threshold must be finite, or NaN for the bundle's threshold"
-            elif name == "overlay_alpha" and isinstance(value, float) and not 0.0 <= value <= 1.0:
-                reason = f"overlay_alpha must be in [0, 1], got {value}"
-            if reason:
-                return SetParametersResult(successful=False, reason=reason)
-        return SetParametersResult(successful=True)
+        return parameters.check_changes(self._params, params, configured=self._backend is not None)
 
     def _apply_parameters(self, params) -> None:
         self._refresh_live()
@@ -398,10 +238,7 @@ class AnomalyNode(LifecycleNode):
                 Image, f"anomaly/{name}", OUTPUT_QOS,
                 event_callbacks=_no_event_handlers(PublisherEventCallbacks))
             for name in ("heatmap", "mask", "overlay")}
-        self._mailbox = FrameMailbox()
-        self._worker = threading.Thread(target=self._worker_loop, args=(self._mailbox,),
-                                        name="flowclas_infer", daemon=True)
-        self._worker.start()
+        self._worker = InferenceWorker(self._process, self._on_inference_error)
         self.last_error = ""
         self.state_label = "inactive"
         thr = self._threshold if self._threshold is not None else bundle.threshold
@@ -431,7 +268,7 @@ class AnomalyNode(LifecycleNode):
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._drop_subscription()
-        if self._mailbox is not None and self._mailbox.clear():
+        if self._worker is not None and self._worker.discard():
             self.counters.add("discarded")
         ret = super().on_deactivate(state)
         self.state_label = "inactive"
@@ -464,11 +301,9 @@ class AnomalyNode(LifecycleNode):
     def _release(self) -> None:
         """Undo configure and activate (idempotent): subscription, worker, backend, publishers."""
         self._drop_subscription()
-        if self._mailbox is not None:
-            self._mailbox.close()  # the worker finishes its frame and exits
-        if self._worker is not None and self._worker is not threading.current_thread():
-            self._worker.join()
-        self._mailbox, self._worker = None, None
+        if self._worker is not None:
+            self._worker.stop()  # the frame in flight finishes first
+        self._worker = None
         with self._backend_lock:
             be, self._backend, self._bundle = self._backend, None, None
         self._close_backend(be)
@@ -511,22 +346,16 @@ class AnomalyNode(LifecycleNode):
             self.get_logger().warning(f"unreadable image dropped: {exc!r}",
                                       throttle_duration_sec=5.0)
             return
-        mailbox = self._mailbox
-        if mailbox is not None and mailbox.put(_Frame(msg, layout, now)):
+        worker = self._worker
+        if worker is not None and worker.submit(_Frame(msg, layout, now)):
             self.counters.add("replaced")
 
-    def _worker_loop(self, mailbox: FrameMailbox) -> None:
-        while True:
-            frame = mailbox.get()
-            if frame is None:
-                return
-            try:
-                self._process(frame)
-            except Exception as exc:  # never let the worker die
-                self.counters.add("errors")
-                self.get_logger().error(f"inference failed: {exc!r}", throttle_duration_sec=5.0)
+    def _on_inference_error(self, exc: Exception) -> None:
+        self.counters.add("errors")
+        self.get_logger().error(f"inference failed: {exc!r}", throttle_duration_sec=5.0)
 
     def _process(self, frame: _Frame) -> None:
+        """Worker thread: one frame from the mailbox to the published outputs."""
         pubs = self._pubs
         want = {k: self._want[k] and pubs[k].get_subscription_count() > 0 for k in pubs}
         if not any(want.values()):
@@ -570,7 +399,7 @@ class AnomalyNode(LifecycleNode):
         lat50, lat99 = self._latency.percentiles(50, 99)
         inf50, inf99 = self._inference.percentiles(50, 99)
         c = self.counters.snapshot()
-        mailbox = self._mailbox
+        mailbox = self._worker.mailbox if self._worker is not None else None
         return c | {
             "dropped": c["replaced"] + c["malformed"] + c["oversize"],
             "waiting": len(mailbox) if mailbox is not None else 0,
@@ -582,49 +411,15 @@ class AnomalyNode(LifecycleNode):
         }
 
     def _publish_diagnostics(self) -> None:
-        s = self.stats()
         be, bundle = self._backend, self._bundle
-        status = DiagnosticStatus()
-        status.name = f"{self.get_fully_qualified_name()}: FlowCLAS anomaly segmentation"
-        status.hardware_id = be.device if be is not None else "none"
-        if self.state_label == "active":
-            status.level, status.message = DiagnosticStatus.OK, "active"
-            if s["malformed"] or s["oversize"] or s["errors"]:
-                status.level = DiagnosticStatus.WARN
-                status.message = "active; some frames refused (see malformed/oversize/errors)"
-        elif self.last_error:
-            status.level, status.message = DiagnosticStatus.ERROR, self.last_error
-        else:
-            status.level, status.message = DiagnosticStatus.WARN, self.state_label
         thr = self._threshold
         if thr is None and bundle is not None:
             thr = bundle.threshold
-        values = {
-            "state": self.state_label,
-            "backend": be.name if be is not None else "",
-            "device": be.device if be is not None else "",
-            "precision": be.precision if be is not None else "",
-            "model_path": str(self.get_parameter("model_path").value),
-            "threshold": "" if thr is None else f"{thr:.6g}",
-            "input_rate_hz": f"{s['input_rate_hz']:.2f}",
-            "output_rate_hz": f"{s['output_rate_hz']:.2f}",
-            "latency_p50_ms": f"{s['latency_p50_ms']:.2f}",
-            "latency_p99_ms": f"{s['latency_p99_ms']:.2f}",
-            "inference_p50_ms": f"{s['inference_p50_ms']:.2f}",
-            "inference_p99_ms": f"{s['inference_p99_ms']:.2f}",
-            "frames_received": s["received"],
-            "frames_published": s["published"],
-            "dropped_frames": s["dropped"],
-            "dropped_replaced": s["replaced"],
-            "dropped_malformed": s["malformed"],
-            "dropped_oversize": s["oversize"],
-            "skipped_no_subscribers": s["skipped"],
-            "inference_errors": s["errors"],
-        }
-        status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
         arr = DiagnosticArray()
         arr.header.stamp = self.get_clock().now().to_msg()
-        arr.status = [status]
+        arr.status = [node_status(self.get_fully_qualified_name(), self.state_label,
+                                  self.last_error, be, thr,
+                                  str(self.get_parameter("model_path").value), self.stats())]
         self._diag_pub.publish(arr)
 
 

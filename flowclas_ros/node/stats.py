@@ -1,15 +1,43 @@
-"""Thread-safe counters for the node's diagnostics: event rates and latency percentiles.
+"""Thread-safe counters for the node's diagnostics: frame accounting, event rates, latencies.
 
-Both keep bounded windows (a fixed number of samples and a time span), so memory stays flat
-however long the node runs. Times are ``time.monotonic()`` seconds.
+The rate and latency windows are bounded (a fixed number of samples and a time span), so memory
+stays flat however long the node runs. Times are ``time.monotonic()`` seconds.
 """
 from __future__ import annotations
 
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass, field
 
 import numpy as np
+
+
+@dataclass
+class Counters:
+    """Frame accounting. received = published + replaced + malformed + oversize + skipped
+    + errors + discarded + (waiting or in flight)."""
+
+    received: int = 0
+    published: int = 0  # frames whose outputs were published
+    replaced: int = 0  # a newer frame took its place in the mailbox
+    malformed: int = 0  # unknown encoding / sizes that do not add up
+    oversize: int = 0  # more than max_image_pixels
+    skipped: int = 0  # no output had a subscriber (nothing computed)
+    errors: int = 0  # the backend raised
+    discarded: int = 0  # waiting when the node was deactivated
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    NAMES = ("received", "published", "replaced", "malformed", "oversize", "skipped", "errors",
+             "discarded")
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self.lock:
+            setattr(self, name, getattr(self, name) + n)
+
+    def snapshot(self) -> dict[str, int]:
+        with self.lock:
+            return {k: getattr(self, k) for k in self.NAMES}
 
 
 class RateMeter:

@@ -5,10 +5,13 @@
     be.warmup(480, 640)
     result = be.infer(rgb)          # FrameResult(heatmap, mask, overlay, inference_ms)
     be.close()
+
+One module per concept: backend (the interface and ``auto``), torch_backend, onnx_backend,
+tensorrt_backend, pipeline (frame -> model input, score -> outputs, on the backend's device),
+visualisation (mask, colour maps, overlay). No ROS imports.
 """
-from .backend import (BACKENDS, PRECISIONS, Backend, BackendUnavailable, FrameResult,
-                      create_backend, resolve_device)
-from .preprocess import COLORMAPS
+from .backend import (BACKENDS, COLORMAPS, PRECISIONS, Backend, BackendUnavailable,
+                      FrameResult, create_backend, resolve_device)
 
 __all__ = ["BACKENDS", "COLORMAPS", "PRECISIONS", "Backend", "BackendUnavailable", "FrameResult",
            "create_backend", "resolve_device"]

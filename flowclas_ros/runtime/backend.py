@@ -2,7 +2,7 @@
 
 A backend turns an (H, W, 3) uint8 RGB frame of any size into a :class:`FrameResult`: the frame
 is resized to the bundle's input size, scored, and the score is brought back to (H, W) and turned
-into only the outputs asked for (see :mod:`flowclas_ros.runtime.preprocess`), all on the
+into only the outputs asked for (see :mod:`.pipeline` and :mod:`.visualisation`), all on the
 backend's device. Backends:
 
 * ``torch`` (:mod:`.torch_backend`): CPU or CUDA, fp32/fp16/bf16, torch.compile, CUDA graphs;
@@ -29,12 +29,11 @@ import torch
 
 from flowclas_ros.export.bundle import Bundle, load_bundle
 
-from .preprocess import COLORMAPS, check_alpha, check_colormap
+from ..options import BACKENDS, COLORMAPS, PRECISIONS, check_device
+from .visualisation import check_alpha, check_colormap
 
 log = logging.getLogger("flowclas_ros.runtime")
 
-BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "bf16")
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 __all__ = ["FrameResult", "Backend", "BackendUnavailable", "COLORMAPS", "BACKENDS", "PRECISIONS",
@@ -144,16 +143,9 @@ class Backend:
         return f"<{type(self).__name__} {self.name} on {self.device} ({self.precision})>"
 
 
-def _check_device(device: str) -> str:
-    device = (device or "auto").strip().lower()
-    if device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit()):
-        return device
-    raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
-
-
 def resolve_device(device: str) -> str:
     """"auto" -> "cuda" when torch sees a GPU, else "cpu"; checks the spelling of others."""
-    device = _check_device(device)
+    device = check_device(device)
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
@@ -239,7 +231,7 @@ def create_backend(bundle_path: str | Path | Bundle, backend: str = "auto", devi
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    device = _check_device(device)
+    device = check_device(device)
     bundle = bundle_path if isinstance(bundle_path, Bundle) else load_bundle(bundle_path)
     if backend == "auto":
         return _auto(bundle, device, precision, options)

@@ -61,8 +61,8 @@ def perturb_flow(model: FlowCLAS, scale: float = 0.05, seed: int = 0) -> None:
     flow is not the identity (a stand-in for training in tests and benchmarks)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, p in model.flow.named_parameters():
-            if "subnet.out." in name or "subnet.net.2." in name:  # the zero-initialised last conv
+        for step in model.flow.steps:
+            for p in step.coupling.subnet.out.parameters():  # the zero-initialised last conv
                 fan_in = p[0].numel() if p.dim() > 1 else 1
                 p.copy_(torch.randn(p.shape, generator=g) * scale / fan_in ** 0.5)
         model.mu.copy_(torch.randn(model.mu.shape, generator=g) * 0.1)
@@ -200,7 +200,7 @@ def run(args) -> dict:
     tmp = tempfile.TemporaryDirectory(prefix="flowclas_bench_")
     try:
         for h, w in args.sizes:
-            from flowclas_ros.runtime.preprocess import TorchPipeline
+            from flowclas_ros.runtime.pipeline import TorchPipeline
 
             frame = TorchPipeline.prepare_input(torch.from_numpy(photo), (h, w))[0]
             frame = (frame.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)

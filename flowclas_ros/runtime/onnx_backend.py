@@ -7,8 +7,10 @@
 * CUDA (``CUDAExecutionProvider``) and TensorRT (``TensorrtExecutionProvider``, ORT's own
   TensorRT integration with its engine cache: ``trt_engine_cache_enable``,
   ``trt_engine_cache_path``): when torch sees the GPU, pre/post-processing runs in torch on it
-  and the graph reads and writes torch tensors through I/O binding on torch's current stream,
-  so no frame or score crosses to the host unless it is published.
+  and the graph reads and writes torch-owned device memory through I/O binding, so no frame or
+  score crosses to the host unless it is published. ORT is given torch's current stream as its
+  compute stream when the session is created (``user_compute_stream``), and the binding
+  synchronises inputs and outputs around each run.
 
 Precision is the graph's: fp32, or a float16 backbone for bundles exported with ``--fp16``.
 fp16 on an fp32 graph is only possible with the TensorRT provider (``trt_fp16_enable``).
@@ -27,7 +29,7 @@ import torch
 from flowclas_ros.export.bundle import Bundle
 
 from .backend import Backend, BackendUnavailable
-from .preprocess import NumpyPipeline, TorchPipeline
+from .pipeline import NumpyPipeline, TorchPipeline
 
 log = logging.getLogger("flowclas_ros.runtime")
 

@@ -30,7 +30,7 @@ from flowclas_ros.export.bundle import Bundle
 
 from .backend import Backend, BackendUnavailable
 from .onnx_backend import default_cache_dir
-from .preprocess import TorchPipeline
+from .pipeline import TorchPipeline
 
 log = logging.getLogger("flowclas_ros.runtime")
 

@@ -21,7 +21,7 @@ from flowclas_ros.export.bundle import Bundle, build_torch_model
 from flowclas_ros.model import FlowCLAS
 
 from .backend import TORCH_DTYPES, Backend, BackendUnavailable
-from .preprocess import TorchPipeline
+from .pipeline import TorchPipeline
 
 log = logging.getLogger("flowclas_ros.runtime")
 

@@ -31,21 +31,24 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..model.losses import IGNORE, downsample_labels
+from ..labels import VOID
+
+if TYPE_CHECKING:
+    from .samples import Pair
+from ..model.losses import downsample_labels
 
 CACHE_FORMAT = 1
 ARRAYS = ("mixed", "mixed_labels", "aux", "aux_labels")
 
-# make_pair(image_index, variant) -> (mixed image (H,W,3) u8, mixed label (H,W) u8,
-#                                     aux image (H,W,3) u8, aux label (H,W) u8)
-PairFn = Callable[[int, int], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+# make_pair(image_index, variant) -> a training.samples.Pair (image, label, aux_image, aux_label)
+PairFn = Callable[[int, int], "Pair"]
 
 
 def default_cache_dir() -> Path:
@@ -75,12 +78,12 @@ def grid_labels(labels: Tensor, grid: tuple[int, int], pad_multiple: int) -> Ten
     """Pixel labels (B, H, W) -> labels on the feature grid (B, h, w), uint8.
 
     The backbone sees the image zero-padded at the bottom and right to ``pad_multiple``; the
-    labels are padded the same way with IGNORE, then nearest-downsampled, so feature position
+    labels are padded the same way with VOID, then nearest-downsampled, so feature position
     (y, x) takes the label of the pixel it is aligned with.
     """
     h, w = labels.shape[-2:]
     padded = F.pad(labels.to(torch.int16), (0, (-w) % pad_multiple, 0, (-h) % pad_multiple),
-                   value=IGNORE)
+                   value=VOID)
     return downsample_labels(padded, grid).to(torch.uint8)
 
 
@@ -186,9 +189,9 @@ def build_feature_cache(
 
     # Shapes from one row, computed by every rank (cheap, and no broadcast is needed).
     probe = make_pair(0, 0)
-    f0, l0 = encode(model, probe[0][None], probe[1][None], autocast)
+    f0, l0 = encode(model, probe.image[None], probe.label[None], autocast)
     feat_shape, lab_shape = tuple(f0.shape[1:]), tuple(l0.shape[1:])
-    image_shape = probe[0].shape
+    image_shape = probe.image.shape
     if rank == 0:
         need = rows * (2 * int(np.prod(feat_shape)) * 2 + 2 * int(np.prod(lab_shape)))
         root.mkdir(parents=True, exist_ok=True)
@@ -220,13 +223,13 @@ def build_feature_cache(
         chunk = mine[start:start + batch_size]
         pairs = [make_pair(r // variants, r % variants) for r in chunk]
         for p in pairs:
-            if p[0].shape != image_shape or p[2].shape != image_shape:
+            if p.image.shape != image_shape or p.aux_image.shape != image_shape:
                 raise ValueError(
-                    f"feature cache needs every training image at one size; got {p[0].shape} "
+                    f"feature cache needs every training image at one size; got {p.image.shape} "
                     f"and {image_shape}: set data.image_size (and/or data.crop)")
-        mixed = np.stack([p[0] for p in pairs])
-        aux = np.stack([p[2] for p in pairs])
-        labels = np.stack([p[1] for p in pairs] + [p[3] for p in pairs])
+        mixed = np.stack([p.image for p in pairs])
+        aux = np.stack([p.aux_image for p in pairs])
+        labels = np.stack([p.label for p in pairs] + [p.aux_label for p in pairs])
         feats, lab = encode(model, np.concatenate([mixed, aux]), labels, autocast)
         feats = feats.float().cpu().numpy().astype(np.float16)
         lab = lab.cpu().numpy()

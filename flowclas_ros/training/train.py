@@ -83,7 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from .trainer import cleanup_distributed, setup_distributed, train
+    from .distributed import cleanup_distributed, setup_distributed
+    from .trainer import train
 
     dist = setup_distributed(cfg.train.device)
     try:

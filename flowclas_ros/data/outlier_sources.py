@@ -1,10 +1,9 @@
-"""Outlier exposure (METHOD.md section 4): COCO objects pasted into inlier frames.
+"""Outlier sources: the objects outlier exposure pastes, read lazily from disk.
 
-Sources (``load_outlier_source`` detects the layout):
+``load_outlier_source`` detects the layout:
 
 * the official COCO instances JSON (``annotations/instances_<split>.json`` beside the image
-  folder ``<split>/``), polygons and RLE (compressed and uncompressed) decoded here, without
-  pycocotools;
+  folder ``<split>/``), polygons and RLE decoded by :mod:`.coco`;
 * YOLO-seg polygon files (``images/<split>/<id>.jpg`` + ``labels/<split>/<id>.txt``, lines
   ``class x1 y1 x2 y2 ...`` normalised to [0, 1], ``class`` an index into the 80 COCO classes),
   the layout of ``coco128-seg``;
@@ -13,159 +12,27 @@ Sources (``load_outlier_source`` detects the layout):
 
 A source is a lazy ``Sequence[OutlierObject]``: one entry per kept COCO image, whose mask is the
 union of all its annotated instances. The class filter drops every image containing a class that
-also occurs in the inlier domain (``filter="road"``: :data:`ROAD_SCENE_COCO_IDS`; ``"allo"``:
-:data:`ALLO_COCO_IDS`, the authors' list for the space domain; ``"none"``).
-
-:class:`OutlierPaster` mixes one object into an inlier frame and returns the auxiliary outlier
-image too; all randomness comes from the ``numpy.random.Generator`` passed in.
+also occurs in the inlier domain (``filter="road"``: :data:`~.coco.ROAD_SCENE_COCO_IDS`;
+``"allo"``: :data:`~.coco.ALLO_COCO_IDS`, the authors' list for the space domain; ``"none"``).
+:func:`default_outlier_split` is the train / held-out split that training and validation share.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from .datasets import ANOMALY, IGNORE, INLIER, IMAGE_EXTS, read_image
-
-# The 80 COCO detection classes: (official category id, name); a YOLO class index is the position.
-COCO_CLASSES: tuple[tuple[int, str], ...] = (
-    (1, "person"), (2, "bicycle"), (3, "car"), (4, "motorcycle"), (5, "airplane"), (6, "bus"),
-    (7, "train"), (8, "truck"), (9, "boat"), (10, "traffic light"), (11, "fire hydrant"),
-    (13, "stop sign"), (14, "parking meter"), (15, "bench"), (16, "bird"), (17, "cat"), (18, "dog"),
-    (19, "horse"), (20, "sheep"), (21, "cow"), (22, "elephant"), (23, "bear"), (24, "zebra"),
-    (25, "giraffe"), (27, "backpack"), (28, "umbrella"), (31, "handbag"), (32, "tie"),
-    (33, "suitcase"), (34, "frisbee"), (35, "skis"), (36, "snowboard"), (37, "sports ball"),
-    (38, "kite"), (39, "baseball bat"), (40, "baseball glove"), (41, "skateboard"),
-    (42, "surfboard"), (43, "tennis racket"), (44, "bottle"), (46, "wine glass"), (47, "cup"),
-    (48, "fork"), (49, "knife"), (50, "spoon"), (51, "bowl"), (52, "banana"), (53, "apple"),
-    (54, "sandwich"), (55, "orange"), (56, "broccoli"), (57, "carrot"), (58, "hot dog"),
-    (59, "pizza"), (60, "donut"), (61, "cake"), (62, "chair"), (63, "couch"), (64, "potted plant"),
-    (65, "bed"), (67, "dining table"), (70, "toilet"), (72, "tv"), (73, "laptop"), (74, "mouse"),
-    (75, "remote"), (76, "keyboard"), (77, "cell phone"), (78, "microwave"), (79, "oven"),
-    (80, "toaster"), (81, "sink"), (82, "refrigerator"), (84, "book"), (85, "clock"), (86, "vase"),
-    (87, "scissors"), (88, "teddy bear"), (89, "hair drier"), (90, "toothbrush"),
-)
-COCO_NAMES = {cid: name for cid, name in COCO_CLASSES}
-YOLO_TO_COCO_ID = tuple(cid for cid, _ in COCO_CLASSES)
-
-# COCO classes that also occur in road scenes (Cityscapes / CamVid classes and street furniture):
-# 1 person, 2 bicycle, 3 car, 4 motorcycle, 6 bus, 7 train, 8 truck, 10 traffic light,
-# 11 fire hydrant, 13 stop sign, 14 parking meter, 15 bench. Animals stay: they are anomalies
-# on a road (Road Anomaly is full of them).
-ROAD_SCENE_COCO_IDS = frozenset({1, 2, 3, 4, 6, 7, 8, 10, 11, 13, 14, 15})
-# The authors' ALLO list (appliances that exist on a space station): 78 microwave, 79 oven,
-# 80 toaster, 82 refrigerator, 87 scissors, 89 hair drier.
-ALLO_COCO_IDS = frozenset({78, 79, 80, 82, 87, 89})
-FILTERS = {"road": ROAD_SCENE_COCO_IDS, "allo": ALLO_COCO_IDS, "none": frozenset()}
+from .coco import COCO_NAMES, FILTERS, YOLO_TO_COCO_ID, polygons_to_mask, segmentation_to_mask
+from .frames import read_image
+from .layout import IMAGE_EXTS
 
 DEFAULT_SPLIT_SEED = 0
 DEFAULT_VAL_FRACTION = 0.25
-
-
-# --------------------------------------------------------------------------------------------
-# Mask decoding
-
-
-def rle_decode(rle: dict) -> np.ndarray:
-    """COCO run-length encoding -> (h, w) bool mask.
-
-    ``rle = {"size": [h, w], "counts": list[int] | str}``: alternating runs of 0s and 1s (first
-    run 0s) over the mask in column-major order; a string holds the compressed form.
-    """
-    h, w = (int(v) for v in rle["size"])
-    counts = rle["counts"]
-    if isinstance(counts, (str, bytes)):
-        counts = rle_counts_from_string(counts)
-    counts = np.asarray(counts, dtype=np.int64)
-    if counts.sum() != h * w:
-        raise ValueError(f"RLE counts sum to {int(counts.sum())}, expected h*w = {h * w}")
-    values = np.zeros(len(counts), dtype=bool)
-    values[1::2] = True
-    flat = np.repeat(values, counts)
-    return flat.reshape((w, h)).T.copy()
-
-
-def rle_encode(mask: np.ndarray) -> dict:
-    """(h, w) bool mask -> uncompressed COCO RLE ``{"size": [h, w], "counts": [...]}``."""
-    h, w = mask.shape
-    flat = np.asarray(mask, dtype=bool).T.reshape(-1)
-    change = np.flatnonzero(np.diff(flat.astype(np.int8))) + 1
-    bounds = np.concatenate([[0], change, [flat.size]])
-    counts = np.diff(bounds).tolist()
-    if flat.size and flat[0]:
-        counts = [0] + counts
-    return {"size": [h, w], "counts": counts}
-
-
-def rle_counts_from_string(s: str | bytes) -> list[int]:
-    """Decode COCO's compressed RLE string (LEB128-like, 5 bits per char, delta from count i-2)."""
-    if isinstance(s, bytes):
-        s = s.decode("ascii")
-    counts: list[int] = []
-    p = 0
-    while p < len(s):
-        x, k, more = 0, 0, True
-        while more:
-            c = ord(s[p]) - 48
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p += 1
-            k += 1
-            if not more and (c & 0x10):
-                x |= -1 << (5 * k)  # sign-extend the last chunk
-        if len(counts) > 2:
-            x += counts[-2]
-        counts.append(x)
-    return counts
-
-
-def rle_counts_to_string(counts: Sequence[int]) -> str:
-    """Inverse of :func:`rle_counts_from_string`."""
-    out = []
-    for i, x in enumerate(counts):
-        x = int(x) - (int(counts[i - 2]) if i > 2 else 0)
-        more = True
-        while more:
-            c = x & 0x1F
-            x >>= 5
-            more = (x != -1) if (c & 0x10) else (x != 0)
-            if more:
-                c |= 0x20
-            out.append(chr(c + 48))
-    return "".join(out)
-
-
-def polygons_to_mask(polygons: Sequence[Sequence[float]], height: int, width: int) -> np.ndarray:
-    """Rasterise polygons ``[x1, y1, x2, y2, ...]`` (pixel coordinates) to an (h, w) bool mask.
-
-    Filled with PIL (outline included); polygons with fewer than 3 points are skipped.
-    """
-    canvas = Image.new("L", (width, height), 0)
-    draw = ImageDraw.Draw(canvas)
-    for poly in polygons:
-        pts = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
-        if len(pts) >= 3:
-            draw.polygon([tuple(p) for p in pts], fill=1, outline=1)
-    return np.asarray(canvas, dtype=bool).copy()
-
-
-def segmentation_to_mask(seg, height: int, width: int) -> np.ndarray:
-    """A COCO annotation's ``segmentation`` (polygon list or RLE dict) -> (h, w) bool mask."""
-    if isinstance(seg, dict):
-        mask = rle_decode(seg)
-        if mask.shape != (height, width):
-            raise ValueError(f"RLE size {mask.shape} differs from the image size {(height, width)}")
-        return mask
-    return polygons_to_mask(seg, height, width)
-
-
-# --------------------------------------------------------------------------------------------
-# Sources
 
 
 @dataclass
@@ -463,160 +330,6 @@ def load_outlier_source(path: str | Path, **kw) -> OutlierSource:
         "labels/<split>/, or images/ + masks/ (or <split>/ + ood_seg_<split>/)")
 
 
-# --------------------------------------------------------------------------------------------
-# Pasting
-
-
-@dataclass
-class PasteConfig:
-    """How objects are mixed in (METHOD.md section 4; defaults are the authors' road setting).
-
-    ``scales``: rescale factors drawn uniformly (repeats weight them); ``paste_prob``: chance a
-    frame gets an object; ``grey_prob``: chance the object is converted to grey (0.5 for ALLO);
-    ``aux_background``: the auxiliary image's background is ``"inlier"`` (road) or ``"ignore"``
-    (ALLO).
-    """
-
-    scales: tuple = (0.1, 0.125, 0.25, 0.5, 0.5, 0.75)
-    paste_prob: float = 1.0
-    grey_prob: float = 0.0
-    aux_background: str = "inlier"
-
-    def __post_init__(self):
-        self.scales = tuple(float(s) for s in self.scales)
-        if not self.scales or any(s <= 0 for s in self.scales):
-            raise ValueError(f"scales must be positive, got {self.scales}")
-        if self.aux_background not in ("inlier", "ignore"):
-            raise ValueError("aux_background must be 'inlier' or 'ignore', "
-                             f"got {self.aux_background!r}")
-        for k in ("paste_prob", "grey_prob"):
-            if not 0.0 <= getattr(self, k) <= 1.0:
-                raise ValueError(f"{k} must be in [0, 1]")
-
-
-@dataclass
-class PastedSample:
-    """All (H, W) of the inlier frame: mixed ``image``/``label`` and the auxiliary outlier pair.
-
-    ``info``: what was drawn (object key, scale, grey, paste box ``(y, x, h, w)`` or None).
-    """
-
-    image: np.ndarray
-    label: np.ndarray
-    aux_image: np.ndarray
-    aux_label: np.ndarray
-    info: dict = field(default_factory=dict)
-
-
-def fit_to_size(arr: np.ndarray, size: tuple[int, int], fill) -> tuple[np.ndarray, np.ndarray]:
-    """Pad (centred, with ``fill``) and centre-crop ``arr`` (h, w[, c]) to ``size`` (H, W).
-
-    Returns the fitted array and a (H, W) bool map of the pixels that came from ``arr``.
-    """
-    H, W = size
-    h, w = arr.shape[:2]
-    out = np.full((H, W) + arr.shape[2:], fill, dtype=arr.dtype)
-    valid = np.zeros((H, W), dtype=bool)
-    # Source window (centre crop when larger) and destination offset (centred pad when smaller).
-    sy, sx = max((h - H) // 2, 0), max((w - W) // 2, 0)
-    dy, dx = max((H - h) // 2, 0), max((W - w) // 2, 0)
-    ch, cw = min(h, H), min(w, W)
-    out[dy:dy + ch, dx:dx + cw] = arr[sy:sy + ch, sx:sx + cw]
-    valid[dy:dy + ch, dx:dx + cw] = True
-    return out, valid
-
-
-def to_grey(image: np.ndarray) -> np.ndarray:
-    """RGB -> grey (ITU-R 601 luma, as PIL's "L"), replicated to 3 channels."""
-    grey = np.asarray(Image.fromarray(image).convert("L"))
-    return np.repeat(grey[..., None], 3, axis=2)
-
-
-def rescale_object(obj: OutlierObject, scale: float) -> tuple[np.ndarray, np.ndarray]:
-    """Image bicubic, mask nearest, both to round(size * scale) (at least 1 pixel)."""
-    h, w = obj.mask.shape
-    nh, nw = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
-    if (nh, nw) == (h, w):
-        return obj.image, obj.mask
-    image = np.asarray(Image.fromarray(obj.image).resize((nw, nh), Image.BICUBIC))
-    mask = Image.fromarray(obj.mask.astype(np.uint8) * 255).resize((nw, nh), Image.NEAREST)
-    mask = np.asarray(mask) > 127
-    return image, mask
-
-
-def mask_bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    """Tight box ``(y0, x0, y1, x1)`` (end exclusive) of True pixels, None when empty."""
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if rows.size == 0:
-        return None
-    return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
-
-
-class OutlierPaster:
-    """Paste one outlier object into an inlier frame and build the auxiliary outlier image.
-
-    For a frame (H, W): draw an object and a scale; rescale it, pad/centre-crop it to (H, W),
-    and hard-copy the bounding box of its object pixels (object pixels only, no blending) to a
-    uniformly random position; those pixels become label 1. The auxiliary image is the same
-    object unscaled, padded/centre-cropped to (H, W): object pixels 1, background 0 (or 255 with
-    ``aux_background="ignore"``), padding 255 (image padding is 0). Inputs are not modified.
-    """
-
-    MAX_TRIES = 5  # redraw when an object vanishes after rescaling/cropping (thin or tiny masks)
-
-    def __init__(self, source: OutlierSource, config: PasteConfig | None = None):
-        if len(source) == 0:
-            raise ValueError("OutlierPaster needs a non-empty outlier source")
-        self.source = source
-        self.config = config or PasteConfig()
-
-    def __call__(self, image: np.ndarray, label: np.ndarray,
-                 rng: np.random.Generator) -> PastedSample:
-        cfg = self.config
-        H, W = image.shape[:2]
-        if label.shape != (H, W):
-            raise ValueError(f"label {label.shape} does not match image {image.shape[:2]}")
-        out_img, out_lab = image.copy(), label.copy()
-        do_paste = rng.random() < cfg.paste_prob
-        box = None
-        for _ in range(self.MAX_TRIES):
-            idx = int(rng.integers(len(self.source)))
-            obj = self.source[idx]
-            grey = rng.random() < cfg.grey_prob
-            if grey:
-                obj = OutlierObject(to_grey(obj.image), obj.mask, obj.source)
-            scale = float(cfg.scales[int(rng.integers(len(cfg.scales)))])
-            if not do_paste:
-                break
-            s_img, s_mask = rescale_object(obj, scale)
-            f_img, _ = fit_to_size(s_img, (H, W), 0)
-            f_mask, _ = fit_to_size(s_mask, (H, W), False)
-            bb = mask_bbox(f_mask)
-            if bb is None:
-                continue
-            y0, x0, y1, x1 = bb
-            bh, bw = y1 - y0, x1 - x0
-            ty, tx = int(rng.integers(H - bh + 1)), int(rng.integers(W - bw + 1))
-            m = f_mask[y0:y1, x0:x1]
-            out_img[ty:ty + bh, tx:tx + bw][m] = f_img[y0:y1, x0:x1][m]
-            out_lab[ty:ty + bh, tx:tx + bw][m] = ANOMALY
-            box = (ty, tx, bh, bw)
-            break
-        aux_img, valid = fit_to_size(obj.image, (H, W), 0)
-        a_mask, _ = fit_to_size(obj.mask, (H, W), False)
-        background = INLIER if cfg.aux_background == "inlier" else IGNORE
-        aux_lab = np.full((H, W), background, dtype=np.uint8)
-        aux_lab[~valid] = IGNORE
-        aux_lab[a_mask] = ANOMALY
-        info = {"object": self.source.entries[idx].key, "index": idx, "scale": scale,
-                "grey": bool(grey), "box": box}
-        return PastedSample(out_img, out_lab, aux_img, aux_lab, info)
-
-
-__all__ = [
-    "COCO_CLASSES", "ROAD_SCENE_COCO_IDS", "ALLO_COCO_IDS", "FILTERS", "OutlierObject",
-    "OutlierSource", "load_outlier_source", "load_coco_json", "load_yolo_seg", "load_mask_pngs",
-    "default_outlier_split", "PasteConfig", "PastedSample", "OutlierPaster", "rle_decode",
-    "rle_encode", "rle_counts_from_string", "rle_counts_to_string", "polygons_to_mask",
-    "segmentation_to_mask", "fit_to_size", "rescale_object", "mask_bbox", "to_grey",
-]
+__all__ = ["DEFAULT_SPLIT_SEED", "DEFAULT_VAL_FRACTION", "OutlierObject", "OutlierSource",
+           "default_outlier_split", "load_coco_json", "load_mask_pngs", "load_outlier_source",
+           "load_yolo_seg"]

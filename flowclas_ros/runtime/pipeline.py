@@ -1,4 +1,4 @@
-"""Pre- and post-processing around the score graph, on the backend's device.
+"""The device pipeline around the score graph: frame in -> model input, score -> outputs.
 
 Pre-processing: an (H, W, 3) uint8 RGB frame -> (1, 3, h, w) float32 in [0, 1] at the bundle's
 input size (h, w), resized bilinearly with half-pixel centres and no antialiasing (the same
@@ -7,21 +7,15 @@ are inside the graph.
 
 Post-processing: the (h, w) score -> bilinear back to (H, W) -> ``nan_to_num`` (NaN and +inf
 become the largest float32, i.e. "most anomalous", -inf the lowest) -> only the outputs asked for:
+the heatmap (the raw score), and the mask and overlay of :mod:`.visualisation`.
 
-* heatmap: (H, W) float32 raw score;
-* mask: (H, W) uint8, 255 where score >= threshold, else 0;
-* overlay: (H, W, 3) uint8 BGR, the colour-mapped normalised score
-  clip((score - lo) / (hi - lo), 0, 1) blended on the frame with weight alpha. The blend is
-  integer arithmetic, (frame * (256 - A) + colour * A + 128) >> 8 with A = round(256 alpha), so
-  the torch and numpy paths give identical pixels for identical scores.
-
-Two implementations: :class:`TorchPipeline` (torch ops on the backend's device: torch, ONNX
-Runtime CUDA via I/O binding, TensorRT) and :class:`NumpyPipeline` (ONNX Runtime on the CPU).
-Only what must be published is copied to the host.
+Two implementations with one interface (``prepare``, ``finish``): :class:`TorchPipeline` (torch
+ops on the backend's device: torch, ONNX Runtime CUDA via I/O binding, TensorRT) and
+:class:`NumpyPipeline` (ONNX Runtime on the CPU). Only what must be published is copied to the
+host.
 """
 from __future__ import annotations
 
-import logging
 from functools import lru_cache
 
 import numpy as np
@@ -29,13 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-log = logging.getLogger("flowclas_ros.runtime")
+from .visualisation import colormap_lut, mask_np, mask_torch, overlay_np, overlay_torch
 
-COLORMAPS = ("turbo", "jet", "inferno", "viridis", "gray")
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
-
-# --- shared ----------------------------------------------------------------------------------
 
 def check_image(image) -> tuple[int, int]:
     """Validate an (H, W, 3) uint8 RGB frame (numpy array or torch tensor); return (H, W)."""
@@ -46,48 +37,6 @@ def check_image(image) -> tuple[int, int]:
     if shape[0] < 1 or shape[1] < 1:
         raise ValueError(f"image is empty: shape {shape}")
     return shape[0], shape[1]
-
-
-def check_colormap(name: str) -> str:
-    if name not in COLORMAPS:
-        raise ValueError(f"unknown colormap {name!r}; choose one of {COLORMAPS}")
-    return name
-
-
-def check_alpha(alpha: float) -> float:
-    alpha = float(alpha)
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"overlay_alpha must be in [0, 1], got {alpha}")
-    return alpha
-
-
-def _jet(x: np.ndarray) -> np.ndarray:
-    """The classic piecewise-linear jet, (N,) in [0, 1] -> (N, 3) RGB in [0, 1]."""
-    return np.clip(np.stack([1.5 - np.abs(4 * x - c) for c in (3, 2, 1)], 1), 0, 1)
-
-
-@lru_cache(maxsize=None)
-def colormap_lut(name: str) -> np.ndarray:
-    """(256, 3) uint8 **BGR** colours of ``name`` for normalised scores 0/255 .. 255/255."""
-    check_colormap(name)
-    x = np.linspace(0.0, 1.0, 256)
-    if name == "gray":
-        rgb = np.repeat(x[:, None], 3, 1)
-    else:
-        try:
-            import matplotlib
-
-            rgb = matplotlib.colormaps[name](x)[:, :3]
-        except ImportError:  # matplotlib is optional at run time: jet needs no table
-            if name != "jet":
-                log.warning("colormap %r needs matplotlib, which is not installed: using jet", name)
-            rgb = _jet(x)
-    return np.ascontiguousarray(np.rint(rgb[:, ::-1] * 255).astype(np.uint8))
-
-
-def blend_weight(alpha: float) -> int:
-    """The integer blend weight A (0..256) of the colour map."""
-    return int(round(check_alpha(alpha) * 256))
 
 
 # --- numpy (host) ----------------------------------------------------------------------------
@@ -141,18 +90,8 @@ class NumpyPipeline:
             return None, None, None
         s = resize_bilinear_np(score[:, :, None], frame.shape[:2])[:, :, 0]
         s = np.nan_to_num(s, copy=False, nan=FLOAT32_MAX, posinf=FLOAT32_MAX, neginf=-FLOAT32_MAX)
-        m = ((s >= threshold).view(np.uint8) * np.uint8(255)) if mask else None
-        ov = None
-        if overlay:
-            lo, hi = self.score_range
-            with np.errstate(over="ignore"):  # +-FLOAT32_MAX scores overflow to +-inf, then clip
-                idx = np.clip((s - np.float32(lo)) * np.float32(255.0 / (hi - lo)), 0, 255)
-            col = colormap_lut(colormap)[np.rint(idx).astype(np.uint8)]
-            a = blend_weight(alpha)
-            mix = frame[:, :, ::-1].astype(np.uint16) * np.uint16(256 - a)
-            mix += col.astype(np.uint16) * np.uint16(a)
-            mix += np.uint16(128)
-            ov = (mix >> 8).astype(np.uint8)
+        m = mask_np(s, threshold) if mask else None
+        ov = overlay_np(s, frame, self.score_range, alpha, colormap) if overlay else None
         return (s if heatmap else None), m, ov
 
 
@@ -201,13 +140,11 @@ class TorchPipeline:
         if tuple(s.shape) != size:
             s = F.interpolate(s[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
         s = torch.nan_to_num(s, nan=FLOAT32_MAX, posinf=FLOAT32_MAX, neginf=-FLOAT32_MAX)
-        m = ((s >= threshold).to(torch.uint8) * 255).cpu().numpy() if mask else None
+        m = mask_torch(s, threshold).cpu().numpy() if mask else None
         ov = None
         if overlay:
-            lo, hi = self.score_range
-            idx = ((s - lo) * (255.0 / (hi - lo))).clamp_(0, 255).round_().long()
-            col = self.lut(colormap)[idx]  # (H, W, 3) BGR
-            a = blend_weight(alpha)
-            mix = frame.flip(-1).int() * (256 - a) + col.int() * a + 128
-            ov = (mix >> 8).to(torch.uint8).cpu().numpy()
+            ov = overlay_torch(s, frame, self.score_range, alpha, self.lut(colormap)).cpu().numpy()
         return (s.cpu().numpy() if heatmap else None), m, ov
+
+
+__all__ = ["FLOAT32_MAX", "NumpyPipeline", "TorchPipeline", "check_image", "resize_bilinear_np"]

@@ -1,0 +1,56 @@
+"""The node's /diagnostics status: one DiagnosticStatus built from its state and statistics.
+
+Level: OK when active; WARN when frames were refused (malformed, oversize, backend errors) or
+the node is not active; ERROR with the last configure error. The values are strings, as
+diagnostic_msgs wants them; the frame counters are cumulative.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+
+
+def node_status(name: str, state: str, last_error: str, backend, threshold: float | None,
+                model_path: str, stats: dict[str, Any]) -> DiagnosticStatus:
+    """``backend``: the loaded runtime Backend or None; ``stats``: AnomalyNode.stats()."""
+    status = DiagnosticStatus()
+    status.name = f"{name}: FlowCLAS anomaly segmentation"
+    status.hardware_id = backend.device if backend is not None else "none"
+    s = stats
+    if state == "active":
+        status.level, status.message = DiagnosticStatus.OK, "active"
+        if s["malformed"] or s["oversize"] or s["errors"]:
+            status.level = DiagnosticStatus.WARN
+            status.message = "active; some frames refused (see malformed/oversize/errors)"
+    elif last_error:
+        status.level, status.message = DiagnosticStatus.ERROR, last_error
+    else:
+        status.level, status.message = DiagnosticStatus.WARN, state
+    values = {
+        "state": state,
+        "backend": backend.name if backend is not None else "",
+        "device": backend.device if backend is not None else "",
+        "precision": backend.precision if backend is not None else "",
+        "model_path": model_path,
+        "threshold": "" if threshold is None else f"{threshold:.6g}",
+        "input_rate_hz": f"{s['input_rate_hz']:.2f}",
+        "output_rate_hz": f"{s['output_rate_hz']:.2f}",
+        "latency_p50_ms": f"{s['latency_p50_ms']:.2f}",
+        "latency_p99_ms": f"{s['latency_p99_ms']:.2f}",
+        "inference_p50_ms": f"{s['inference_p50_ms']:.2f}",
+        "inference_p99_ms": f"{s['inference_p99_ms']:.2f}",
+        "frames_received": s["received"],
+        "frames_published": s["published"],
+        "dropped_frames": s["dropped"],
+        "dropped_replaced": s["replaced"],
+        "dropped_malformed": s["malformed"],
+        "dropped_oversize": s["oversize"],
+        "skipped_no_subscribers": s["skipped"],
+        "inference_errors": s["errors"],
+    }
+    status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
+    return status
+
+
+__all__ = ["node_status"]

@@ -1,0 +1,155 @@
+"""The node's parameters as one table: name, type, default, when it may change, its check.
+
+Changes:
+
+* ``live``: takes effect on the next frame (``ros2 param set`` in any state);
+* ``structural``: read at configure; refused while a backend is loaded (cleanup, set, configure);
+* ``read_only``: set at start-up only (rclpy refuses later changes).
+
+Types, read-only flags and numeric ranges go into each parameter's descriptor, where rclpy
+enforces them; choices and the other checks are applied by :func:`check_changes`, which the
+node registers as its on-set-parameters callback. Validation here imports no torch.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
+                                SetParametersResult)
+
+from ..options import BACKENDS, COLORMAPS, DEVICE_PATTERN, IMAGE_QOS, PRECISIONS
+
+LIVE, STRUCTURAL, READ_ONLY = "live", "structural", "read_only"
+DEFAULT_MAX_PIXELS = 3840 * 2160  # 4K UHD; an 8K frame (33 Mpx) is refused by default
+
+
+def _device(value: Any) -> str | None:
+    if not DEVICE_PATTERN.match(str(value)):
+        return f"device must be auto, cpu, cuda or cuda:N, got {value!r}"
+    return None
+
+
+def _threshold(value: Any) -> str | None:
+    if isinstance(value, float) and math.isinf(value):
+        return "threshold must be finite, or NaN for the bundle's threshold"
+    return None
+
+
+@dataclass(frozen=True)
+class Param:
+    """One row of the table. ``default`` may be a function (evaluated at declaration)."""
+
+    name: str
+    type: type
+    default: Any
+    change: str
+    description: str
+    choices: tuple[str, ...] = ()
+    check: Callable[[Any], str | None] | None = None
+    float_range: tuple[float, float] | None = None
+    int_range: tuple[int, int] | None = None
+
+    def default_value(self) -> Any:
+        return self.default() if callable(self.default) else self.default
+
+    def descriptor(self) -> ParameterDescriptor:
+        d = ParameterDescriptor(description=self.description,
+                                read_only=self.change == READ_ONLY,
+                                additional_constraints=("one of " + ", ".join(self.choices)
+                                                        if self.choices else ""))
+        if self.float_range is not None:
+            lo, hi = self.float_range
+            d.floating_point_range = [FloatingPointRange(from_value=float(lo), to_value=float(hi),
+                                                         step=0.0)]
+        if self.int_range is not None:
+            lo, hi = self.int_range
+            d.integer_range = [IntegerRange(from_value=int(lo), to_value=int(hi), step=0)]
+        return d
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` is not acceptable (choices, check), or None."""
+        if self.choices and value not in self.choices:
+            return f"{self.name} must be one of {self.choices}, got {value!r}"
+        if self.float_range is not None and isinstance(value, float):
+            lo, hi = self.float_range
+            if not lo <= value <= hi:
+                return f"{self.name} must be in [{lo:g}, {hi:g}], got {value}"
+        return self.check(value) if self.check is not None else None
+
+
+def table(default_model_path: Callable[[], str]) -> tuple[Param, ...]:
+    """The node's parameters (``default_model_path`` gives model_path's default)."""
+    return (
+        Param("model_path", str, default_model_path, STRUCTURAL,
+              "Bundle folder written by `export` (manifest.json + weights + ONNX). Empty = the "
+              "demo bundle. Structural: change it while unconfigured."),
+        Param("backend", str, "auto", STRUCTURAL,
+              "Inference backend; auto picks the fastest available. Structural.",
+              choices=BACKENDS),
+        Param("device", str, "auto", STRUCTURAL, "auto, cpu, cuda or cuda:N. Structural.",
+              check=_device),
+        Param("precision", str, "fp32", STRUCTURAL,
+              "Compute precision (fp16/bf16 need a backend and device that support them). "
+              "Structural.", choices=PRECISIONS),
+        Param("threshold", float, float("nan"), LIVE,
+              "Mask threshold on the raw score (mask = 255 where score >= threshold). NaN = the "
+              "bundle's calibrated threshold. Raw scores can be negative, so any finite value "
+              "is a real threshold. Changes live.", check=_threshold),
+        Param("overlay_alpha", float, 0.5, LIVE,
+              "Weight of the colour map in the overlay (0 = camera image only). Changes live.",
+              float_range=(0.0, 1.0)),
+        Param("colormap", str, "turbo", LIVE, "Colour map of the overlay. Changes live.",
+              choices=COLORMAPS),
+        Param("image_qos", str, "sensor_data", READ_ONLY,
+              "QoS of the image subscription: sensor_data (best effort, keep last 5) or "
+              "reliable (keep last 2). Read-only: set it at start-up.", choices=IMAGE_QOS),
+        Param("publish_heatmap", bool, True, LIVE,
+              "Publish anomaly/heatmap (32FC1 raw score). Computed only with a subscriber."),
+        Param("publish_mask", bool, True, LIVE,
+              "Publish anomaly/mask (mono8 0/255). Computed only with a subscriber."),
+        Param("publish_overlay", bool, True, LIVE,
+              "Publish anomaly/overlay (bgr8 colour map on the image). Computed only with a "
+              "subscriber."),
+        Param("max_image_pixels", int, DEFAULT_MAX_PIXELS, LIVE,
+              "Frames with more pixels (width * height) are refused with a warning before any "
+              "copy, so an oversize frame cannot exhaust memory. Changes live.",
+              int_range=(1, 2**31 - 1)),
+        Param("diagnostics_period", float, 1.0, READ_ONLY,
+              "Seconds between /diagnostics messages. Read-only.", float_range=(0.05, 60.0)),
+    )
+
+
+def declare(node, params: tuple[Param, ...]) -> None:
+    """Declare every parameter on ``node``; start-up values of read-only ones are checked here
+    (rclpy enforces read-only only after start-up, so a bad one could never be fixed)."""
+    for p in params:
+        node.declare_parameter(p.name, p.default_value(), p.descriptor())
+    for p in params:
+        if p.change == READ_ONLY:
+            reason = p.problem(node.get_parameter(p.name).value)
+            if reason:
+                raise ValueError(reason)
+
+
+def check_changes(params: tuple[Param, ...], changes, configured: bool) -> SetParametersResult:
+    """The on-set-parameters callback: refuse invalid values, and structural changes while
+    ``configured`` (a backend is loaded)."""
+    by_name = {p.name: p for p in params}
+    for change in changes:
+        spec = by_name.get(change.name)
+        if spec is None:
+            continue
+        if spec.change == STRUCTURAL and configured:
+            reason = (f"{spec.name} is structural: deactivate and cleanup the node, set it, then "
+                      f"configure again")
+        else:
+            reason = spec.problem(change.value)
+        if reason:
+            return SetParametersResult(successful=False, reason=reason)
+    return SetParametersResult(successful=True)
+
+
+__all__ = ["DEFAULT_MAX_PIXELS", "LIVE", "READ_ONLY", "STRUCTURAL", "Param", "check_changes",
+           "declare", "table"]

@@ -1,0 +1,171 @@
+"""The training samples: one inlier frame -> a (mixed, aux) :class:`Pair`, and the epoch order.
+
+A pair is made by :class:`PairMaker`: resize -> random crop -> paste one outlier image's objects
+(the paster also returns the auxiliary outlier image at the same size) -> flips, drawn
+independently for the mixed and the aux pair and applied to image and label together.
+
+Determinism: every random choice is derived from the seed and *where* it is made, never from a
+running generator: image i of epoch e is pasted with ``default_rng([seed, 0, e, i])``
+(:func:`online_rng`), cache variant v of image i with ``default_rng([seed, 1, i, v])``
+(:func:`variant_rng`), and the epoch order is ``default_rng([seed, 3, e]).permutation``
+(:class:`EpochOrder`). A run killed after a checkpoint therefore replays exactly the same
+samples as one that never stopped.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from ..labels import VOID
+from .config import DataConfig
+from .feature_cache import FeatureCache
+
+
+class Pair(NamedTuple):
+    """A training sample, all (H, W): the frame with outliers pasted and the auxiliary image."""
+
+    image: np.ndarray  # (H, W, 3) uint8 RGB
+    label: np.ndarray  # (H, W) uint8 INLIER / ANOMALY / VOID
+    aux_image: np.ndarray
+    aux_label: np.ndarray
+
+
+def resize(image: np.ndarray, label: np.ndarray, size: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Image bilinear, label nearest, to ``size`` (H, W)."""
+    from PIL import Image
+
+    h, w = size
+    if image.shape[:2] == (h, w):
+        return image, label
+    image = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+    label = np.asarray(Image.fromarray(label).resize((w, h), Image.NEAREST))
+    return image, label
+
+
+def random_crop(image: np.ndarray, label: np.ndarray, size: list[int], rng: np.random.Generator):
+    """Random crop to size (H, W); smaller images are padded (image 0, label VOID) first."""
+    ch, cw = size
+    h, w = label.shape
+    if h < ch or w < cw:
+        ph, pw = max(ch - h, 0), max(cw - w, 0)
+        image = np.pad(image, ((0, ph), (0, pw), (0, 0)))
+        label = np.pad(label, ((0, ph), (0, pw)), constant_values=VOID)
+        h, w = label.shape
+    y = int(rng.integers(0, h - ch + 1))
+    x = int(rng.integers(0, w - cw + 1))
+    return image[y:y + ch, x:x + cw], label[y:y + ch, x:x + cw]
+
+
+def random_flip(image: np.ndarray, label: np.ndarray, hflip: bool, vflip: bool,
+                rng: np.random.Generator):
+    # Both draws are always made so the random stream does not depend on the outcome.
+    do_h, do_v = rng.random() < 0.5, rng.random() < 0.5
+    if hflip and do_h:
+        image, label = image[:, ::-1], label[:, ::-1]
+    if vflip and do_v:
+        image, label = image[::-1], label[::-1]
+    return np.ascontiguousarray(image), np.ascontiguousarray(label)
+
+
+class PairMaker:
+    """Training image ``i`` and a numpy Generator -> :class:`Pair`.
+
+    Without a paster (no outlier source) the aux pair is the mixed pair itself (only the
+    ``nll`` objective allows that).
+    """
+
+    def __init__(self, dataset, indices: list[int], paster, data: DataConfig):
+        self.dataset, self.indices, self.paster = dataset, indices, paster
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __call__(self, i: int, rng: np.random.Generator) -> Pair:
+        d = self.data
+        sample = self.dataset[self.indices[i]]
+        image, label = sample.image, sample.label
+        if d.image_size:
+            image, label = resize(image, label, d.image_size)
+        if d.crop:
+            image, label = random_crop(image, label, d.crop, rng)
+        if self.paster is not None:
+            p = self.paster(image, label, rng)
+            image, label, aux_image, aux_label = p.image, p.label, p.aux_image, p.aux_label
+        else:
+            aux_image, aux_label = image, label
+        image, label = random_flip(image, label, d.hflip, d.vflip, rng)
+        aux_image, aux_label = random_flip(aux_image, aux_label, d.hflip, d.vflip, rng)
+        return Pair(image, label, aux_image, aux_label)
+
+
+def online_rng(seed: int, epoch: int, i: int) -> np.random.Generator:
+    return np.random.default_rng([seed, 0, epoch, i])
+
+
+def variant_rng(seed: int, i: int, v: int) -> np.random.Generator:
+    return np.random.default_rng([seed, 1, i, v])
+
+
+def cache_variant(seed: int, epoch: int, i: int, variants: int) -> int:
+    """Image i cycles through its cached variants from a seeded offset: all V in V epochs."""
+    offset = int(np.random.default_rng([seed, 2, i]).integers(variants))
+    return (epoch + offset) % variants
+
+
+class OnlineItems(Dataset):
+    """(epoch, i) -> raw pasted pair (uint8 arrays); the backbone runs in the training step."""
+
+    def __init__(self, pairs: PairMaker, seed: int):
+        self.pairs, self.seed = pairs, seed
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, np.ndarray]:
+        epoch, i = key
+        return self.pairs(i, online_rng(self.seed, epoch, i))._asdict()
+
+
+class CachedItems(Dataset):
+    """(epoch, i) -> cached features and grid labels of one variant of image i."""
+
+    def __init__(self, cache: FeatureCache, seed: int, aux: bool):
+        self.cache, self.seed, self.aux = cache, seed, aux
+
+    def __len__(self) -> int:
+        return self.cache.n_images
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, np.ndarray]:
+        epoch, i = key
+        v = cache_variant(self.seed, epoch, i, self.cache.variants)
+        return self.cache.item(i, v, aux=self.aux)
+
+
+class EpochOrder:
+    """The batches of one rank in one epoch; depends only on (seed, epoch, rank, world).
+
+    A seeded permutation of the N images, padded by wrapping to a multiple of the world size
+    (as DistributedSampler does), sharded ``rank::world`` and cut into full batches.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+        self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
+        self.per_rank = math.ceil(n / world)
+        self.steps_per_epoch = self.per_rank // batch_size
+
+    def batches(self, epoch: int, start: int = 0) -> list[list[tuple[int, int]]]:
+        perm = np.random.default_rng([self.seed, 3, epoch]).permutation(self.n)
+        total = self.per_rank * self.world
+        perm = np.resize(perm, total)  # wraps around
+        mine = perm[self.rank::self.world]
+        b = self.batch_size
+        return [[(epoch, int(i)) for i in mine[k * b:(k + 1) * b]]
+                for k in range(start, self.steps_per_epoch)]
+
+
+__all__ = ["CachedItems", "EpochOrder", "OnlineItems", "Pair", "PairMaker", "cache_variant",
+           "online_rng", "random_crop", "random_flip", "resize", "variant_rng"]
