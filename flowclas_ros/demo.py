@@ -52,7 +52,6 @@ def run_demo(source: Path, out: Path, model: Path, backend: str, rate: float,
     # Imported here so `--help` and `--build-sequence` work without a ROS install.
     import rclpy
     from lifecycle_msgs.msg import Transition
-    from lifecycle_msgs.srv import ChangeState
     from PIL import Image as PILImage
     from rclpy.executors import MultiThreadedExecutor
     from rclpy.node import Node
@@ -61,6 +60,8 @@ def run_demo(source: Path, out: Path, model: Path, backend: str, rate: float,
 
     from flowclas_ros.node.image_conversion import SUPPORTED_ENCODINGS  # noqa: F401 (ROS check)
     from flowclas_ros.node.image_player import ImagePlayer
+    from flowclas_ros.node.lifecycle_client import LifecycleClient, NoReply
+    from flowclas_ros.paths import DDS_PROFILE_ENV, dds_profile
 
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("overlay_*.png"):
@@ -69,7 +70,10 @@ def run_demo(source: Path, out: Path, model: Path, backend: str, rate: float,
     # A private domain on loopback: the demo neither sees nor disturbs other ROS graphs.
     env.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 100))
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")})
+    # camera-sized frames need Fast DDS's large shared-memory segment on both sides
+    env.setdefault(DDS_PROFILE_ENV, str(dds_profile()))
+    os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE",
+                                           DDS_PROFILE_ENV)})
     log_path = out / "anomaly_node.log"
     log = open(log_path, "w")
     node_proc = subprocess.Popen(
@@ -120,24 +124,21 @@ def run_demo(source: Path, out: Path, model: Path, backend: str, rate: float,
     qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
     demo.create_subscription(Image, "anomaly/heatmap", on_heatmap, qos)
     demo.create_subscription(Image, "anomaly/overlay", on_overlay, qos)
-    change = demo.create_client(ChangeState, f"{NODE}/change_state")
+    lifecycle = LifecycleClient(demo, NODE)
 
     def transition(tid: int, label: str) -> None:
-        req = ChangeState.Request()
-        req.transition.id = tid
-        future = change.call_async(req)
-        answered = threading.Event()
-        future.add_done_callback(lambda _: answered.set())
-        deadline = time.monotonic() + timeout
-        while not answered.wait(0.2):  # wake up now and then to notice a dead node process
-            if node_proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{label}: no answer from {NODE} (see {log_path})")
-        if not future.result().success:
+        # bounded and retried: a reply lost during discovery must not hang the demo
+        try:
+            ok = lifecycle.change_state(tid, timeout_s=timeout,
+                                        alive=lambda: node_proc.poll() is None)
+        except NoReply:
+            raise RuntimeError(f"{label}: no answer from {NODE} (see {log_path})") from None
+        if not ok:
             raise RuntimeError(f"{label} failed (the node's reason is in {log_path})")
 
     summary: dict = {}
     try:
-        if not change.wait_for_service(timeout_sec=timeout):
+        if not lifecycle.wait_for_services(timeout):
             raise RuntimeError(f"{NODE} did not come up (see {log_path})")
         t0 = time.perf_counter()
         transition(Transition.TRANSITION_CONFIGURE, "configure")

@@ -8,9 +8,13 @@ fix the parameter (``ros2 param set``) and run ``ros2 lifecycle set <node> confi
 then activates it. Only that first ``inactive`` is activated: after a later ``deactivate`` /
 ``cleanup`` / ``configure`` the node stays where ``ros2 lifecycle set`` leaves it.
 
-Arguments: namespace, image_topic, params_file, model_path, backend, use_rviz. ``model_path`` and
-``backend`` left empty keep the value of the parameters file. ``use_rviz:=true`` where rviz2 is
-not installed logs that and starts the node alone.
+Arguments: namespace, image_topic, params_file, model_path, backend, use_rviz, dds_profile.
+``model_path`` and ``backend`` left empty keep the value of the parameters file. ``use_rviz:=true``
+where rviz2 is not installed logs that and starts the node alone. ``dds_profile`` (default: the
+shipped config/fastdds_large_frames.xml; empty: Fast DDS's defaults) is given to the processes
+this file starts as FASTRTPS_DEFAULT_PROFILES_FILE: camera-sized best-effort frames need it on the
+*sending* side too, so start the camera driver with the same variable (README, "Large images
+and QoS").
 """
 import os
 
@@ -25,6 +29,7 @@ from launch_ros.events.lifecycle import ChangeState
 from lifecycle_msgs.msg import Transition
 
 PACKAGE = "flowclas_ros"
+PROFILE_ENV = "FASTRTPS_DEFAULT_PROFILES_FILE"  # read by Fast DDS 2.x (rmw_fastrtps, Jazzy)
 
 
 def _share_dir() -> str:
@@ -60,6 +65,8 @@ def _launch_setup(context, *args, **kwargs):
     model_path = LaunchConfiguration("model_path").perform(context)
     backend = LaunchConfiguration("backend").perform(context)
     use_rviz = _truthy(LaunchConfiguration("use_rviz").perform(context))
+    dds_profile = LaunchConfiguration("dds_profile").perform(context)
+    env = {PROFILE_ENV: dds_profile} if dds_profile else {}
 
     parameters = [params_file] if params_file else []
     overrides = {}
@@ -77,6 +84,7 @@ def _launch_setup(context, *args, **kwargs):
         namespace=namespace,
         parameters=parameters,
         remappings=[("image", image_topic)],
+        additional_env=env,
         output="screen",
     )
     # inactive -> activate (registered before the node starts, so the event cannot be missed).
@@ -114,6 +122,7 @@ def _launch_setup(context, *args, **kwargs):
             namespace=namespace,
             arguments=["-d", os.path.join(_share_dir(), "config", "anomaly.rviz")],
             remappings=[("image", image_topic)],
+            additional_env=env,
             output="screen",
         ))
     return actions
@@ -143,5 +152,9 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument(
             "use_rviz", default_value="false",
             description="Start rviz2 with config/anomaly.rviz (camera, heatmap, mask, overlay)"),
+        DeclareLaunchArgument(
+            "dds_profile", default_value=os.path.join(share, "config", "fastdds_large_frames.xml"),
+            description="Fast DDS profile for the started processes (large shared-memory "
+                        "segment for camera-sized frames); empty: Fast DDS defaults"),
         OpaqueFunction(function=_launch_setup),
     ])

@@ -29,7 +29,6 @@ rclpy = pytest.importorskip("rclpy", reason="rclpy (ROS 2 Jazzy) is not installe
 import yaml  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from lifecycle_msgs.msg import Transition  # noqa: E402
-from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
 from rcl_interfaces.srv import SetParameters  # noqa: E402
 from rclpy.context import Context  # noqa: E402
 from rclpy.event_handler import (PublisherEventCallbacks,  # noqa: E402
@@ -43,6 +42,8 @@ from std_msgs.msg import Header  # noqa: E402
 
 from flowclas_ros.node import anomaly_node as an  # noqa: E402
 from flowclas_ros.node.image_conversion import image_to_rgb, numpy_to_msg  # noqa: E402
+from flowclas_ros.node.lifecycle_client import LifecycleClient, call  # noqa: E402
+from flowclas_ros.paths import DDS_PROFILE_ENV, dds_profile  # noqa: E402
 
 pytestmark = pytest.mark.ros
 
@@ -64,13 +65,6 @@ def wait_until(predicate, timeout: float = TIMEOUT, what: str = "condition") -> 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
         tick.wait(0.02)
-
-
-def wait_future(future, timeout: float = TIMEOUT):
-    done = threading.Event()
-    future.add_done_callback(lambda _: done.set())
-    assert done.wait(timeout), "service call timed out"
-    return future.result()
 
 
 class Probe:
@@ -145,7 +139,8 @@ class Ros:
         node.release()
         node.destroy_node()
 
-    # services
+    # services: every call bounded and retried (a reply can be lost during discovery on a
+    # loaded machine; flowclas_ros.node.lifecycle_client)
     def _client_for(self, srv_type, name):
         key = (srv_type, name)
         if key not in self._clients:
@@ -154,23 +149,25 @@ class Ros:
             self._clients[key] = cli
         return self._clients[key]
 
-    def change_state(self, fqn: str, transition_id: int, timeout: float = 120.0) -> bool:
-        req = ChangeState.Request()
-        req.transition.id = transition_id
-        return wait_future(self._client_for(ChangeState, f"{fqn}/change_state").call_async(req),
-                           timeout).success
+    def _lifecycle(self, fqn: str) -> LifecycleClient:
+        if fqn not in self._clients:
+            lc = LifecycleClient(self.client, fqn)
+            assert lc.wait_for_services(TIMEOUT), f"lifecycle services of {fqn} not available"
+            self._clients[fqn] = lc
+        return self._clients[fqn]
+
+    def change_state(self, fqn: str, transition_id: int, timeout: float = 120.0,
+                     alive=None) -> bool:
+        return self._lifecycle(fqn).change_state(transition_id, timeout, alive)
 
     def get_state(self, fqn: str, timeout: float = TIMEOUT) -> str:
-        res = wait_future(self._client_for(GetState, f"{fqn}/get_state").call_async(
-            GetState.Request()), timeout)
-        return res.current_state.label
+        return self._lifecycle(fqn).get_state(timeout)
 
     def set_params(self, fqn: str, timeout: float = TIMEOUT, **params):
         req = SetParameters.Request()
         req.parameters = [Parameter(k, value=v).to_parameter_msg() for k, v in params.items()]
-        res = wait_future(self._client_for(SetParameters, f"{fqn}/set_parameters").call_async(
-            req), timeout)
-        return res.results
+        return call(self._client_for(SetParameters, f"{fqn}/set_parameters"), req,
+                    timeout).results
 
     def bring_up(self, fqn: str) -> None:
         assert self.change_state(fqn, Transition.TRANSITION_CONFIGURE), "configure failed"
@@ -229,15 +226,19 @@ def wait_matched(node: an.AnomalyNode, pub=None, outputs=()) -> None:
 
 @pytest.fixture(scope="module")
 def ros():
-    saved = os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE")
-    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    # loopback only, and the shipped Fast DDS profile on both sides (as the launch file and the
+    # README set it up): camera-sized best-effort frames need its shared-memory segment
+    env = {"ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", DDS_PROFILE_ENV: str(dds_profile())}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     r = Ros()
     yield r
     r.close()
-    if saved is None:
-        os.environ.pop("ROS_AUTOMATIC_DISCOVERY_RANGE", None)
-    else:
-        os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = saved
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 @pytest.fixture
@@ -292,11 +293,11 @@ def wrapping_factory(delay: float = 0.0):
     """backend_factory for the node that keeps the wrappers it made (``.made``)."""
     made: list[WrappedBackend] = []
 
-    def factory(bundle, backend, device, precision):
+    def factory(bundle, backend, device, precision, **cpu):
         from flowclas_ros.runtime import create_backend
 
         made.append(WrappedBackend(create_backend(bundle, backend=backend, device=device,
-                                                  precision=precision), delay))
+                                                  precision=precision, **cpu), delay))
         return made[-1]
 
     factory.made = made
@@ -715,6 +716,8 @@ def test_parameters_file_declares_every_parameter(ros, nodes):
     assert declared == set(params)
     assert math.isnan(node.get_parameter("threshold").value)
     assert node.get_parameter("model_path").value == ""  # "" = the demo bundle
+    # the node's own default is the same "" the README and the parameters file document
+    assert nodes("/t_yaml_default").get_parameter("model_path").value == ""
     # every parameter carries a description; the structural ones say how to change them
     for name in declared:
         assert node.describe_parameter(name).description, name
@@ -729,7 +732,7 @@ def test_colormaps_match_the_runtime():
     from flowclas_ros.node.parameters import table
     from flowclas_ros.runtime import COLORMAPS
 
-    spec = {p.name: p for p in table(an.default_model_path)}["colormap"]
+    spec = {p.name: p for p in table()}["colormap"]
     assert tuple(COLORMAPS) == spec.choices
 
 
@@ -785,7 +788,117 @@ def test_executable_exits_after_the_shutdown_transition(ros):
     try:
         fqn = f"{ns}/flowclas_anomaly"
         assert ros.get_state(fqn) == "unconfigured"
-        assert ros.change_state(fqn, Transition.TRANSITION_UNCONFIGURED_SHUTDOWN)
+        assert ros.change_state(fqn, Transition.TRANSITION_UNCONFIGURED_SHUTDOWN,
+                                alive=lambda: proc.poll() is None)
     finally:
         log = _finish(proc)
     assert proc.returncode == 0 and "Traceback" not in log, log
+
+
+# issue 11: diagnostics window, CPU settings, numbers typed as integers, messages -------------
+def _latest_status(probe: Probe, fqn: str):
+    with probe._cv:
+        for arr in reversed(probe.msgs["diag"]):
+            for st in arr.status:
+                if st.name.startswith(fqn + ":"):
+                    return st, {kv.key: kv.value for kv in st.values}
+    return None, None
+
+
+def test_diagnostics_warn_for_recent_refusals_only(ros, nodes, tiny_bundle):
+    ns = "/t_diag_window"
+    node = nodes(ns, model_path=str(tiny_bundle), image_qos="reliable", diagnostics_period=0.1)
+    fqn = node.get_fully_qualified_name()
+    probe = Probe(ros.client, {"diag": "/diagnostics"}, msg_type=DiagnosticArray)
+    ros.bring_up(fqn)
+    pub = ros.publisher(f"{ns}/image")
+    wait_matched(node, pub)
+    bad = ros.frame(rgb_image(8, 8))
+    bad.encoding = "yuv422"
+    pub.publish(bad)
+    wait_until(lambda: node.stats()["malformed"] == 1, what="the malformed frame")
+    wait_until(lambda: (_latest_status(probe, fqn)[1] or {}).get("dropped_malformed") == "1",
+               what="a status counting the refused frame")
+    seen_warn = threading.Event()
+
+    def warn_then_ok():
+        st, values = _latest_status(probe, fqn)
+        if st is None or values.get("dropped_malformed") != "1":
+            return False
+        if st.level == st.WARN:
+            seen_warn.set()
+        return seen_warn.is_set() and st.level == st.OK
+
+    # the status of the period with the bad frame warns; the next ones are OK again, while the
+    # counter stays cumulative
+    wait_until(warn_then_ok, what="WARN for the refused frame, then OK")
+    _, values = _latest_status(probe, fqn)
+    assert values["state"] == "active" and values["dropped_malformed"] == "1"
+    assert values["model_path"] == str(tiny_bundle)  # the bundle loaded
+    probe.close()
+    ros.client.destroy_publisher(pub)
+
+
+def test_cpu_threads_and_spinning_reach_onnxruntime(ros, nodes, tiny_bundle):
+    ns = "/t_cpu"
+    node = nodes(ns, model_path=str(tiny_bundle), backend="onnxruntime", device="cpu",
+                 cpu_threads=1, cpu_spinning=False)
+    fqn = node.get_fully_qualified_name()
+    assert ros.change_state(fqn, Transition.TRANSITION_CONFIGURE)
+    opts = node._backend.session.get_session_options()
+    assert opts.intra_op_num_threads == 1
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    res = ros.set_params(fqn, cpu_threads=2)[0]  # structural
+    assert not res.successful and "structural" in res.reason
+    assert ros.change_state(fqn, Transition.TRANSITION_CLEANUP)
+    assert ros.set_params(fqn, cpu_threads=2, cpu_spinning=True)[0].successful
+    assert ros.change_state(fqn, Transition.TRANSITION_CONFIGURE)
+    assert node._backend.session.get_session_options().intra_op_num_threads == 2
+    assert ros.change_state(fqn, Transition.TRANSITION_CLEANUP)
+    assert not ros.set_params(fqn, cpu_threads=-1)[0].successful
+
+
+def test_numbers_given_as_integers_are_accepted(ros, nodes, tiny_bundle):
+    """`ros2 param set ... threshold -5` sends an integer: a double parameter takes it."""
+    node = nodes("/t_int", model_path=str(tiny_bundle))
+    fqn = node.get_fully_qualified_name()
+    assert ros.set_params(fqn, threshold=-5)[0].successful
+    assert node._threshold == -5.0
+    assert ros.set_params(fqn, overlay_alpha=1)[0].successful
+    assert node._overlay_alpha == 1.0
+    for bad in ({"overlay_alpha": 2}, {"threshold": "low"}, {"threshold": True}):
+        assert not ros.set_params(fqn, **bad)[0].successful, bad
+    assert node._threshold == -5.0 and node._overlay_alpha == 1.0
+
+
+def test_configure_failure_says_the_path_and_the_fix_once(ros, nodes, tmp_path):
+    broken = tmp_path / "broken_bundle"
+    broken.mkdir()
+    (broken / "manifest.json").write_text("{not json")
+    node = nodes("/t_msg", model_path=str(broken))
+    assert not ros.change_state(node.get_fully_qualified_name(), Transition.TRANSITION_CONFIGURE)
+    msg = node.last_error
+    assert msg.count(str(broken)) == 1 and msg.count("re-export") == 1, msg
+    assert "model_path" in msg and "configure again" in msg
+    missing = tmp_path / "nowhere"
+    assert ros.set_params(node.get_fully_qualified_name(), model_path=str(missing))[0].successful
+    assert not ros.change_state(node.get_fully_qualified_name(), Transition.TRANSITION_CONFIGURE)
+    assert node.last_error.count(str(missing)) == 1, node.last_error
+
+
+def test_camera_sized_best_effort_frames_arrive(ros, nodes, tiny_bundle):
+    """720p rgb8 (2.7 MB) best effort, the camera drivers' QoS, from another process (as a
+    camera driver is): with the shipped DDS profile every frame reaches the node (Fast DDS's
+    default 512 KiB shared-memory segment lost most of them)."""
+    ns = "/t_720p"
+    node = nodes(ns, model_path=str(tiny_bundle))  # image_qos: sensor_data, the default
+    ros.bring_up(node.get_fully_qualified_name())
+    env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN_ID), PYTHONUNBUFFERED="1")
+    camera = subprocess.run(
+        [sys.executable, "-m", "flowclas_ros.node.bench_transport", "--role", "pub",
+         "--size", "1280x720", "--rate", "10", "--frames", "20", "--topic", f"{ns}/image"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert camera.returncode == 0, camera.stderr
+    wait_until(lambda: node.stats()["received"] >= 20, timeout=10,
+               what="all 20 best-effort 720p frames")
+    assert node.stats()["malformed"] == 0

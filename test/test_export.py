@@ -99,12 +99,37 @@ def test_cli_without_calibration_and_threshold_override(checkpoint, tmp_path, ca
     assert lo < b.threshold < hi
 
 
-def test_cli_rejects_bad_arguments(checkpoint, tmp_path):
+def test_cli_rejects_bad_arguments(checkpoint, tmp_path, capsys):
     with pytest.raises(SystemExit):
         export_mod.main(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "x"),
                          "--fpr", "1.5"])
-    with pytest.raises(FileNotFoundError):
-        export_mod.main(["--checkpoint", str(tmp_path / "missing.pt"), "--out", str(tmp_path)])
+    capsys.readouterr()
+    missing = tmp_path / "missing.pt"
+    assert export_mod.main(["--checkpoint", str(missing), "--out", str(tmp_path)]) == 2
+    assert f"checkpoint {missing} does not exist" in capsys.readouterr().err
+
+
+def test_pickled_checkpoint_is_refused_in_one_clear_sentence(tmp_path, capsys):
+    """A checkpoint holding pickled objects: export and evaluate say it is not a weights-only
+    checkpoint and never suggest loading it unsafely."""
+    import argparse
+
+    import torch
+
+    from flowclas_ros.evaluation import evaluate as ev
+
+    bad = tmp_path / "pickled.pt"
+    torch.save({"format": "flowclas_ros.checkpoint", "opts": argparse.Namespace(a=1)}, bad)
+    assert export_mod.main(["--checkpoint", str(bad), "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    (tmp_path / "ds" / "images").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "ds" / "images" / "a.png")
+    with pytest.raises(SystemExit):
+        ev.main(["--dataset", "folder", "--root", str(tmp_path / "ds"), "--model", str(bad),
+                 "--out", str(tmp_path / "e")])
+    err += capsys.readouterr().err
+    assert err.count("is not a weights-only checkpoint") == 2
+    assert "weights_only=False" not in err and "Traceback" not in err
 
 
 def test_exporter_fallback_is_recorded(tiny_model, tmp_path, monkeypatch):

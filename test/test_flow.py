@@ -20,7 +20,7 @@ def _perturbed_flow(channels=6, steps=3, subnet="residual", hidden=0):
     return flow.eval()
 
 
-@pytest.mark.parametrize("subnet", ["residual", "simple"])
+@pytest.mark.parametrize("subnet", ["residual", "simple", "conv"])
 def test_inverse_recovers_input(subnet):
     flow = _perturbed_flow(subnet=subnet)
     x = torch.randn(2, 6, 5, 7, dtype=torch.float64)
@@ -35,10 +35,11 @@ def test_odd_channels_and_hidden_width():
     torch.testing.assert_close(flow.inverse(flow(x)[0]), x, rtol=0, atol=1e-9)
 
 
-def test_per_pixel_logdet_sums_to_brute_force_jacobian():
+@pytest.mark.parametrize("subnet", ["residual", "conv"])
+def test_per_pixel_logdet_sums_to_brute_force_jacobian(subnet):
     """sum_p logdet_p == log|det dz/dx| of the whole map, although 3x3 subnets mix positions."""
     c, h, w = 4, 3, 3
-    flow = _perturbed_flow(channels=c, steps=2)
+    flow = _perturbed_flow(channels=c, steps=2, subnet=subnet)
     x = torch.randn(1, c, h, w, dtype=torch.float64)
     _, logdet = flow(x)
     assert logdet.shape == (1, h, w)
@@ -149,3 +150,10 @@ def test_matches_freia_blocks_with_same_weights():
     z_ours, logdet = ours(x)
     torch.testing.assert_close(z_ours, z_freia, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(logdet.sum(dim=(1, 2)), jac_freia, atol=1e-4, rtol=1e-5)
+
+
+def test_conv_subnet_alternates_its_kernels():
+    flow = Flow(6, FlowConfig(steps=4, subnet="conv", hidden=5, kernels=[3, 1]))
+    kernels = [step.coupling.subnet.body[0].kernel_size[0] for step in flow.steps]
+    assert kernels == [3, 1, 3, 1]
+    assert all(step.coupling.subnet.out.kernel_size[0] == k for step, k in zip(flow.steps, kernels))

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_FILE = ROOT / "launch" / "anomaly.launch.py"
 RVIZ_FILE = ROOT / "config" / "anomaly.rviz"
 EXPECTED_ARGUMENTS = {"namespace", "image_topic", "params_file", "model_path", "backend",
-                      "use_rviz"}
+                      "use_rviz", "dds_profile"}
 # The names the file may import, as the launch/launch_ros Jazzy packages spell them.
 JAZZY_API = {
     "launch": {"LaunchDescription"},
@@ -45,8 +45,27 @@ JAZZY_API = {
     "lifecycle_msgs.msg": {"Transition", "State"},
     "ament_index_python.packages": {"get_package_share_directory"},
 }
-HAVE_LAUNCH_TESTING = all(importlib.util.find_spec(m) is not None
-                          for m in ("launch", "launch_ros", "launch_testing"))
+def launch_testing_skip_reason() -> str | None:
+    """Why the launch_testing test cannot run here, or None when it can: launch, launch_ros and
+    launch_testing must be importable and flowclas_ros must resolve in the ament index (a
+    sourced colcon workspace; a ROS install alone has AMENT_PREFIX_PATH without this package)."""
+    missing = [m for m in ("launch", "launch_ros", "launch_testing")
+               if importlib.util.find_spec(m) is None]
+    if missing:
+        return (f"{', '.join(missing)} not installed (the ROS 2 PyPI wheels used here have no "
+                f"launch); anomaly.launch.py is checked statically instead")
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        get_package_share_directory("flowclas_ros")
+    except Exception as exc:  # PackageNotFoundError, or OSError without AMENT_PREFIX_PATH
+        return (f"flowclas_ros is not in the ament index ({type(exc).__name__}: {exc}); build "
+                f"it with colcon and source install/setup.bash to run the launch test")
+    return None
+
+
+SKIP_REASON = launch_testing_skip_reason()
+HAVE_LAUNCH_TESTING = SKIP_REASON is None
 
 
 def _tree() -> ast.Module:
@@ -159,6 +178,10 @@ class TestLaunchFileStatic(unittest.TestCase):
         handler, node, configure = actions
         self.assertEqual(node.kwargs["namespace"], "/cam0")
         self.assertEqual(node.kwargs["remappings"], [("image", "/camera/image_raw")])
+        # the large-frames DDS profile is handed to the node (and exists where it points)
+        profile = node.kwargs["additional_env"]["FASTRTPS_DEFAULT_PROFILES_FILE"]
+        self.assertTrue(Path(profile).is_file() and profile.endswith("fastdds_large_frames.xml"))
+        self.assertEqual(run(dds_profile="")[1].kwargs["additional_env"], {})
         # empty model_path/backend keep the parameters file's values: no override dict
         self.assertEqual(node.kwargs["parameters"], [args["params_file"]])
         on_inactive = handler.args[0]
@@ -217,6 +240,8 @@ if HAVE_LAUNCH_TESTING:  # pragma: no cover - needs a ROS 2 workspace with launc
     NAMESPACE = f"/launch_test_{os.getpid()}"
 
     def _tiny_bundle() -> str:
+        import atexit
+        import shutil
         import tempfile
 
         import torch
@@ -227,7 +252,9 @@ if HAVE_LAUNCH_TESTING:  # pragma: no cover - needs a ROS 2 workspace with launc
         torch.manual_seed(0)
         model = FlowCLAS(ModelConfig(backbone=BackboneConfig(name="tiny"),
                                      flow=FlowConfig(steps=2))).eval()
-        out = Path(tempfile.mkdtemp(prefix="flowclas_launch_")) / "tiny"
+        tmp = tempfile.mkdtemp(prefix="flowclas_launch_")
+        atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # the test leaves nothing behind
+        out = Path(tmp) / "tiny"
         write_bundle(model, out, input_size=(48, 64), threshold=0.0, score_range=(-5.0, 5.0))
         return str(out)
 
@@ -295,7 +322,23 @@ if HAVE_LAUNCH_TESTING:  # pragma: no cover - needs a ROS 2 workspace with launc
 else:
 
     def test_launch_testing_of_the_launch_file():
-        pytest.importorskip(
-            "launch_ros",
-            reason="launch_ros/launch_testing are not installed (the ROS 2 PyPI wheels used "
-                   "here have no launch); anomaly.launch.py is checked statically instead")
+        pytest.skip(SKIP_REASON)
+
+
+def test_launch_test_skips_where_the_package_is_not_in_the_ament_index(tmp_path):
+    """launch_testing importable but flowclas_ros not in the ament index (AMENT_PREFIX_PATH
+    unset): the launch test is skipped with that reason, not collected and failed."""
+    import subprocess
+
+    for name in ("launch", "launch_ros", "launch_testing"):  # importable stand-ins
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text("")
+    env = {k: v for k, v in os.environ.items() if k != "AMENT_PREFIX_PATH"}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(ROOT / "test"),
+                                         env.get("PYTHONPATH", "")])
+    code = ("import test_launch as t; print(t.HAVE_LAUNCH_TESTING); print(t.SKIP_REASON)")
+    r = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    have, reason = r.stdout.splitlines()[:2]
+    assert have == "False" and "ament index" in reason

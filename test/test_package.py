@@ -53,6 +53,7 @@ def test_colcon_build_installs_the_ros_layout(colcon_install):
     assert (share / "launch" / "anomaly.launch.py").is_file()
     assert (share / "config" / "anomaly.yaml").is_file()
     assert (share / "config" / "anomaly.rviz").is_file()
+    assert (share / "config" / "fastdds_large_frames.xml").is_file()  # the launch file passes it
     for bundle in (ROOT / "models").iterdir():  # every shipped file lands under share/models
         if bundle.is_dir():
             for f in bundle.rglob("*"):

@@ -261,6 +261,26 @@ def test_checkpoint_loads_weights_only(tmp_path):
         Trainer(load_config(path), out=out)
 
 
+def test_resume_from_the_saved_config_continues_in_the_run_folder(tmp_path, capsys):
+    """`train --config OUT/config.yaml --resume` continues the run trained with --out OUT;
+    --resume with nothing to resume is an error naming where it looked, not a fresh start."""
+    path = tiny_config(tmp_path, train={"epochs": 2, "checkpoint_every": 2})
+    out = tmp_path / "elsewhere" / "run"
+    assert main(["--config", str(path), "--out", str(out), "--quiet"]) == 0
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["out"] == str(out)
+    more = ["train.epochs=3"]  # one more epoch, resumed in place
+    assert main(["--config", str(out / "config.yaml"), "--resume", "--quiet", *more]) == 0
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == 6
+    assert not Path("runs", f"{saved['name']}-flowclas").exists()
+    capsys.readouterr()
+    empty = tmp_path / "never_trained"
+    assert main(["--config", str(path), "--out", str(empty), "--quiet", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "no checkpoint to resume from" in err and str(empty / "checkpoints" / "last.pt") in err
+    assert not (empty / "checkpoints").exists()
+
+
 @pytest.mark.parametrize("cache", [True, False])
 def test_kill_and_resume_gives_the_same_parameters(tmp_path, cache):
     """A run SIGKILLed at step 7 (last checkpoint at step 4) and resumed ends bit-identical."""

@@ -5,7 +5,8 @@ ANOMALY 1, VOID 255. A root that does not match the expected layout raises
 ``FileNotFoundError`` (a folder or file is missing) or ``ValueError`` (a file has unexpected
 content), with a message that names what is missing and the layout expected.
 
-* inlier sets (:mod:`.inlier_sets`): ``cityscapes``, ``camvid``, ``allo``, ``folder``;
+* inlier sets (:mod:`.inlier_sets`): ``cityscapes``, ``camvid``, ``idd_lite``, ``kitti_road``,
+  ``allo``, ``folder``;
 * anomaly benchmarks (:mod:`.benchmarks`): ``road_anomaly``, ``fishyscapes_laf``,
   ``fishyscapes_static``, ``smiyc_anomaly``, ``smiyc_obstacle``, ``lost_and_found`` (and
   ``allo``'s test split, ``folder``).
@@ -18,16 +19,18 @@ from typing import Callable
 from .benchmarks import (fishyscapes_laf, fishyscapes_static, lost_and_found, road_anomaly,
                          smiyc_anomaly, smiyc_obstacle)
 from .frames import ImageDataset, Record, Sample, read_image, read_label
-from .inlier_sets import allo, camvid, cityscapes, folder
+from .inlier_sets import allo, camvid, cityscapes, folder, idd_lite, kitti_road
 from .layout import IMAGE_EXTS
 
-TRAIN_DATASETS = ("cityscapes", "camvid", "allo", "folder")
+TRAIN_DATASETS = ("cityscapes", "camvid", "idd_lite", "kitti_road", "allo", "folder")
 EVAL_DATASETS = ("road_anomaly", "fishyscapes_laf", "fishyscapes_static", "smiyc_anomaly",
                  "smiyc_obstacle", "lost_and_found", "allo", "folder")
 
 READERS: dict[str, Callable[..., ImageDataset]] = {
     "cityscapes": cityscapes,
     "camvid": camvid,
+    "idd_lite": idd_lite,
+    "kitti_road": kitti_road,
     "allo": allo,
     "folder": folder,
     "road_anomaly": road_anomaly,

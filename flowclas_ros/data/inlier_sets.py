@@ -16,6 +16,13 @@ Layouts (``ROOT`` is the ``root`` argument):
   ``.../masks/<same name>`` holding classes 0..8 (+255): class 8 is the anomaly, 0..7 inlier.
   ``train``/``test`` folder names without ``_v3`` work too. Training frames without a mask are
   all inlier.
+* ``idd_lite`` (IDD Lite, India Driving Dataset): ``ROOT/leftImg8bit/<split>/<seq>/<id>_image.jpg``
+  and ``ROOT/gtFine/<split>/<seq>/<id>_label.png`` with level-1 ids 0 drivable, 1 non-drivable,
+  2 living things, 3 vehicles, 4 roadside objects, 5 far objects, 6 sky, 255 void. Class 2 merges
+  people, riders and animals (cows and dogs are common on Indian roads), so it is VOID: never
+  learnt as normal, never counted as a false positive. The test split has no labels (all inlier
+  but for nothing known: use train/val).
+* ``kitti_road``: ``ROOT/images/*.jpg|png`` (the KITTI Road frames, no labels): all inlier.
 * ``folder``: ``ROOT/images/<name>.<ext>`` (recursively) with optional ``ROOT/labels/<name>.png``
   (or ``masks/``) holding 0/1/255 (the anomaly is 1: a 0/255 mask reads as void), or a flat
   folder of images (no labels: all inlier); ``ROOT/<split>/images`` is used when it exists.
@@ -149,6 +156,52 @@ def allo(root: str | Path, split: str | None = None) -> ImageDataset:
                                 f"e.g. {missing[0]}")
     return ImageDataset(records, _AlloLabel(training=split == "train"), dataset=name, root=root,
                         split=split)
+
+
+IDD_LIVING_THINGS = 2
+IDD_LUT = make_lut({IDD_LIVING_THINGS: VOID, 255: VOID}, ranges=[(0, 6, INLIER)], default=VOID)
+
+
+def idd_lite(root: str | Path, split: str | None = None) -> ImageDataset:
+    """IDD Lite: every level-1 class inlier except living things (2, void), 255 void."""
+    name = "idd_lite"
+    root = check_root(root, name)
+    split = split_name(split, ("train", "val", "test"), "train", name)
+    layout = ("the IDD Lite layout ROOT/leftImg8bit/<split>/<seq>/<id>_image.jpg and "
+              "ROOT/gtFine/<split>/<seq>/<id>_label.png")
+    img_dir = root / "leftImg8bit" / split
+    if not img_dir.is_dir():
+        raise FileNotFoundError(f"{name}: no leftImg8bit/{split} under {root}: expected {layout}")
+    images = sorted(p for p in img_dir.glob("*/*_image.*") if is_image(p))
+    if not images:
+        raise no_frames(name, img_dir, layout)
+    gt_dir = root / "gtFine" / split
+    records, missing = [], []
+    for img in images:
+        frame = img.name[: img.name.rindex("_image")]
+        label = gt_dir / img.parent.name / f"{frame}_label.png"
+        if not label.is_file():
+            if gt_dir.is_dir():
+                missing.append(label)
+                continue
+            label = None  # the unlabelled test split
+        records.append(Record(f"{img.parent.name}/{frame}", img, label))
+    if missing:
+        raise FileNotFoundError(f"{name}: {len(missing)} of {len(images)} frames have no label, "
+                                f"e.g. {missing[0]}")
+    return ImageDataset(records, LutLabel(IDD_LUT), dataset=name, root=root, split=split)
+
+
+def kitti_road(root: str | Path, split: str | None = None) -> ImageDataset:
+    """KITTI Road frames without labels (``ROOT/images/``): every pixel inlier."""
+    name = "kitti_road"
+    root = check_root(root, name)
+    img_dir = root / "images" if (root / "images").is_dir() else root
+    images = images_in(img_dir)
+    if not images:
+        raise no_frames(name, img_dir, "ROOT/images/<name>.jpg|png")
+    return ImageDataset([Record(p.stem, p, None) for p in images], binary_label, dataset=name,
+                        root=root, split=split)
 
 
 def folder(root: str | Path, split: str | None = None) -> ImageDataset:

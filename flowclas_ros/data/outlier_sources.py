@@ -10,10 +10,16 @@
 * mask PNGs (``images/`` + ``masks/``, or Meta-OoD's ``<split>/`` + ``ood_seg_<split>/``):
   nonzero mask pixels are object pixels.
 
-A source is a lazy ``Sequence[OutlierObject]``: one entry per kept COCO image, whose mask is the
-union of all its annotated instances. The class filter drops every image containing a class that
-also occurs in the inlier domain (``filter="road"``: :data:`~.coco.ROAD_SCENE_COCO_IDS`;
-``"allo"``: :data:`~.coco.ALLO_COCO_IDS`, the authors' list for the space domain; ``"none"``).
+A source is a lazy ``Sequence[OutlierObject]``. With ``granularity="image"`` (the authors'
+recipe) there is one entry per kept COCO image, whose mask is the union of all its annotated
+instances, and the class filter drops every image containing a class that also occurs in the
+inlier domain (``filter="road"``: :data:`~.coco.ROAD_SCENE_COCO_IDS`; ``"allo"``:
+:data:`~.coco.ALLO_COCO_IDS`, the authors' list for the space domain; ``"none"``). With
+``granularity="instance"`` (COCO JSON and YOLO-seg) every instance of a kept class is an entry
+of its own, so photographs that also show a person or a car still give their other objects; the
+auxiliary mask of such an entry is the union of the image's kept-class instances, and the
+excluded-class objects (road-scene classes) stay background, i.e. inliers. Entries remember
+their image (``group``), so a split never puts two objects of one photograph on both sides.
 :func:`default_outlier_split` is the train / held-out split that training and validation share.
 """
 from __future__ import annotations
@@ -37,11 +43,17 @@ DEFAULT_VAL_FRACTION = 0.25
 
 @dataclass
 class OutlierObject:
-    """One outlier image: ``image`` (h, w, 3) uint8 RGB, ``mask`` (h, w) bool object pixels."""
+    """One outlier: ``image`` (h, w, 3) uint8 RGB, ``mask`` (h, w) bool pixels to paste.
+
+    ``aux_mask``: the anomaly pixels of ``image`` seen as the auxiliary outlier image (None: the
+    same as ``mask``); ``category``: the COCO class name when the source knows it.
+    """
 
     image: np.ndarray
     mask: np.ndarray
     source: str
+    aux_mask: np.ndarray | None = None
+    category: str = ""
 
 
 @dataclass(frozen=True)
@@ -75,6 +87,48 @@ class _YoloEntry:
         return OutlierObject(image, polygons_to_mask(polys, h, w), str(self.image))
 
 
+def _yolo_mask(polygons, h: int, w: int) -> np.ndarray:
+    scale = np.array([w, h], dtype=np.float64)
+    return polygons_to_mask([(np.asarray(p).reshape(-1, 2) * scale).reshape(-1)
+                             for p in polygons], h, w)
+
+
+@dataclass(frozen=True)
+class _YoloInstance:
+    key: str
+    group: str  # the image it comes from
+    image: Path
+    polygons: tuple  # this instance's normalised polygon(s)
+    aux_polygons: tuple  # every kept-class instance of the image
+    category: str
+
+    def load(self) -> OutlierObject:
+        image = read_image(self.image)
+        h, w = image.shape[:2]
+        return OutlierObject(image, _yolo_mask(self.polygons, h, w), str(self.image),
+                             aux_mask=_yolo_mask(self.aux_polygons, h, w),
+                             category=self.category)
+
+
+@dataclass(frozen=True)
+class _CocoInstance:
+    key: str
+    group: str
+    image: Path
+    segmentation: object  # this instance's polygons or RLE
+    aux_segmentations: tuple
+    category: str
+
+    def load(self) -> OutlierObject:
+        image = read_image(self.image)
+        h, w = image.shape[:2]
+        aux = np.zeros((h, w), dtype=bool)
+        for seg in self.aux_segmentations:
+            aux |= segmentation_to_mask(seg, h, w)
+        return OutlierObject(image, segmentation_to_mask(self.segmentation, h, w),
+                             str(self.image), aux_mask=aux, category=self.category)
+
+
 @dataclass(frozen=True)
 class _MaskEntry:
     key: str
@@ -106,8 +160,13 @@ class OutlierSource(Sequence[OutlierObject]):
 
     @property
     def keys(self) -> list[str]:
-        """Stable ids (COCO image id / file stem) of the entries."""
+        """Stable ids (COCO image id / file stem, ``#k`` for the k-th instance) of the entries."""
         return [e.key for e in self.entries]
+
+    @property
+    def categories(self) -> list[str]:
+        """The COCO class name of each entry ("" where the source does not know it)."""
+        return [getattr(e, "category", "") for e in self.entries]
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -136,12 +195,34 @@ class OutlierSource(Sequence[OutlierObject]):
         if 0 < val_fraction < 1 and n >= 2:
             n_val = min(max(n_val, 1), n - 1)  # both parts non-empty
         keys = [e.key for e in self.entries]
-        digest = [hashlib.sha1(f"{seed}:{k}".encode()).hexdigest() for k in keys]
-        rank = sorted(range(n), key=lambda i: (digest[i], keys[i]))
-        held = sorted(rank[:n_val])
+        groups = [getattr(e, "group", e.key) for e in self.entries]
+        if groups == keys:
+            digest = [hashlib.sha1(f"{seed}:{k}".encode()).hexdigest() for k in keys]
+            rank = sorted(range(n), key=lambda i: (digest[i], keys[i]))
+            held = sorted(rank[:n_val])
+        else:  # whole images go to one side; held-out images are taken until n_val objects
+            names = sorted(set(groups), key=lambda g: (hashlib.sha1(f"{seed}:{g}".encode())
+                                                       .hexdigest(), g))
+            chosen: set[str] = set()
+            count = 0
+            for g in names:
+                if count >= n_val:
+                    break
+                chosen.add(g)
+                count += groups.count(g)
+            held = [i for i in range(n) if groups[i] in chosen]
         held_set = set(held)
         train = [i for i in range(n) if i not in held_set]
         return self._subset(train, "train"), self._subset(held, "held_out")
+
+    def split_by_category(self, categories) -> tuple["OutlierSource", "OutlierSource"]:
+        """(entries of other classes, entries of ``categories``): a held-out-classes split."""
+        wanted = set(categories)
+        cats = self.categories
+        held = [i for i in range(len(self)) if cats[i] in wanted]
+        held_set = set(held)
+        return (self._subset([i for i in range(len(self)) if i not in held_set], "other_classes"),
+                self._subset(held, "held_out_classes"))
 
     def __repr__(self) -> str:
         return (f"OutlierSource(kind={self.kind!r}, root={str(self.root)!r}, "
@@ -171,13 +252,22 @@ def _find_images_dir(json_path: Path, split: str) -> Path | None:
                  if c.is_dir()), None)
 
 
+def _check_granularity(granularity: str) -> None:
+    if granularity not in ("image", "instance"):
+        raise ValueError(f"granularity must be 'image' or 'instance', got {granularity!r}")
+
+
 def load_coco_json(json_path: str | Path, images: str | Path | None = None, *, filter: str = "road",
-                   include_crowd: bool = True) -> OutlierSource:
+                   include_crowd: bool = True, granularity: str = "image",
+                   min_area: float = 0.002) -> OutlierSource:
     """Official COCO instances JSON: one entry per image with at least one kept instance.
 
     Images with any instance of an excluded class are dropped entirely (the object would
     otherwise be pasted into an inlier frame as an outlier while also being an inlier class).
+    ``granularity="instance"``: one entry per kept-class instance covering at least ``min_area``
+    of its image, excluded-class objects staying background (see the module docstring).
     """
+    _check_granularity(granularity)
     json_path = Path(json_path)
     excluded_names = {COCO_NAMES[i] for i in _excluded(filter)}
     with open(json_path, encoding="utf-8") as f:
@@ -194,9 +284,23 @@ def load_coco_json(json_path: str | Path, images: str | Path | None = None, *, f
     anns: dict[int, list] = {}
     for a in data["annotations"]:
         anns.setdefault(a["image_id"], []).append(a)
+    names = {c["id"]: c["name"] for c in data["categories"]}
     entries, n_dropped = [], 0
     for im in sorted(data["images"], key=lambda r: r["id"]):
         a = anns.get(im["id"], [])
+        if granularity == "instance":
+            stem = Path(im["file_name"]).stem
+            kept = [x for x in a if x.get("segmentation") and x["category_id"] not in bad_cats
+                    and (include_crowd or not x.get("iscrowd", 0))]
+            aux = tuple(x["segmentation"] for x in kept)
+            area = float(im["height"]) * float(im["width"])
+            for k, x in enumerate(kept):
+                if float(x.get("area", area)) >= min_area * area:
+                    entries.append(_CocoInstance(f"{stem}#{k}", stem, images_dir / im["file_name"],
+                                                 x["segmentation"], aux,
+                                                 names.get(x["category_id"], "")))
+            n_dropped += int(len(kept) < len(a))
+            continue
         if any(x["category_id"] in bad_cats for x in a):
             n_dropped += 1
             continue
@@ -207,7 +311,8 @@ def load_coco_json(json_path: str | Path, images: str | Path | None = None, *, f
         entries.append(_CocoEntry(Path(im["file_name"]).stem, images_dir / im["file_name"],
                                   int(im["height"]), int(im["width"]), segs))
     return OutlierSource(entries, kind="coco_json", root=json_path, filter=filter,
-                         info={"images": len(data["images"]), "dropped_by_filter": n_dropped})
+                         info={"images": len(data["images"]), "granularity": granularity,
+                               "dropped_by_filter": n_dropped})
 
 
 def parse_yolo_labels(path: Path) -> list[tuple[int, list[float]]]:
@@ -227,11 +332,23 @@ def parse_yolo_labels(path: Path) -> list[tuple[int, list[float]]]:
     return out
 
 
-def load_yolo_seg(root: str | Path, split: str | None = None, *,
-                  filter: str = "road") -> OutlierSource:
-    """YOLO-seg ``root/images/<split>/*`` + ``root/labels/<split>/*.txt`` (the 80 COCO classes)."""
+def _polygon_area(poly) -> float:
+    """Shoelace area of a normalised polygon [x1, y1, ...], in units of the image area."""
+    xy = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
+    x, y = xy[:, 0], xy[:, 1]
+    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+
+
+def load_yolo_seg(root: str | Path, split: str | None = None, *, filter: str = "road",
+                  granularity: str = "image", min_area: float = 0.002) -> OutlierSource:
+    """YOLO-seg ``root/images/<split>/*`` + ``root/labels/<split>/*.txt`` (the 80 COCO classes).
+
+    ``granularity="instance"``: one entry per kept-class instance covering at least ``min_area``
+    of its image (smaller ones vanish when pasted at a fraction of their size).
+    """
     root = Path(root)
     excluded = _excluded(filter)
+    _check_granularity(granularity)
     if split is None:
         labels = root / "labels"
         subs = sorted(p.name for p in labels.iterdir() if p.is_dir()) if labels.is_dir() else []
@@ -249,6 +366,16 @@ def load_yolo_seg(root: str | Path, split: str | None = None, *,
         inst = parse_yolo_labels(txt)
         if any(not 0 <= c < len(YOLO_TO_COCO_ID) for c, _ in inst):
             raise ValueError(f"{txt}: class index outside the 80 COCO classes")
+        if granularity == "instance":
+            kept = [(c, tuple(p)) for c, p in inst
+                    if YOLO_TO_COCO_ID[c] not in excluded and len(p) >= 6]
+            aux = tuple(p for _, p in kept)
+            for k, (c, p) in enumerate(kept):
+                if _polygon_area(p) >= min_area:
+                    entries.append(_YoloInstance(f"{txt.stem}#{k}", txt.stem, images[txt.stem],
+                                                 (p,), aux, COCO_NAMES[YOLO_TO_COCO_ID[c]]))
+            n_dropped += int(len(kept) < len(inst))
+            continue
         if any(YOLO_TO_COCO_ID[c] in excluded for c, _ in inst):
             n_dropped += 1
             continue
@@ -256,7 +383,8 @@ def load_yolo_seg(root: str | Path, split: str | None = None, *,
         if polys:
             entries.append(_YoloEntry(txt.stem, images[txt.stem], polys))
     return OutlierSource(entries, kind="yolo_seg", root=root, filter=filter,
-                         info={"split": split, "images": n_images, "dropped_by_filter": n_dropped})
+                         info={"split": split, "images": n_images, "granularity": granularity,
+                               "dropped_by_filter": n_dropped})
 
 
 def load_mask_pngs(images: str | Path, masks: str | Path, *, annotations: str | Path | None = None,

@@ -132,7 +132,8 @@ class OutlierPaster:
             obj = self.source[idx]
             grey = rng.random() < cfg.grey_prob
             if grey:
-                obj = OutlierObject(to_grey(obj.image), obj.mask, obj.source)
+                obj = OutlierObject(to_grey(obj.image), obj.mask, obj.source, obj.aux_mask,
+                                    obj.category)
             scale = float(cfg.scales[int(rng.integers(len(cfg.scales)))])
             if not do_paste:
                 break
@@ -151,7 +152,7 @@ class OutlierPaster:
             box = (ty, tx, bh, bw)
             break
         aux_img, valid = fit_to_size(obj.image, (H, W), 0)
-        a_mask, _ = fit_to_size(obj.mask, (H, W), False)
+        a_mask, _ = fit_to_size(obj.mask if obj.aux_mask is None else obj.aux_mask, (H, W), False)
         background = INLIER if cfg.aux_background == "inlier" else VOID
         aux_lab = np.full((H, W), background, dtype=np.uint8)
         aux_lab[~valid] = VOID

@@ -142,13 +142,18 @@ def module_device(model) -> str:
     return "cpu"
 
 
-def model_scorer(model, device: str | None = None, autocast: bool = False) -> Scorer:
-    """FlowCLAS (or any images -> (B, H, W) module) at native resolution, one image at a time.
+def model_scorer(model, device: str | None = None, autocast: bool = False,
+                 input_size: tuple[int, int] | None = None) -> Scorer:
+    """FlowCLAS (or any images -> (B, H, W) module), one image at a time.
 
+    ``input_size`` None: at the image's native resolution; (h, w): as the runtime runs a bundle
+    of that input size (the frame resized to it, the score resized back; runtime.pipeline).
     device: where to run; None keeps the module where it is. autocast: bf16 autocast (what
     training uses on CUDA). Puts the module in eval mode.
     """
     import torch
+
+    from flowclas_ros.runtime.pipeline import TorchPipeline
 
     device = device or module_device(model)
     model = model.to(device).eval()
@@ -156,9 +161,14 @@ def model_scorer(model, device: str | None = None, autocast: bool = False) -> Sc
 
     def score(sample) -> np.ndarray:
         img = torch.from_numpy(np.ascontiguousarray(sample.image)).to(device)
-        x = img.permute(2, 0, 1)[None].float().div_(255.0)
+        size = input_size or tuple(img.shape[:2])
+        x = TorchPipeline.prepare_input(img, size)
         with torch.no_grad(), torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast):
-            return model(x)[0].float().cpu().numpy()
+            s = model(x)[0].float()
+        if tuple(s.shape) != tuple(img.shape[:2]):
+            s = torch.nn.functional.interpolate(s[None, None], size=tuple(img.shape[:2]),
+                                                mode="bilinear", align_corners=False)[0, 0]
+        return s.cpu().numpy()
 
     return score
 

@@ -405,11 +405,24 @@ def _model_card(m: dict) -> str:
         + (f" ONNX Runtime vs torch on {ver.get('image')}: max |diff| {ver.get('max_abs_diff'):.3g} "
            f"({ver.get('relative_to_score_range'):.2g} of the score range)." if ver else ""),
     ]
-    if m.get("metrics"):
-        lines.append(f"* Metrics: {json.dumps(m['metrics'])}")
+    metrics = dict(m.get("metrics") or {})
+    protocol = metrics.pop("protocol", None)
+    if metrics:
+        lines.append(f"* Metrics: {json.dumps(metrics)}")
     if m.get("train_config_sha256"):
         lines.append(f"* Training config sha256: `{m['train_config_sha256']}`")
     lines.append(f"* Libraries: {json.dumps(m['versions'])}")
+    if protocol:
+        lines += ["", "## Validation protocol", "",
+                  f"Selection score {protocol.get('score') or float('nan'):.4f}; figures of every "
+                  f"part at this bundle's threshold {protocol['threshold']:.6g} "
+                  "(flowclas_ros.evaluation.protocol; fractions, void excluded):", "",
+                  "| part | AUPRC | FPR95 | AUROC | FPR at threshold | TPR at threshold |",
+                  "|---|---|---|---|---|---|"]
+        for part, r in protocol["parts"].items():
+            cell = lambda k: f"{r[k]:.3f}" if isinstance(r.get(k), float) else ""  # noqa: E731
+            lines.append(f"| {part} | {cell('auprc')} | {cell('fpr95')} | {cell('auroc')} | "
+                         f"{cell('fpr_at_threshold')} | {cell('tpr_at_threshold')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -419,7 +432,7 @@ def write_bundle(model: FlowCLAS, out_dir: str | Path, *, input_size: tuple[int,
                  metrics: dict | None = None, opset: int = 17, dynamic: bool = False,
                  fp16: bool = False, threshold_method: str | None = None,
                  score_range_method: str | None = None, exporter: str = "auto",
-                 verify: bool = True) -> Bundle:
+                 verify: bool = True, card_notes: str | None = None) -> Bundle:
     """Export ``model`` to a bundle directory ``out_dir`` and return it, loaded and validated.
 
     input_size (H, W): the graph's input size (and the size the runtime resizes frames to).
@@ -428,7 +441,7 @@ def write_bundle(model: FlowCLAS, out_dir: str | Path, *, input_size: tuple[int,
     train_config: a dict, or a YAML file, stored with its sha256. opset: the minimum opset (the
     dynamo exporter emits 18 or newer). exporter: "auto" | "dynamo" | "torchscript" (see
     :func:`flowclas_ros.export.onnx_export.export_onnx`). verify: compare ONNX Runtime with torch
-    on a real photograph and record the difference.
+    on a real photograph and record the difference. card_notes: Markdown appended to the card.
 
     The bundle is written to a temporary sibling directory and moved into place, so a failed
     export never leaves a half-written bundle; an existing bundle at ``out_dir`` is replaced.
@@ -497,7 +510,10 @@ def write_bundle(model: FlowCLAS, out_dir: str | Path, *, input_size: tuple[int,
             if f.is_file() and f.name not in (MANIFEST, MODEL_CARD):
                 manifest["files"][f.name] = {"sha256": sha256_file(f), "bytes": f.stat().st_size}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        (tmp / MODEL_CARD).write_text(_model_card(manifest))
+        card = _model_card(manifest)
+        if card_notes:
+            card += "\n" + card_notes.strip() + "\n"
+        (tmp / MODEL_CARD).write_text(card)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)

@@ -27,13 +27,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from flowclas_ros.data.datasets import build_dataset
+from flowclas_ros.data.datasets import Sample, build_dataset
+from flowclas_ros.evaluation.evaluate import model_scorer
 from flowclas_ros.evaluation.metrics import pixel_metrics, threshold_at_fpr
 from flowclas_ros.labels import ANOMALY, INLIER, VOID
 from flowclas_ros.model import FlowCLAS, ModelConfig
-from flowclas_ros.runtime.pipeline import TorchPipeline
 
 from .bundle import write_bundle
 
@@ -67,27 +66,16 @@ def load_checkpoint_model(path: str | Path, backbone_weights: str | None = None)
     return model.eval(), data
 
 
-def _runtime_scores(model: FlowCLAS, image: np.ndarray, input_size, device) -> np.ndarray:
-    """The heatmap the runtime's torch backend would publish for ``image`` (fp32)."""
-    pipe = TorchPipeline(device, input_size, (0.0, 1.0))
-    x, frame = pipe.prepare(image)
-    with torch.inference_mode():
-        score = model(x)[0]
-    heat, _, _ = pipe.finish(score, frame, heatmap=True, mask=False, overlay=False,
-                             threshold=0.0, alpha=0.0, colormap="gray")
-    return heat
-
-
 def calibrate(model: FlowCLAS, root: str | Path, input_size: tuple[int, int], fpr: float,
               device: str = "cpu") -> dict:
     """Threshold at ``fpr`` and display range from a labelled folder dataset (see module doc)."""
     root = Path(root)
-    model = model.to(device).eval()
+    score = model_scorer(model, device, input_size=input_size)  # as the runtime runs the bundle
     scores, labels = [], []
     n = 0
     for sample in build_dataset("folder", root):
-        name, image, label = sample.name, sample.image, sample.label
-        heat = _runtime_scores(model, image, input_size, device)
+        name, label = sample.name, sample.label
+        heat = score(sample)
         if heat.shape != label.shape:
             raise ValueError(f"calibration frame {name}: label {label.shape} vs image {heat.shape}")
         valid = label != VOID
@@ -122,9 +110,9 @@ def photo_statistics(model: FlowCLAS, input_size: tuple[int, int], device: str =
     """Uncalibrated display range and placeholder threshold from two real photographs."""
     from .onnx_export import sample_images
 
-    model = model.to(device).eval()
-    s = np.concatenate([_runtime_scores(model, img, input_size, device).ravel()
-                        for _, img in sample_images()])
+    score = model_scorer(model, device, input_size=input_size)
+    s = np.concatenate([score(Sample(img, np.zeros(img.shape[:2], np.uint8), name)).ravel()
+                        for name, img in sample_images()])
     s = s[np.isfinite(s)]
     lo, hi = (float(v) for v in np.percentile(s, [INLIER_LO_PCT, ALL_HI_PCT]))
     if not hi > lo:
@@ -155,6 +143,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--fpr", type=float, default=0.05, help="inlier false-positive rate of the "
                                                           "calibrated threshold (default 0.05)")
     p.add_argument("--threshold", type=float, help="mask threshold on the raw score (overrides)")
+    p.add_argument("--protocol", help="a validation protocol folder (python -m flowclas_ros.data."
+                                      "protocol_sets): its figures at the bundle's threshold go "
+                                      "into the manifest and the model card")
+    p.add_argument("--card-notes", help="a Markdown file appended to MODEL_CARD.md (data, "
+                                        "licences, how the model was made)")
     p.add_argument("--backbone-weights", help="backbone weights file, if the checkpoint's config "
                                               "points to one that is not on this machine")
     p.add_argument("--device", default="cpu", help="device for calibration (cpu, cuda)")
@@ -170,6 +163,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return _export(args)
+    except (FileNotFoundError, ValueError, FileExistsError) as exc:
+        print(f"export: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _export(args) -> int:
     model, ckpt = load_checkpoint_model(args.checkpoint, args.backbone_weights)
     size = tuple(args.input_size) if args.input_size else default_input_size(model.config)
     if args.calibration:
@@ -187,12 +188,21 @@ def main(argv=None) -> int:
         metrics["checkpoint"] = ckpt["metrics"]
     if cal.get("metrics"):
         metrics["calibration"] = cal["metrics"]
+    if args.protocol:
+        from flowclas_ros.evaluation.protocol import evaluate_protocol
+
+        report = evaluate_protocol(model_scorer(model, args.device, input_size=size),
+                                   args.protocol, threshold=threshold, log=log.info)
+        metrics["protocol"] = {"threshold": threshold, "score": report.get("score"),
+                               "parts": report["parts"]}
+        model = model.cpu()
+    notes = Path(args.card_notes).read_text() if args.card_notes else None
     bundle = write_bundle(model, args.out, input_size=size, threshold=threshold,
                           score_range=cal["score_range"], threshold_fpr=fpr,
                           train_config=ckpt.get("train_config"), metrics=metrics or None,
                           opset=args.opset, dynamic=args.dynamic, fp16=args.fp16,
                           threshold_method=method, score_range_method=cal["score_range_method"],
-                          exporter=args.exporter, verify=not args.no_verify)
+                          exporter=args.exporter, verify=not args.no_verify, card_notes=notes)
     m = bundle.manifest
     summary = {"bundle": str(bundle.path), "exporter": m["onnx"]["exporter"],
                "opset": m["onnx"]["opset"], "input_size": list(bundle.input_size),

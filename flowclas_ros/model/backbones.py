@@ -130,7 +130,9 @@ def load_packaged_lite_weights(variant: int, path: Path, target: dict[str, Tenso
     """
     import timm
 
-    src = torch.load(path, map_location="cpu", weights_only=True)
+    from .checkpoint import load_weights_only
+
+    src = load_weights_only(path)
     full = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
     key_map, full_names = _lite_key_map(full), set(full.state_dict())
     mapped, problems = {}, []
@@ -289,7 +291,9 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    sd = torch.load(path, map_location="cpu", weights_only=True)
+    from .checkpoint import load_weights_only
+
+    sd = load_weights_only(path)
     for key in ("model", "state_dict", "teacher"):  # common wrappers
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]

@@ -12,6 +12,7 @@ Version 1 files (the flat flow layout, :mod:`.upgrade`) load with their names up
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -45,12 +46,25 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
         raise
 
 
+def load_weights_only(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``, with one clear error for a file that holds
+    pickled Python objects (which flowclas_ros never unpickles: unpickling can run code)."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise ValueError(
+            f"{path} is not a weights-only checkpoint: it holds pickled Python objects, which "
+            f"flowclas_ros does not load because unpickling a file can run arbitrary code. Use a "
+            f"checkpoint written by flowclas_ros's train (checkpoints/last.pt or best.pt), or "
+            f"save a plain state dict of tensors (torch.save(model.state_dict(), path))") from None
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint`, refusing anything else."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    data = torch.load(path, map_location=map_location, weights_only=True)
+    data = load_weights_only(path, map_location)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ValueError(f"{path} is not a flowclas_ros checkpoint")
     if data.get("version", 0) > VERSION:

@@ -10,7 +10,7 @@ mixes neighbouring positions.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -18,13 +18,19 @@ from torch import Tensor, nn
 
 @dataclass
 class FlowConfig:
-    """Flow hyper-parameters. ``hidden=0`` means C/2, the authors' choice."""
+    """Flow hyper-parameters. ``hidden=0`` means C/2, the authors' choice.
+
+    subnet: ``residual`` (the authors'), ``simple`` (conv3x3-ReLU-conv1x1) or ``conv``
+    (convK-ReLU-convK, FastFlow's, with K from ``kernels`` cycled over the steps: [3, 1]
+    alternates a spatial and a per-position coupling).
+    """
 
     steps: int = 16
     hidden: int = 0
-    subnet: str = "residual"  # "residual" (authors) or "simple" (conv3x3-ReLU-conv1x1)
+    subnet: str = "residual"
     clamp: float = 2.0  # s = clamp * tanh(s_raw)
     seed: int = 0  # seeds the fixed permutations
+    kernels: list[int] = field(default_factory=lambda: [3, 1])  # conv subnet only
 
 
 class ActNorm(nn.Module):
@@ -122,7 +128,22 @@ class SimpleSubnet(nn.Module):
         return self.out(self.body(x))
 
 
-SUBNETS = {"residual": ResidualSubnet, "simple": SimpleSubnet}
+class ConvSubnet(nn.Module):
+    """FastFlow's subnet: ConvK(c->h)-ReLU, then the zero-initialised ConvK(h->out)."""
+
+    def __init__(self, c_in: int, c_out: int, hidden: int, kernel: int = 3):
+        super().__init__()
+        pad = kernel // 2
+        self.body = nn.Sequential(nn.Conv2d(c_in, hidden, kernel, padding=pad), nn.ReLU())
+        self.out = nn.Conv2d(hidden, c_out, kernel, padding=pad)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(self.body(x))
+
+
+SUBNETS = {"residual": ResidualSubnet, "simple": SimpleSubnet, "conv": ConvSubnet}
 
 
 class AffineCoupling(nn.Module):
@@ -132,14 +153,16 @@ class AffineCoupling(nn.Module):
     channels. The per-pixel log-determinant is sum_c s_c(p).
     """
 
-    def __init__(self, channels: int, hidden: int, subnet: str = "residual", clamp: float = 2.0):
+    def __init__(self, channels: int, hidden: int, subnet: str = "residual", clamp: float = 2.0,
+                 kernel: int = 3):
         super().__init__()
         if subnet not in SUBNETS:
             raise ValueError(f"unknown subnet {subnet!r}; choose one of {sorted(SUBNETS)}")
         self.split = channels // 2
         self.c2 = channels - self.split
         self.clamp = clamp
-        self.subnet = SUBNETS[subnet](self.split, 2 * self.c2, hidden)
+        extra = {"kernel": kernel} if subnet == "conv" else {}
+        self.subnet = SUBNETS[subnet](self.split, 2 * self.c2, hidden, **extra)
 
     def _scale_shift(self, x1: Tensor) -> tuple[Tensor, Tensor]:
         s_raw, t = self.subnet(x1).split(self.c2, dim=1)
@@ -164,11 +187,12 @@ class FlowStep(nn.Module):
     plus this step's (taking the running sum in keeps the additions in the flat-stack order).
     """
 
-    def __init__(self, channels: int, hidden: int, subnet: str, clamp: float, seed: int):
+    def __init__(self, channels: int, hidden: int, subnet: str, clamp: float, seed: int,
+                 kernel: int = 3):
         super().__init__()
         self.actnorm = ActNorm(channels)
         self.permute = Permutation(channels, seed=seed)
-        self.coupling = AffineCoupling(channels, hidden, subnet, clamp)
+        self.coupling = AffineCoupling(channels, hidden, subnet, clamp, kernel)
 
     def forward(self, x: Tensor, logdet: Tensor | None = None) -> tuple[Tensor, Tensor]:
         x, ld = self.actnorm(x)
@@ -192,8 +216,10 @@ class Flow(nn.Module):
         super().__init__()
         cfg = config or FlowConfig()
         hidden = cfg.hidden or max(channels // 2, 1)
+        kernels = list(cfg.kernels) or [3]
         self.steps = nn.ModuleList(
-            FlowStep(channels, hidden, cfg.subnet, cfg.clamp, seed=cfg.seed * 1000 + i)
+            FlowStep(channels, hidden, cfg.subnet, cfg.clamp, seed=cfg.seed * 1000 + i,
+                     kernel=int(kernels[i % len(kernels)]))
             for i in range(cfg.steps))
         self.channels = channels
         self.config = cfg

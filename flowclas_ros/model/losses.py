@@ -134,15 +134,17 @@ class FlowCLASLoss(nn.Module):
     forward(feats (B, C, h, w), labels (B, h, w) uint8 [, aux_feats, aux_labels, generator])
     -> (loss, nll, con) scalars, nll and con detached. ``objective="nll"``: loss = NLL over the
     inlier positions of ``feats``; ``"flowclas"``: alpha * NLL + the contrastive loss on the
-    projected latents of the mixed and auxiliary images (METHOD.md section 3).
+    projected latents of the mixed and auxiliary images (METHOD.md section 3);
+    ``aux_contrast=False`` contrasts the mixed images' cells among themselves only.
     """
 
     def __init__(self, model: nn.Module, objective: str, alpha: float = 1.0,
-                 temperature: float = 0.13, max_views: int = 512):
+                 temperature: float = 0.13, max_views: int = 512, aux_contrast: bool = True):
         super().__init__()
         self.model = model
         self.objective, self.alpha = objective, alpha
         self.temperature, self.max_views = temperature, max_views
+        self.aux_contrast = aux_contrast
 
     def forward(self, feats: Tensor, labels: Tensor, aux_feats: Tensor | None = None,
                 aux_labels: Tensor | None = None, generator: torch.Generator | None = None):
@@ -157,7 +159,7 @@ class FlowCLASLoss(nn.Module):
             zero = nll.detach() * 0.0
             return nll, nll.detach(), zero
         emb = model.embed(z_all).float()
-        views = sample_views(emb[:b], labels.long(), emb[b:], aux_labels.long(),
-                             self.max_views, generator)
+        aux_emb, aux_lab = (emb[b:], aux_labels.long()) if self.aux_contrast else (None, None)
+        views = sample_views(emb[:b], labels.long(), aux_emb, aux_lab, self.max_views, generator)
         con = supervised_contrastive(*views, temperature=self.temperature)
         return self.alpha * nll + con, nll.detach(), con.detach()

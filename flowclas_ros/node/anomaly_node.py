@@ -36,7 +36,6 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import rclpy
@@ -48,6 +47,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.qos import QoSProfile, ReliabilityPolicy, HistoryPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image
 
+from ..paths import package_file
 from . import parameters
 from .diagnostics import node_status
 from .image_conversion import (ImageFormatError, ImageLayout, ImageTooLarge, bgr_to_msg,
@@ -77,21 +77,13 @@ def default_model_path() -> str:
 
     Returns the repo path even where it does not exist (configure then says what to fix).
     """
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        installed = Path(get_package_share_directory(PACKAGE)) / "models" / DEMO_BUNDLE
-        if installed.is_dir():
-            return str(installed)
-    except Exception:  # not installed with colcon (PackageNotFoundError) or no ament index
-        pass
-    return str(Path(__file__).resolve().parents[2] / "models" / DEMO_BUNDLE)
+    return str(package_file("models", DEMO_BUNDLE))
 
 
-def _default_backend_factory(bundle, backend: str, device: str, precision: str):
+def _default_backend_factory(bundle, backend: str, device: str, precision: str, **cpu):
     from flowclas_ros.runtime import create_backend
 
-    return create_backend(bundle, backend=backend, device=device, precision=precision)
+    return create_backend(bundle, backend=backend, device=device, precision=precision, **cpu)
 
 
 @dataclass
@@ -104,10 +96,10 @@ class _Frame:
 class AnomalyNode(LifecycleNode):
     """The FlowCLAS lifecycle node (see the module docstring).
 
-    ``backend_factory(bundle, backend, device, precision) -> Backend`` (``bundle``: the loaded
-    :class:`~flowclas_ros.export.bundle.Bundle`, which create_backend also takes) replaces
-    :func:`flowclas_ros.runtime.create_backend` (tests wrap it); other kwargs go to ``Node``
-    (``namespace``, ``context``, ``parameter_overrides``, ...).
+    ``backend_factory(bundle, backend, device, precision, cpu_threads=, cpu_spinning=) ->
+    Backend`` (``bundle``: the loaded :class:`~flowclas_ros.export.bundle.Bundle`, which
+    create_backend also takes) replaces :func:`flowclas_ros.runtime.create_backend` (tests wrap
+    it); other kwargs go to ``Node`` (``namespace``, ``context``, ``parameter_overrides``, ...).
     """
 
     def __init__(self, node_name: str = NODE_NAME, *,
@@ -138,6 +130,7 @@ class AnomalyNode(LifecycleNode):
         period = float(self.get_parameter("diagnostics_period").value)
         self._diag_timer = self.create_timer(period, self._publish_diagnostics,
                                              callback_group=self._diag_group)
+        self._diag_previous: dict[str, Any] | None = None  # the counters at the last status
         self.get_logger().info(
             f"{self.get_fully_qualified_name()} created (unconfigured); configure it to load "
             f"{self.get_parameter('model_path').value or default_model_path()}")
@@ -165,7 +158,7 @@ class AnomalyNode(LifecycleNode):
 
     # parameters --------------------------------------------------------------------------------
     def _declare_parameters(self) -> None:
-        self._params = parameters.table(default_model_path)
+        self._params = parameters.table()
         parameters.declare(self, self._params)
         self._refresh_live()
 
@@ -193,8 +186,8 @@ class AnomalyNode(LifecycleNode):
         g = lambda n: self.get_parameter(n).value  # noqa: E731
         path = str(g("model_path")) or default_model_path()
         backend, device, precision = str(g("backend")), str(g("device")), str(g("precision"))
-        fix_path = (f"set model_path to a bundle folder written by `export` (ros2 param set "
-                    f"{fqn} model_path /path/to/bundle), then configure again")
+        cpu = {"cpu_threads": int(g("cpu_threads")), "cpu_spinning": bool(g("cpu_spinning"))}
+        set_path = f"ros2 param set {fqn} model_path /path/to/bundle"
         try:
             from flowclas_ros.export.bundle import BundleError, load_bundle
             from flowclas_ros.runtime import BackendUnavailable
@@ -202,22 +195,23 @@ class AnomalyNode(LifecycleNode):
             return self._fail(f"cannot import the runtime ({exc!r}); reinstall flowclas_ros")
         try:
             bundle = load_bundle(path)
-        except FileNotFoundError as exc:
-            return self._fail(f"model bundle not found at {path!r} ({exc}); {fix_path}")
-        except BundleError as exc:
-            return self._fail(f"invalid model bundle at {path!r}: {exc}; re-export it or "
-                              f"{fix_path}")
+        except FileNotFoundError as exc:  # "model bundle PATH does not exist"
+            return self._fail(f"{exc}: set model_path to a bundle folder written by `export` "
+                              f"({set_path}), then configure again")
+        except BundleError as exc:  # "bundle PATH: what is wrong; how to fix it"
+            return self._fail(f"{exc}, or use another bundle ({set_path}); then configure again")
         except Exception as exc:
-            return self._fail(f"cannot read model bundle at {path!r}: {exc!r}; {fix_path}")
+            return self._fail(f"cannot read the model bundle at {path}: {exc!r}; set model_path "
+                              f"to another bundle ({set_path}), then configure again")
         try:
-            be = self._backend_factory(bundle, backend, device, precision)
+            be = self._backend_factory(bundle, backend, device, precision, **cpu)
         except BackendUnavailable as exc:
             return self._fail(
                 f"backend={backend!r} device={device!r} precision={precision!r} is unavailable: "
                 f"{exc}; set backend to 'auto' (or an installed one), device to 'cpu' or "
                 f"precision to 'fp32', then configure again")
         except (FileNotFoundError, BundleError) as exc:
-            return self._fail(f"invalid model bundle at {path!r}: {exc}; {fix_path}")
+            return self._fail(f"{exc}, or use another bundle ({set_path}); then configure again")
         except Exception as exc:
             return self._fail(f"creating the {backend} backend failed: {exc!r}; check backend/"
                               f"device/precision, then configure again",
@@ -415,11 +409,16 @@ class AnomalyNode(LifecycleNode):
         thr = self._threshold
         if thr is None and bundle is not None:
             thr = bundle.threshold
+        # the bundle loaded, not the parameter (whose "" means the demo bundle)
+        model_path = str(bundle.path) if bundle is not None else str(
+            self.get_parameter("model_path").value)
+        stats = self.stats()
         arr = DiagnosticArray()
         arr.header.stamp = self.get_clock().now().to_msg()
         arr.status = [node_status(self.get_fully_qualified_name(), self.state_label,
-                                  self.last_error, be, thr,
-                                  str(self.get_parameter("model_path").value), self.stats())]
+                                  self.last_error, be, thr, model_path, stats,
+                                  self._diag_previous)]
+        self._diag_previous = stats
         self._diag_pub.publish(arr)
 
 

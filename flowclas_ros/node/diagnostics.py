@@ -1,8 +1,9 @@
 """The node's /diagnostics status: one DiagnosticStatus built from its state and statistics.
 
-Level: OK when active; WARN when frames were refused (malformed, oversize, backend errors) or
-the node is not active; ERROR with the last configure error. The values are strings, as
-diagnostic_msgs wants them; the frame counters are cumulative.
+Level: OK when active; WARN when frames were refused (malformed, oversize, backend errors)
+*since the previous status* (one bad frame does not taint the node for good) or when the node
+is not active; ERROR with the last configure error. The values are strings, as diagnostic_msgs
+wants them; the frame counters are cumulative.
 """
 from __future__ import annotations
 
@@ -11,18 +12,25 @@ from typing import Any
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 
 
+REFUSALS = ("malformed", "oversize", "errors")
+
+
 def node_status(name: str, state: str, last_error: str, backend, threshold: float | None,
-                model_path: str, stats: dict[str, Any]) -> DiagnosticStatus:
-    """``backend``: the loaded runtime Backend or None; ``stats``: AnomalyNode.stats()."""
+                model_path: str, stats: dict[str, Any],
+                previous: dict[str, Any] | None = None) -> DiagnosticStatus:
+    """``backend``: the loaded runtime Backend or None; ``stats``: AnomalyNode.stats() now,
+    ``previous``: at the previous status (None: the counters start from zero)."""
     status = DiagnosticStatus()
     status.name = f"{name}: FlowCLAS anomaly segmentation"
     status.hardware_id = backend.device if backend is not None else "none"
     s = stats
+    recent = {k: s[k] - (previous or {}).get(k, 0) for k in REFUSALS}
     if state == "active":
         status.level, status.message = DiagnosticStatus.OK, "active"
-        if s["malformed"] or s["oversize"] or s["errors"]:
+        if any(recent.values()):
             status.level = DiagnosticStatus.WARN
-            status.message = "active; some frames refused (see malformed/oversize/errors)"
+            status.message = ("active; frames refused since the last status: " + ", ".join(
+                f"{n} {k}" for k, n in recent.items() if n))
     elif last_error:
         status.level, status.message = DiagnosticStatus.ERROR, last_error
     else:

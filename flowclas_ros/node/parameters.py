@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
-                                SetParametersResult)
+                                ParameterType, SetParametersResult)
 
 from ..options import BACKENDS, COLORMAPS, DEVICE_PATTERN, IMAGE_QOS, PRECISIONS
 
@@ -32,7 +32,7 @@ def _device(value: Any) -> str | None:
 
 
 def _threshold(value: Any) -> str | None:
-    if isinstance(value, float) and math.isinf(value):
+    if isinstance(value, (int, float)) and math.isinf(value):
         return "threshold must be finite, or NaN for the bundle's threshold"
     return None
 
@@ -59,6 +59,9 @@ class Param:
                                 read_only=self.change == READ_ONLY,
                                 additional_constraints=("one of " + ", ".join(self.choices)
                                                         if self.choices else ""))
+        if self.type is float:
+            # `ros2 param set ... threshold -5` sends an integer: accept it (checked in problem())
+            d.dynamic_typing = True
         if self.float_range is not None:
             lo, hi = self.float_range
             d.floating_point_range = [FloatingPointRange(from_value=float(lo), to_value=float(hi),
@@ -68,23 +71,30 @@ class Param:
             d.integer_range = [IntegerRange(from_value=int(lo), to_value=int(hi), step=0)]
         return d
 
-    def problem(self, value: Any) -> str | None:
-        """Why ``value`` is not acceptable (choices, check), or None."""
+    def problem(self, value: Any, type_: int | None = None) -> str | None:
+        """Why ``value`` is not acceptable (type of a float, choices, range, check), or None.
+
+        ``type_``: the rcl_interfaces ParameterType of a new value (float parameters accept
+        integers and doubles, nothing else)."""
+        if self.type is float and type_ is not None and type_ not in (
+                ParameterType.PARAMETER_DOUBLE, ParameterType.PARAMETER_INTEGER):
+            return f"{self.name} must be a number, got {value!r}"
         if self.choices and value not in self.choices:
             return f"{self.name} must be one of {self.choices}, got {value!r}"
-        if self.float_range is not None and isinstance(value, float):
+        if self.float_range is not None and isinstance(value, (int, float)):
             lo, hi = self.float_range
             if not lo <= value <= hi:
                 return f"{self.name} must be in [{lo:g}, {hi:g}], got {value}"
         return self.check(value) if self.check is not None else None
 
 
-def table(default_model_path: Callable[[], str]) -> tuple[Param, ...]:
-    """The node's parameters (``default_model_path`` gives model_path's default)."""
+def table() -> tuple[Param, ...]:
+    """The node's parameters."""
     return (
-        Param("model_path", str, default_model_path, STRUCTURAL,
+        Param("model_path", str, "", STRUCTURAL,
               "Bundle folder written by `export` (manifest.json + weights + ONNX). Empty = the "
-              "demo bundle. Structural: change it while unconfigured."),
+              "demo bundle (installed share/flowclas_ros/models/, else the source tree's). "
+              "Structural: change it while unconfigured."),
         Param("backend", str, "auto", STRUCTURAL,
               "Inference backend; auto picks the fastest available. Structural.",
               choices=BACKENDS),
@@ -93,6 +103,14 @@ def table(default_model_path: Callable[[], str]) -> tuple[Param, ...]:
         Param("precision", str, "fp32", STRUCTURAL,
               "Compute precision (fp16/bf16 need a backend and device that support them). "
               "Structural.", choices=PRECISIONS),
+        Param("cpu_threads", int, 0, STRUCTURAL,
+              "Threads of CPU inference (ONNX Runtime's intra-op pool, torch's threads); 0 = the "
+              "library's default (one per core). On a robot whose CPUs are shared, 1 or 2 keeps "
+              "latency steady. Structural.", int_range=(0, 256)),
+        Param("cpu_spinning", bool, True, STRUCTURAL,
+              "Let ONNX Runtime's idle threads spin-wait between frames: fastest on an idle "
+              "machine, but it burns the cores other processes need; false on a shared CPU. "
+              "Structural."),
         Param("threshold", float, float("nan"), LIVE,
               "Mask threshold on the raw score (mask = 255 where score >= threshold). NaN = the "
               "bundle's calibrated threshold. Raw scores can be negative, so any finite value "
@@ -113,8 +131,9 @@ def table(default_model_path: Callable[[], str]) -> tuple[Param, ...]:
               "Publish anomaly/overlay (bgr8 colour map on the image). Computed only with a "
               "subscriber."),
         Param("max_image_pixels", int, DEFAULT_MAX_PIXELS, LIVE,
-              "Frames with more pixels (width * height) are refused with a warning before any "
-              "copy, so an oversize frame cannot exhaust memory. Changes live.",
+              "Frames with more pixels (width * height) are dropped with a warning before "
+              "conversion and inference; DDS has already delivered the message, so this bounds "
+              "the node's own work and memory, not the transport's. Changes live.",
               int_range=(1, 2**31 - 1)),
         Param("diagnostics_period", float, 1.0, READ_ONLY,
               "Seconds between /diagnostics messages. Read-only.", float_range=(0.05, 60.0)),
@@ -145,7 +164,7 @@ def check_changes(params: tuple[Param, ...], changes, configured: bool) -> SetPa
             reason = (f"{spec.name} is structural: deactivate and cleanup the node, set it, then "
                       f"configure again")
         else:
-            reason = spec.problem(change.value)
+            reason = spec.problem(change.value, int(getattr(change.type_, "value", change.type_)))
         if reason:
             return SetParametersResult(successful=False, reason=reason)
     return SetParametersResult(successful=True)

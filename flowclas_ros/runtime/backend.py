@@ -170,6 +170,15 @@ def _accepted(cls, options: dict) -> dict:
     return {k: v for k, v in options.items() if k in params}
 
 
+def cpu_options(backend: str, cpu_threads: int = 0, cpu_spinning: bool = True) -> dict:
+    """The node's CPU settings in the words of one backend class (0 threads = its default)."""
+    if backend == "onnxruntime":
+        return {"intra_op_num_threads": int(cpu_threads), "allow_spinning": bool(cpu_spinning)}
+    if backend == "torch" and cpu_threads:
+        return {"num_threads": int(cpu_threads)}  # torch has no spin-wait setting
+    return {}
+
+
 def _ort_providers() -> list[str]:
     try:
         import onnxruntime as ort
@@ -178,7 +187,7 @@ def _ort_providers() -> list[str]:
     return ort.get_available_providers()
 
 
-def _auto(bundle: Bundle, device: str, precision: str, options: dict) -> Backend:
+def _auto(bundle: Bundle, device: str, precision: str, options: dict, cpu: dict) -> Backend:
     reasons: list[str] = []
     candidates: list[tuple[str, str, dict]] = []
     if device == "cpu":
@@ -206,7 +215,8 @@ def _auto(bundle: Bundle, device: str, precision: str, options: dict) -> Backend
             prec = "fp32"
         cls = _backend_class(name)
         try:
-            be = cls(bundle, device=dev, precision=prec, **{**_accepted(cls, options), **extra})
+            be = cls(bundle, device=dev, precision=prec,
+                     **{**cpu_options(name, **cpu), **_accepted(cls, options), **extra})
         except (BackendUnavailable, ImportError) as exc:
             reasons.append(f"{name} on {dev} unavailable: {exc}")
             continue
@@ -218,11 +228,14 @@ def _auto(bundle: Bundle, device: str, precision: str, options: dict) -> Backend
 
 
 def create_backend(bundle_path: str | Path | Bundle, backend: str = "auto", device: str = "auto",
-                   precision: str = "fp32", **options) -> Backend:
+                   precision: str = "fp32", *, cpu_threads: int = 0, cpu_spinning: bool = True,
+                   **options) -> Backend:
     """Load (and validate) the bundle and start a backend on it.
 
     backend: auto | torch | onnxruntime | tensorrt. device: auto | cpu | cuda | cuda:N.
-    precision: fp32 | fp16 | bf16. options go to the backend class (e.g. ``compile=True`` for
+    precision: fp32 | fp16 | bf16. cpu_threads (0 = the library's default) and cpu_spinning
+    (ONNX Runtime's idle threads spin-wait) are mapped onto each backend's own options
+    (:func:`cpu_options`). options go to the backend class (e.g. ``compile=True`` for
     torch, ``provider="tensorrt"`` or ``intra_op_num_threads=2`` for onnxruntime,
     ``engine_cache_dir=`` for tensorrt); with ``auto`` each candidate takes the ones it knows.
     Raises FileNotFoundError / BundleError for the bundle, BackendUnavailable when it cannot run.
@@ -233,9 +246,10 @@ def create_backend(bundle_path: str | Path | Bundle, backend: str = "auto", devi
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     device = check_device(device)
     bundle = bundle_path if isinstance(bundle_path, Bundle) else load_bundle(bundle_path)
+    cpu = {"cpu_threads": cpu_threads, "cpu_spinning": cpu_spinning}
     if backend == "auto":
-        return _auto(bundle, device, precision, options)
+        return _auto(bundle, device, precision, options, cpu)
     be = _backend_class(backend)(bundle, device=resolve_device(device), precision=precision,
-                                 **options)
+                                 **{**cpu_options(backend, **cpu), **options})
     log.info("backend %s on %s (%s) for %s", be.name, be.device, be.precision, bundle.path)
     return be

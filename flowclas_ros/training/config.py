@@ -38,6 +38,7 @@ from ..model.flow import FlowConfig
 from ..model.flowclas import ModelConfig
 
 OBJECTIVES = ("nll", "flowclas")
+SCHEDULES = ("one_cycle", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -54,28 +55,65 @@ class PasteSettings:
     paste_prob: float = 1.0
     grey_prob: float = 0.0  # ALLO: COCO converted to grey with probability 0.5
     aux_background: str = "inlier"  # "inlier" (road scenes) or "ignore" (ALLO)
+    # hardcopy (the authors': random place and scale) or composite (on the estimated road, at
+    # its perspective scale and light: flowclas_ros.data.compositing)
+    mode: str = "hardcopy"
+
+
+@dataclass
+class InlierSet:
+    """One more inlier training set beside ``data.dataset`` (same reader names)."""
+
+    dataset: str = "idd_lite"
+    root: str = ""
+    split: str = "train"
+    limit: int | None = None
+
+
+@dataclass
+class PhotometricConfig:
+    """Camera-like changes of the frame (after pasting, so the object shares them): a new camera
+    should not look anomalous. Each is drawn per sample; ``enabled: false`` draws nothing."""
+
+    enabled: bool = False
+    brightness: float = 0.3  # factor in [1 - b, 1 + b]
+    contrast: float = 0.3
+    saturation: float = 0.3
+    hue: float = 0.03  # shift, in turns of the colour wheel
+    gamma: list[float] = field(default_factory=lambda: [0.7, 1.4])
+    blur_prob: float = 0.3
+    blur_sigma: list[float] = field(default_factory=lambda: [0.3, 1.5])  # pixels
+    jpeg_prob: float = 0.3
+    jpeg_quality: list[int] = field(default_factory=lambda: [30, 90])
 
 
 @dataclass
 class DataConfig:
-    """The inlier training set and the outlier source.
+    """The inlier training set(s) and the outlier source.
 
-    Each training image is resized to ``image_size`` (if given), randomly cropped to ``crop`` (if
-    given), gets outliers pasted, then is flipped. Batches need one size: set ``image_size`` when
-    the images of a set differ in size.
+    Each training image is resized to ``image_size`` (if given), rescaled by a factor drawn from
+    ``scale_range`` (if given) and randomly cropped to ``crop`` (if given; ``image_size`` when a
+    scale range is set without it), gets outliers pasted, the photometric changes and the
+    flips. Batches need one size: set ``image_size`` when the images of a set differ in size.
     """
 
     dataset: str = "camvid"  # a flowclas_ros.data TRAIN_DATASETS name
     root: str = ""
     split: str = "train"
     limit: int | None = None  # use only the first N training images (tests, quick runs)
+    extra: list[InlierSet] = field(default_factory=list)  # more inlier sets
     image_size: list[int] | None = None  # [H, W] resize before cropping
+    scale_range: list[float] | None = None  # [lo, hi] random rescale factor
     crop: list[int] | None = None  # [H, W] random crop
+    photometric: PhotometricConfig = field(default_factory=PhotometricConfig)
+    label_mode: str = "nearest"  # feature-grid labels: nearest (authors') or area
     hflip: bool = True
     vflip: bool = False  # ALLO
     outliers: str = ""  # COCO json / YOLO-seg folder / mask PNG folder
     outlier_filter: str = "road"  # COCO class filter: road, allo or none
     outlier_split: str | None = None  # sub-folder / split of the outlier source (e.g. train2017)
+    outlier_granularity: str = "image"  # image (authors': one union mask per photo) or instance
+    held_out_classes: list[str] = field(default_factory=list)  # never pasted (the protocol's)
     # Exclude the held-out part (flowclas_ros.data.default_outlier_split with this seed and
     # fraction), which the validation set pastes: same values on both sides keep them disjoint.
     outlier_holdout: bool = True
@@ -114,9 +152,11 @@ class TrainSettings:
     warmup_start_factor: float = 0.01
     final_lr_factor: float = 0.01  # cosine decay ends at lr * this
     grad_clip: float = 1.0  # max global gradient norm; 0 disables
+    schedule: str = "one_cycle"  # one_cycle (warm-up + cosine, the authors') or constant
     alpha: float = 1.0  # weight of the NLL term (per pixel and channel; METHOD.md section 3)
     temperature: float = 0.13  # contrastive temperature (0.10 for ALLO)
     max_views: int = 512
+    aux_contrast: bool = True  # the auxiliary image's cells join the contrast set (authors')
     seed: int = 0
     device: str = "auto"  # auto: cuda if available
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
@@ -128,8 +168,13 @@ class TrainSettings:
 
 @dataclass
 class EvalConfig:
-    """Checkpoint selection on a validation folder (flowclas_ros.data.validation_set layout)."""
+    """Checkpoint selection: on the validation protocol (``protocol``, by its selection score;
+    flowclas_ros.evaluation.protocol) or on a validation folder (``val_dir``, by AUPRC)."""
 
+    protocol: str | None = None  # a folder built by flowclas_ros.data.protocol_sets
+    protocol_data: str = "${FLOWCLAS_DATA:-../shared/data}"  # to build it when missing
+    input_size: list[int] = field(default_factory=lambda: [360, 480])  # as the bundle will run
+    fpr: float = 0.05  # inlier FPR of the threshold calibrated on the protocol's clean frames
     val_dir: str | None = None
     every: int = 0  # steps between evaluations; 0 = only at the end
     build_if_missing: bool = False  # build val_dir from CamVid val/test + held-out outliers
@@ -164,8 +209,8 @@ class TrainConfig:
         return Path(self.out) if self.out else Path("runs") / f"{self.name}-{self.train.objective}"
 
 
-PATH_FIELDS = ("data.root", "data.outliers", "cache.dir", "eval.val_dir", "out",
-               "model.backbone.weights")
+PATH_FIELDS = ("data.root", "data.outliers", "cache.dir", "eval.val_dir", "eval.protocol",
+               "eval.protocol_data", "out", "model.backbone.weights")
 
 
 # --- type checking ---------------------------------------------------------------------------
@@ -332,6 +377,9 @@ def expand_paths(cfg: TrainConfig) -> None:
         if isinstance(value, str) and value:
             parent, _, leaf = key.rpartition(".")
             setattr(_get(cfg, parent) if parent else cfg, leaf, expand_path(value))
+    for extra in cfg.data.extra:
+        if extra.root:
+            extra.root = expand_path(extra.root)
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -362,7 +410,17 @@ def validate(cfg: TrainConfig) -> None:
          "data.outlier_filter must be 'road', 'allo' or 'none'"),
         (d.paste.aux_background in ("inlier", "ignore"),
          "data.paste.aux_background must be 'inlier' or 'ignore'"),
+        (d.paste.mode in ("hardcopy", "composite"),
+         "data.paste.mode must be 'hardcopy' or 'composite'"),
         (cfg.eval.every >= 0, "eval.every must be >= 0"),
+        (t.schedule in SCHEDULES, f"train.schedule must be one of {SCHEDULES}, got {t.schedule!r}"),
+        (d.label_mode in ("nearest", "area"), "data.label_mode must be 'nearest' or 'area'"),
+        (d.outlier_granularity in ("image", "instance"),
+         "data.outlier_granularity must be 'image' or 'instance'"),
+        (d.scale_range is None or (len(d.scale_range) == 2 and 0 < d.scale_range[0] <= d.scale_range[1]),
+         "data.scale_range must be [lo, hi] with 0 < lo <= hi"),
+        (len(cfg.eval.input_size) == 2, "eval.input_size must be [H, W]"),
+        (0 <= cfg.eval.fpr < 1, "eval.fpr must be in [0, 1)"),
         (cfg.model.score in ("nll", "latent"), "model.score must be 'nll' or 'latent'"),
     ]
     for ok, msg in checks:
@@ -392,6 +450,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 __all__ = ["BackboneConfig", "CacheConfig", "ConfigError", "DataConfig", "EvalConfig",
-           "FlowConfig", "ModelConfig", "PasteSettings", "TrainConfig", "TrainSettings",
+           "FlowConfig", "InlierSet", "ModelConfig", "PasteSettings", "PhotometricConfig",
+           "TrainConfig", "TrainSettings",
            "apply_overrides", "expand_path", "load_config", "parse_override", "set_key",
            "validate"]

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..labels import VOID
+from ..labels import ANOMALY, INLIER, VOID
 
 if TYPE_CHECKING:
     from .samples import Pair
@@ -74,17 +74,34 @@ def file_fingerprint(path: str | None) -> dict[str, Any] | None:
 
 # --- features and labels on the feature grid ------------------------------------------------
 
-def grid_labels(labels: Tensor, grid: tuple[int, int], pad_multiple: int) -> Tensor:
+GRID_LABELS = ("nearest", "area")
+
+
+def grid_labels(labels: Tensor, grid: tuple[int, int], pad_multiple: int,
+                mode: str = "nearest") -> Tensor:
     """Pixel labels (B, H, W) -> labels on the feature grid (B, h, w), uint8.
 
     The backbone sees the image zero-padded at the bottom and right to ``pad_multiple``; the
-    labels are padded the same way with VOID, then nearest-downsampled, so feature position
-    (y, x) takes the label of the pixel it is aligned with.
+    labels are padded the same way with VOID. ``nearest``: feature position (y, x) takes the
+    label of the pixel it is aligned with (the authors'). ``area``: a cell is ANOMALY when at
+    least half of its pixels are, VOID when at least half are void or when it is partly
+    anomalous (a mixed cell is neither a clean inlier nor a clean outlier), else INLIER.
     """
     h, w = labels.shape[-2:]
     padded = F.pad(labels.to(torch.int16), (0, (-w) % pad_multiple, 0, (-h) % pad_multiple),
                    value=VOID)
-    return downsample_labels(padded, grid).to(torch.uint8)
+    if mode == "nearest":
+        return downsample_labels(padded, grid).to(torch.uint8)
+    if mode != "area":
+        raise ValueError(f"grid label mode must be one of {GRID_LABELS}, got {mode!r}")
+    ph, pw = padded.shape[-2:]
+    ky, kx = ph // grid[0], pw // grid[1]
+    frac = lambda v: F.avg_pool2d((padded == v).float()[:, None], (ky, kx))[:, 0]  # noqa: E731
+    anomaly, void = frac(ANOMALY), frac(VOID)
+    out = torch.full_like(anomaly, INLIER, dtype=torch.uint8)
+    out[(anomaly > 0) | (void >= 0.5)] = VOID
+    out[anomaly >= 0.5] = ANOMALY
+    return out
 
 
 def to_image_batch(images: np.ndarray | Tensor, device: torch.device | str) -> Tensor:
@@ -94,8 +111,9 @@ def to_image_batch(images: np.ndarray | Tensor, device: torch.device | str) -> T
 
 
 @torch.no_grad()
-def encode(model, images: Tensor, labels: Tensor, autocast: bool = False) -> tuple[Tensor, Tensor]:
-    """Frozen features and grid labels of a batch.
+def encode(model, images: Tensor, labels: Tensor, autocast: bool = False,
+           label_mode: str = "nearest") -> tuple[Tensor, Tensor]:
+    """Frozen features and grid labels (:func:`grid_labels` ``label_mode``) of a batch.
 
     images (B, H, W, 3) uint8, labels (B, H, W) uint8 -> features (B, C, h, w) float (fp32, or
     bf16 under ``autocast`` on CUDA), labels (B, h, w) uint8 on the model's device.
@@ -105,7 +123,7 @@ def encode(model, images: Tensor, labels: Tensor, autocast: bool = False) -> tup
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
         feats = model.features(x)
     lab = grid_labels(torch.as_tensor(labels).to(device), feats.shape[-2:],
-                      model.backbone.pad_multiple)
+                      model.backbone.pad_multiple, label_mode)
     return feats, lab
 
 
@@ -168,6 +186,7 @@ def build_feature_cache(
     barrier: Callable[[], None] = _noop,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    label_mode: str = "nearest",
 ) -> tuple[FeatureCache, bool]:
     """Open the cache for ``spec`` under ``root``, building it first if needed.
 
@@ -189,7 +208,7 @@ def build_feature_cache(
 
     # Shapes from one row, computed by every rank (cheap, and no broadcast is needed).
     probe = make_pair(0, 0)
-    f0, l0 = encode(model, probe.image[None], probe.label[None], autocast)
+    f0, l0 = encode(model, probe.image[None], probe.label[None], autocast, label_mode)
     feat_shape, lab_shape = tuple(f0.shape[1:]), tuple(l0.shape[1:])
     image_shape = probe.image.shape
     if rank == 0:
@@ -230,7 +249,7 @@ def build_feature_cache(
         mixed = np.stack([p.image for p in pairs])
         aux = np.stack([p.aux_image for p in pairs])
         labels = np.stack([p.label for p in pairs] + [p.aux_label for p in pairs])
-        feats, lab = encode(model, np.concatenate([mixed, aux]), labels, autocast)
+        feats, lab = encode(model, np.concatenate([mixed, aux]), labels, autocast, label_mode)
         feats = feats.float().cpu().numpy().astype(np.float16)
         lab = lab.cpu().numpy()
         n = len(chunk)

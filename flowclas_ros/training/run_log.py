@@ -15,9 +15,10 @@ from typing import Any
 logger = logging.getLogger("flowclas_ros.training")
 
 CSV_FIELDS = ("kind", "step", "epoch", "lr", "loss", "nll", "con", "grad_norm", "img_per_s",
-              "elapsed_s", "auprc", "fpr95", "auroc")
+              "elapsed_s", "auprc", "fpr95", "auroc", "score")
 AVERAGED = ("loss", "nll", "con", "grad_norm")
-TB_SCALARS = ("lr", "loss", "nll", "con", "grad_norm", "img_per_s", "auprc", "fpr95", "auroc")
+TB_SCALARS = ("lr", "loss", "nll", "con", "grad_norm", "img_per_s", "auprc", "fpr95", "auroc",
+              "score")
 
 
 class RunLog:

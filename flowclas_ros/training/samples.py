@@ -1,8 +1,10 @@
 """The training samples: one inlier frame -> a (mixed, aux) :class:`Pair`, and the epoch order.
 
-A pair is made by :class:`PairMaker`: resize -> random crop -> paste one outlier image's objects
-(the paster also returns the auxiliary outlier image at the same size) -> flips, drawn
-independently for the mixed and the aux pair and applied to image and label together.
+A pair is made by :class:`PairMaker`: resize -> random rescale -> random crop -> paste one
+outlier image's objects (the paster also returns the auxiliary outlier image at the same size;
+``paste.mode: composite`` composites them on the estimated road instead) -> photometric changes
+(:mod:`.augment`) -> flips, drawn independently for the mixed and the aux pair and applied to
+image and label together. Several inlier sets are one sequence of frames (:class:`Frames`).
 
 Determinism: every random choice is derived from the seed and *where* it is made, never from a
 running generator: image i of epoch e is pasted with ``default_rng([seed, 0, e, i])``
@@ -20,8 +22,25 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from ..labels import VOID
+from .augment import photometric
 from .config import DataConfig
 from .feature_cache import FeatureCache
+
+
+class Frames:
+    """Several datasets (each with an optional limit) as one sequence of Samples."""
+
+    def __init__(self, parts: list[tuple[object, int]]):
+        self.parts = [(ds, n) for ds, n in parts if n > 0]
+        self.offsets = np.cumsum([0] + [n for _, n in self.parts])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, i: int):
+        k = int(np.searchsorted(self.offsets, i, side="right")) - 1
+        ds, _ = self.parts[k]
+        return ds[i - int(self.offsets[k])]
 
 
 class Pair(NamedTuple):
@@ -77,8 +96,9 @@ class PairMaker:
     ``nll`` objective allows that).
     """
 
-    def __init__(self, dataset, indices: list[int], paster, data: DataConfig):
+    def __init__(self, dataset, indices: list[int], paster, data: DataConfig, compositor=None):
         self.dataset, self.indices, self.paster = dataset, indices, paster
+        self.compositor = compositor  # paste.mode composite: the mixed image comes from it
         self.data = data
 
     def __len__(self) -> int:
@@ -90,13 +110,29 @@ class PairMaker:
         image, label = sample.image, sample.label
         if d.image_size:
             image, label = resize(image, label, d.image_size)
-        if d.crop:
-            image, label = random_crop(image, label, d.crop, rng)
+        crop = d.crop
+        if d.scale_range:
+            crop = crop or list(image.shape[:2])
+            s = float(rng.uniform(*d.scale_range))
+            h, w = image.shape[:2]
+            image, label = resize(image, label, [max(int(round(h * s)), 1),
+                                                 max(int(round(w * s)), 1)])
+        if crop:
+            image, label = random_crop(image, label, crop, rng)
         if self.paster is not None:
             p = self.paster(image, label, rng)
-            image, label, aux_image, aux_label = p.image, p.label, p.aux_image, p.aux_label
+            aux_image, aux_label = p.aux_image, p.aux_label
+            if self.compositor is not None:
+                from ..data.compositing import estimate_ground
+
+                c = self.compositor(image, label, estimate_ground(image), rng)
+                image, label = c.image, c.label
+            else:
+                image, label = p.image, p.label
         else:
             aux_image, aux_label = image, label
+        image = photometric(image, d.photometric, rng)
+        aux_image = photometric(aux_image, d.photometric, rng)
         image, label = random_flip(image, label, d.hflip, d.vflip, rng)
         aux_image, aux_label = random_flip(aux_image, aux_label, d.hflip, d.vflip, rng)
         return Pair(image, label, aux_image, aux_label)
@@ -167,5 +203,5 @@ class EpochOrder:
                 for k in range(start, self.steps_per_epoch)]
 
 
-__all__ = ["CachedItems", "EpochOrder", "OnlineItems", "Pair", "PairMaker", "cache_variant",
+__all__ = ["CachedItems", "EpochOrder", "Frames", "OnlineItems", "Pair", "PairMaker", "cache_variant",
            "online_rng", "random_crop", "random_flip", "resize", "variant_rng"]

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
@@ -40,7 +41,7 @@ from .distributed import DistInfo, all_equal, wrap_ddp
 from .feature_cache import FeatureCache, build_feature_cache, default_cache_dir, encode, file_fingerprint
 from .rng import rng_state, seed_everything, set_rng_state, step_generator
 from .run_log import RunLog
-from .samples import CachedItems, EpochOrder, OnlineItems, Pair, PairMaker, variant_rng
+from .samples import CachedItems, EpochOrder, Frames, OnlineItems, Pair, PairMaker, variant_rng
 from .schedule import OneCycleSchedule, warmup_steps_for
 
 logger = logging.getLogger("flowclas_ros.training")
@@ -98,6 +99,11 @@ class Trainer:
                          (t.precision == "auto" and self.device.type == "cuda"))
         self.ckpt_dir = self.out / "checkpoints"
         last = self.ckpt_dir / "last.pt"
+        if resume and not last.is_file():
+            raise FileNotFoundError(
+                f"--resume: there is no checkpoint to resume from at {last} (the run was stopped "
+                f"before its first checkpoint, or it lives elsewhere: pass its folder with --out); "
+                f"to start this run afresh, leave out --resume")
         if last.exists() and not resume and not overwrite:
             raise FileExistsError(f"{self.out} already holds a run ({last}); pass --resume to "
                                   f"continue it, --overwrite to start over, or choose another --out")
@@ -113,7 +119,7 @@ class Trainer:
         if t.objective == "nll":
             self.model.proj.requires_grad_(False)  # unused: DDP must not wait for its gradients
         self.loss_module = FlowCLASLoss(self.model, t.objective, t.alpha, t.temperature,
-                                        t.max_views)
+                                        t.max_views, aux_contrast=t.aux_contrast)
 
         self._build_data()
         self.order = EpochOrder(len(self.pairs), t.batch_size, t.seed, self.dist.rank, self.dist.world)
@@ -125,9 +131,12 @@ class Trainer:
 
         self.optimizer = torch.optim.AdamW(param_groups(self.model, t.weight_decay), lr=t.lr,
                                            betas=tuple(t.betas), eps=t.eps)
-        self.scheduler = OneCycleSchedule(self.optimizer, self.total_steps,
-                                          warmup_steps_for(self.total_steps, t.warmup_fraction),
-                                          t.warmup_start_factor, t.final_lr_factor)
+        if t.schedule == "constant":  # the factor stays 1: no warm-up, no decay
+            self.scheduler = OneCycleSchedule(self.optimizer, self.total_steps, 0, 1.0, 1.0)
+        else:
+            self.scheduler = OneCycleSchedule(self.optimizer, self.total_steps,
+                                              warmup_steps_for(self.total_steps, t.warmup_fraction),
+                                              t.warmup_start_factor, t.final_lr_factor)
         self.step = 0
         self.best: dict[str, Any] = {"auprc": -1.0, "step": -1}
         self.cache: FeatureCache | None = None
@@ -151,20 +160,30 @@ class Trainer:
         from ..data.datasets import build_dataset
 
         d = self.cfg.data
-        self.dataset = build_dataset(d.dataset, d.root, d.split)
-        n = len(self.dataset) if d.limit is None else min(d.limit, len(self.dataset))
+        parts = []
+        for ds_name, root, split, limit in [(d.dataset, d.root, d.split, d.limit)] + [
+                (e.dataset, e.root, e.split, e.limit) for e in d.extra]:
+            ds = build_dataset(ds_name, root, split)
+            parts.append((ds, len(ds) if limit is None else min(limit, len(ds))))
+        self.dataset = parts[0][0] if len(parts) == 1 else Frames(parts)
+        n = sum(k for _, k in parts)
         if n == 0:
             raise ConfigError(f"no training images in {d.root} ({d.dataset}, split {d.split})")
         self.train_outliers = self.held_out_outliers = None
-        paster = None
+        paster = compositor = None
         if d.outliers:
+            from ..data.compositing import Compositor
             from ..data.outlier_sources import default_outlier_split, load_outlier_source
             from ..data.pasting import OutlierPaster, PasteConfig
 
             kw = {"filter": d.outlier_filter}
             if d.outlier_split:
                 kw["split"] = d.outlier_split
+            if d.outlier_granularity != "image":
+                kw["granularity"] = d.outlier_granularity
             source = load_outlier_source(d.outliers, **kw)
+            if d.held_out_classes:
+                source, _ = source.split_by_category(d.held_out_classes)
             if d.outlier_holdout and d.outlier_val_fraction > 0:
                 self.train_outliers, self.held_out_outliers = default_outlier_split(
                     source, seed=d.outlier_split_seed, val_fraction=d.outlier_val_fraction)
@@ -176,9 +195,11 @@ class Trainer:
             paster = OutlierPaster(self.train_outliers, PasteConfig(
                 scales=tuple(p.scales), paste_prob=p.paste_prob, grey_prob=p.grey_prob,
                 aux_background=p.aux_background))
+            if p.mode == "composite":
+                compositor = Compositor(self.train_outliers)
         elif self.cfg.train.objective == "flowclas":
             raise ConfigError("objective flowclas needs outliers: set data.outliers")
-        self.pairs = PairMaker(self.dataset, list(range(n)), paster, d)
+        self.pairs = PairMaker(self.dataset, list(range(n)), paster, d, compositor)
 
     def cache_spec(self) -> dict[str, Any]:
         """Everything the cached features depend on (hashed into the cache key)."""
@@ -193,6 +214,13 @@ class Trainer:
             "dataset": d.dataset, "root": str(Path(d.root).resolve()), "split": d.split,
             "n_images": len(self.pairs), "image_size": d.image_size, "crop": d.crop,
             "hflip": d.hflip, "vflip": d.vflip,
+            **({"extra": [[e.dataset, str(Path(e.root).resolve()), e.split, e.limit]
+                          for e in d.extra]} if d.extra else {}),
+            **({"scale_range": d.scale_range} if d.scale_range else {}),
+            **({"photometric": d.photometric.__dict__} if d.photometric.enabled else {}),
+            **({"label_mode": d.label_mode} if d.label_mode != "nearest" else {}),
+            **({"outliers_by": [d.outlier_granularity, d.held_out_classes]}
+               if d.outlier_granularity != "image" or d.held_out_classes else {}),
             "outliers": str(Path(d.outliers).resolve()) if d.outliers else None,
             "outlier_split": [d.outlier_filter, d.outlier_split, d.outlier_holdout,
                               d.outlier_val_fraction, d.outlier_split_seed],
@@ -215,7 +243,8 @@ class Trainer:
             root, self.cache_spec(), len(pairs), c.cache.variants, make_pair, self.model,
             batch_size=c.cache.batch_size, autocast=self.autocast, rank=self.dist.rank,
             world=self.dist.world, barrier=self.dist.barrier,
-            progress=c.train.progress and self.dist.is_main, log=self.log)
+            progress=c.train.progress and self.dist.is_main, log=self.log,
+            label_mode=c.data.label_mode)
         self.timing["cache_s"] = time.perf_counter() - t0
 
     def _items(self) -> Dataset:
@@ -246,7 +275,7 @@ class Trainer:
         if aux:
             images = torch.cat([images, batch["aux_image"]])
             labels = torch.cat([labels, batch["aux_label"]])
-        feats, lab = encode(self.model, images, labels, self.autocast)
+        feats, lab = encode(self.model, images, labels, self.autocast, self.cfg.data.label_mode)
         if not aux:
             return feats, lab, None, None
         b = batch["image"].shape[0]
@@ -312,8 +341,29 @@ class Trainer:
         self.log(f"resumed from {path} at step {self.step}")
 
     # validation -------------------------------------------------------------------------------
+    @property
+    def selection_key(self) -> str:
+        """What best.pt maximises: the protocol's selection score, else the folder's AUPRC."""
+        return "score" if self.cfg.eval.protocol else "auprc"
+
     def _validation_set(self):
+        """The protocol folder, or the validation folder dataset, or None (built if asked)."""
         e = self.cfg.eval
+        if e.protocol:
+            from ..data.protocol_sets import PROTOCOL_FILE, build_protocol
+
+            path = Path(e.protocol)
+            if not (path / PROTOCOL_FILE).is_file() and e.build_if_missing:
+                if self.dist.is_main:
+                    self.log(f"building the validation protocol {path}")
+                    build_protocol(e.protocol_data, path, log=self.log)
+                self.dist.barrier()
+            if not (path / PROTOCOL_FILE).is_file():
+                raise FileNotFoundError(
+                    f"eval.protocol {path} is not built: run python -m "
+                    f"flowclas_ros.data.protocol_sets --data ../shared/data --out {path}, set "
+                    f"eval.build_if_missing=true, or eval.protocol=null")
+            return path
         if not e.val_dir:
             return None
         from ..data.datasets import build_dataset
@@ -347,37 +397,54 @@ class Trainer:
                              split_seed=d.outlier_split_seed,
                              val_fraction=d.outlier_val_fraction, outlier_kw=kw)
 
-    def validate(self, val_set) -> dict[str, float] | None:
-        """Score the validation set on rank 0; keep best.pt by AUPRC. Other ranks wait."""
+    def _score(self, val_set) -> dict[str, Any]:
+        """The selection figures of the current model on ``val_set`` (see _validation_set)."""
+        e = self.cfg.eval
+        if e.protocol:
+            from ..evaluation.protocol import (CALIBRATION_PART, SELECTION_PARTS,
+                                               evaluate_model_on_protocol)
+
+            r = evaluate_model_on_protocol(
+                self.model, val_set, tuple(e.input_size), autocast=self.autocast, fpr=e.fpr,
+                parts=SELECTION_PARTS + (CALIBRATION_PART,), limit=e.limit)
+            parts = [r["parts"][p] for p in SELECTION_PARTS]
+            return {"score": r["score"],
+                    **{k: float(np.mean([q[k] for q in parts])) for k in SELECTION_METRICS},
+                    "parts": {p: {k: r["parts"][p][k] for k in SELECTION_METRICS}
+                              for p in SELECTION_PARTS}}
         from ..evaluation.evaluate import evaluate_model
 
+        result = evaluate_model(self.model, val_set, limit=e.limit, autocast=self.autocast,
+                                progress=self.cfg.train.progress)
+        return {k: float(result[k]) for k in SELECTION_METRICS}
+
+    def validate(self, val_set) -> dict[str, float] | None:
+        """Score the validation set on rank 0; keep best.pt by the selection key. Other ranks
+        wait."""
         metrics = None
         if self.dist.is_main and val_set is not None:
             t0 = time.perf_counter()
-            result = evaluate_model(self.model, val_set, limit=self.cfg.eval.limit,
-                                    autocast=self.autocast, progress=self.cfg.train.progress)
-            metrics = {k: float(result[k]) for k in SELECTION_METRICS}
+            metrics = self._score(val_set)
             self.timing["eval_s"] = self.timing.get("eval_s", 0.0) + time.perf_counter() - t0
-            improved = metrics["auprc"] > self.best["auprc"]
+            key = self.selection_key
+            improved = metrics[key] > self.best.get(key, -1.0)
             if improved:
-                self.best = {"auprc": metrics["auprc"], "step": self.step, **metrics}
+                self.best = {"step": self.step, **metrics}
                 self.save("best.pt", {"metrics": metrics})
-            self.log(f"step {self.step}: validation AUPRC {100 * metrics['auprc']:.2f} "
+            shown = f"score {metrics['score']:.4f} " if "score" in metrics else ""
+            self.log(f"step {self.step}: validation {shown}AUPRC {100 * metrics['auprc']:.2f} "
                      f"FPR95 {100 * metrics['fpr95']:.2f} AUROC {100 * metrics['auroc']:.2f}"
                      + ("  (new best, saved best.pt)" if improved else
-                        f"  (best {100 * self.best['auprc']:.2f} at step {self.best['step']})"))
+                        f"  (best {self.best[key]:.4f} at step {self.best['step']})"))
         self.dist.barrier()
         return metrics
 
     # the loop -----------------------------------------------------------------------------------
     def _start_or_resume(self) -> None:
         """Load last.pt when resuming; otherwise the data-dependent ActNorm initialisation."""
-        last = self.ckpt_dir / "last.pt"
-        if self.resume and last.is_file():
-            self.load(last)
-            return
         if self.resume:
-            self.log(f"no checkpoint in {self.ckpt_dir}: starting a new run")
+            self.load(self.ckpt_dir / "last.pt")
+            return
         # From the first batch, before DDP wraps the module, so that rank 0's initialisation is
         # what DDP broadcasts.
         first = next(iter(self.loader(0)))
@@ -388,8 +455,10 @@ class Trainer:
 
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(),
-                                                                 sort_keys=False))
+            # The saved config says where the run lives, so `train --config OUT/config.yaml
+            # --resume` continues this run whatever --out it was started with.
+            saved = {**self.cfg.to_dict(), "out": str(self.out)}
+            (self.out / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
 
     def _progress_bar(self, end: int):
         if not (self.cfg.train.progress and self.dist.is_main):
@@ -471,7 +540,8 @@ class Trainer:
     def _validate_and_log(self, val_set, run_log: RunLog | None) -> None:
         m = self.validate(val_set)
         if m is not None and run_log is not None:
-            run_log.val_row(self.step, self.step // self.steps_per_epoch, m)
+            run_log.val_row(self.step, self.step // self.steps_per_epoch,
+                            {k: v for k, v in m.items() if k != "parts"})
 
     def _finish(self, t_start: float) -> dict[str, Any]:
         digests = all_equal(self.dist, params_sha256(self.model))

@@ -1,0 +1,33 @@
+"""Where the package's data files are: the installed share/flowclas_ros (colcon), else the
+source tree beside this package (a checkout or an editable install). No ROS needed."""
+from __future__ import annotations
+
+from pathlib import Path
+
+PACKAGE = "flowclas_ros"
+SOURCE_ROOT = Path(__file__).resolve().parents[1]
+
+
+def package_file(*parts: str) -> Path:
+    """share/flowclas_ros/<parts> when installed and present there, else the source tree's
+    (returned even where it does not exist, so the caller can say what is missing)."""
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        installed = Path(get_package_share_directory(PACKAGE)).joinpath(*parts)
+        if installed.exists():
+            return installed
+    except Exception:  # not installed with colcon (PackageNotFoundError), or no ament index
+        pass
+    return SOURCE_ROOT.joinpath(*parts)
+
+
+DDS_PROFILE_ENV = "FASTRTPS_DEFAULT_PROFILES_FILE"  # read by Fast DDS 2.x (rmw_fastrtps, Jazzy)
+
+
+def dds_profile() -> Path:
+    """The Fast DDS profile for camera-sized frames (config/fastdds_large_frames.xml)."""
+    return package_file("config", "fastdds_large_frames.xml")
+
+
+__all__ = ["DDS_PROFILE_ENV", "PACKAGE", "SOURCE_ROOT", "dds_profile", "package_file"]
