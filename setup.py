@@ -29,6 +29,9 @@ setup(
          + glob("config/*.xml")),
     ] + tree("models"),
     install_requires=["setuptools"],
+    # pip install ".[gpu]": the GPU backends (requirements-gpu.txt pins the same)
+    extras_require={"gpu": ["onnxruntime-gpu[cuda,cudnn]==1.31.1", "tensorrt-cu13==11.1.0.106",
+                            "torch-tensorrt==2.14.0"]},
     zip_safe=True,
     maintainer="flowclas_ros maintainers",
     maintainer_email="maintainers@flowclas-ros.org",
@@ -39,6 +42,7 @@ setup(
             "train = flowclas_ros.training.train:main",
             "evaluate = flowclas_ros.evaluation.evaluate:main",
             "export = flowclas_ros.export.export:main",
+            "build_engine = flowclas_ros.runtime.build_engine:main",
             "anomaly_node = flowclas_ros.node.anomaly_node:main",
             "image_player = flowclas_ros.node.image_player:main",
             "demo = flowclas_ros.demo:main",

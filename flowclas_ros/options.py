@@ -5,7 +5,7 @@ export and CLIs use the same tuples, so a new backend or colour map is added her
 """
 import re
 
-BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt", "torch_tensorrt")
 PRECISIONS = ("fp32", "fp16", "bf16")
 COLORMAPS = ("turbo", "jet", "inferno", "viridis", "gray")
 IMAGE_QOS = ("sensor_data", "reliable")

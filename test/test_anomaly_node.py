@@ -902,3 +902,62 @@ def test_camera_sized_best_effort_frames_arrive(ros, nodes, tiny_bundle):
     wait_until(lambda: node.stats()["received"] >= 20, timeout=10,
                what="all 20 best-effort 720p frames")
     assert node.stats()["malformed"] == 0
+
+
+# issue 12: a long configure (an engine build) leaves get_state and diagnostics answering -----
+def test_get_state_and_diagnostics_answer_during_a_long_configure(ros, nodes, tiny_bundle):
+    gate, entered = threading.Event(), threading.Event()
+
+    def slow_factory(bundle, backend, device, precision, **options):
+        from flowclas_ros.runtime import create_backend
+
+        entered.set()
+        assert gate.wait(TIMEOUT)  # the "engine build"
+        return create_backend(bundle, backend=backend, device=device, precision=precision,
+                              **options)
+
+    node = nodes("/t_slowcfg", model_path=str(tiny_bundle), diagnostics_period=0.1,
+                 backend_factory=slow_factory)
+    fqn = node.get_fully_qualified_name()
+    probe = Probe(ros.client, {"diag": "/diagnostics"}, msg_type=DiagnosticArray)
+    result: dict = {}
+    worker = threading.Thread(target=lambda: result.update(
+        ok=ros.change_state(fqn, Transition.TRANSITION_CONFIGURE)))
+    worker.start()
+    try:
+        assert entered.wait(TIMEOUT)
+        assert ros.get_state(fqn, timeout=10) == "configuring"  # answered, not blocked
+        wait_until(lambda: "starting the auto backend" in
+                   ((_latest_status(probe, fqn)[1] or {}).get("state", "")),
+                   what="diagnostics saying what configure is doing")
+    finally:
+        gate.set()
+        worker.join(TIMEOUT)
+    assert result.get("ok") and ros.get_state(fqn) == "inactive"
+    probe.close()
+
+
+def test_torch_compile_and_cuda_graphs_reach_the_torch_backend(ros, nodes, tiny_bundle):
+    from flowclas_ros.runtime import create_backend
+    from flowclas_ros.runtime.backend import backend_options
+
+    seen: list[dict] = []
+
+    def recording_factory(bundle, backend, device, precision, **options):
+        seen.append(dict(options, backend=backend))
+        # compiling the tiny model on a CPU takes long: check the plumbing, run eager
+        return create_backend(bundle, backend="torch", device="cpu")
+
+    node = nodes("/t_compile", model_path=str(tiny_bundle), backend="torch", device="cpu",
+                 torch_compile=True, cuda_graphs=True, backend_factory=recording_factory)
+    fqn = node.get_fully_qualified_name()
+    assert ros.change_state(fqn, Transition.TRANSITION_CONFIGURE)
+    assert seen[-1]["torch_compile"] is True and seen[-1]["cuda_graphs"] is True
+    # what the default factory hands the torch backend for them (and nothing to the others)
+    assert backend_options("torch", **{k: seen[-1][k] for k in
+                                        ("cpu_threads", "cpu_spinning", "torch_compile",
+                                         "cuda_graphs")}) == {"compile": True,
+                                                              "cuda_graphs": True}
+    assert "compile" not in backend_options("onnxruntime", torch_compile=True)
+    res = ros.set_params(fqn, cuda_graphs=False)[0]
+    assert not res.successful and "structural" in res.reason

@@ -153,7 +153,7 @@ def model_scorer(model, device: str | None = None, autocast: bool = False,
     """
     import torch
 
-    from flowclas_ros.runtime.pipeline import TorchPipeline
+    from flowclas_ros.runtime.pipeline import TorchPipeline, resize_torch
 
     device = device or module_device(model)
     model = model.to(device).eval()
@@ -165,10 +165,7 @@ def model_scorer(model, device: str | None = None, autocast: bool = False,
         x = TorchPipeline.prepare_input(img, size)
         with torch.no_grad(), torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast):
             s = model(x)[0].float()
-        if tuple(s.shape) != tuple(img.shape[:2]):
-            s = torch.nn.functional.interpolate(s[None, None], size=tuple(img.shape[:2]),
-                                                mode="bilinear", align_corners=False)[0, 0]
-        return s.cpu().numpy()
+        return resize_torch(s[None, None], tuple(img.shape[:2]))[0, 0].cpu().numpy()
 
     return score
 

@@ -36,21 +36,22 @@ DYNAMO_MIN_OPSET = 18  # the dynamo exporter's translations start at 18
 
 
 class ScoreGraph(nn.Module):
-    """What is exported: (1, 3, H, W) RGB [0, 1] float32 -> (1, H, W) float32 score.
+    """What is exported (and compiled): (1, 3, H, W) RGB [0, 1] float32 -> (1, H, W) float32.
 
-    fp16: the backbone runs in float16 (its weights must already be half), the rest in float32.
+    ``fp16`` (or ``half=torch.float16 / torch.bfloat16``): the backbone runs in that dtype (its
+    weights must already be in it), the LayerNorm, flow and score in float32.
     """
 
-    def __init__(self, model: FlowCLAS, fp16: bool = False):
+    def __init__(self, model: FlowCLAS, fp16: bool = False, half: torch.dtype | None = None):
         super().__init__()
         self.model = model
-        self.fp16 = fp16
+        self.half = torch.float16 if fp16 else half
 
     def forward(self, image: Tensor) -> Tensor:
         m = self.model
         x = m.normalize_and_pad(image)
-        if self.fp16:
-            x = x.half()
+        if self.half is not None:
+            x = x.to(self.half)
         z, logdet = m.latent(m.backbone(x))  # latent() casts the features back to float32
         return m.upsample(m.score_map(z, logdet), image.shape[-2:]).float()
 

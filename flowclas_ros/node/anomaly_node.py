@@ -35,14 +35,15 @@ import math
 import threading
 import time
 import traceback
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import QoSProfile, ReliabilityPolicy, HistoryPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image
@@ -80,10 +81,11 @@ def default_model_path() -> str:
     return str(package_file("models", DEMO_BUNDLE))
 
 
-def _default_backend_factory(bundle, backend: str, device: str, precision: str, **cpu):
+def _default_backend_factory(bundle, backend: str, device: str, precision: str, **options):
     from flowclas_ros.runtime import create_backend
 
-    return create_backend(bundle, backend=backend, device=device, precision=precision, **cpu)
+    return create_backend(bundle, backend=backend, device=device, precision=precision,
+                          **options)
 
 
 @dataclass
@@ -96,9 +98,9 @@ class _Frame:
 class AnomalyNode(LifecycleNode):
     """The FlowCLAS lifecycle node (see the module docstring).
 
-    ``backend_factory(bundle, backend, device, precision, cpu_threads=, cpu_spinning=) ->
-    Backend`` (``bundle``: the loaded :class:`~flowclas_ros.export.bundle.Bundle`, which
-    create_backend also takes) replaces :func:`flowclas_ros.runtime.create_backend` (tests wrap
+    ``backend_factory(bundle, backend, device, precision, **options) -> Backend`` (``bundle``:
+    the loaded :class:`~flowclas_ros.export.bundle.Bundle`, which create_backend also takes;
+    options: cpu_threads, cpu_spinning, torch_compile, cuda_graphs) replaces :func:`flowclas_ros.runtime.create_backend` (tests wrap
     it); other kwargs go to ``Node`` (``namespace``, ``context``, ``parameter_overrides``, ...).
     """
 
@@ -107,6 +109,7 @@ class AnomalyNode(LifecycleNode):
         super().__init__(node_name, **kwargs)
         self._backend_factory = backend_factory or _default_backend_factory
         self._guard_change_state_service()
+        self._answer_queries_during_transitions()
         self._declare_parameters()
         self.add_on_set_parameters_callback(self._validate_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
@@ -156,6 +159,21 @@ class AnomalyNode(LifecycleNode):
 
         srv.callback = change_state
 
+    def _answer_queries_during_transitions(self) -> None:
+        """get_state and the other read-only lifecycle services in a reentrant group of their
+        own: a configure that builds an engine for minutes runs in the default group, and
+        get_state must still answer (with "configuring") meanwhile. With a multi-threaded
+        executor (``main`` uses one) they run beside the transition."""
+        group = ReentrantCallbackGroup()
+        for attr in ("_service_get_state", "_service_get_available_states",
+                     "_service_get_available_transitions", "_service_get_transition_graph"):
+            srv = getattr(self, attr, None)
+            if srv is None:
+                continue
+            srv.callback_group.entities.discard(weakref.ref(srv))
+            srv.callback_group = group
+            group.add_entity(srv)
+
     # parameters --------------------------------------------------------------------------------
     def _declare_parameters(self) -> None:
         self._params = parameters.table()
@@ -186,13 +204,15 @@ class AnomalyNode(LifecycleNode):
         g = lambda n: self.get_parameter(n).value  # noqa: E731
         path = str(g("model_path")) or default_model_path()
         backend, device, precision = str(g("backend")), str(g("device")), str(g("precision"))
-        cpu = {"cpu_threads": int(g("cpu_threads")), "cpu_spinning": bool(g("cpu_spinning"))}
+        options = {"cpu_threads": int(g("cpu_threads")), "cpu_spinning": bool(g("cpu_spinning")),
+                   "torch_compile": bool(g("torch_compile")), "cuda_graphs": bool(g("cuda_graphs"))}
         set_path = f"ros2 param set {fqn} model_path /path/to/bundle"
         try:
             from flowclas_ros.export.bundle import BundleError, load_bundle
             from flowclas_ros.runtime import BackendUnavailable
         except Exception as exc:  # a broken install, not a parameter problem
             return self._fail(f"cannot import the runtime ({exc!r}); reinstall flowclas_ros")
+        self.state_label = f"configuring: loading the bundle {path}"
         try:
             bundle = load_bundle(path)
         except FileNotFoundError as exc:  # "model bundle PATH does not exist"
@@ -203,8 +223,12 @@ class AnomalyNode(LifecycleNode):
         except Exception as exc:
             return self._fail(f"cannot read the model bundle at {path}: {exc!r}; set model_path "
                               f"to another bundle ({set_path}), then configure again")
+        self.state_label = (f"configuring: starting the {backend} backend on {device} "
+                            f"({precision}; building a TensorRT engine or compiling can take "
+                            f"minutes, once: see build_engine)")
+        t_backend = time.monotonic()
         try:
-            be = self._backend_factory(bundle, backend, device, precision, **cpu)
+            be = self._backend_factory(bundle, backend, device, precision, **options)
         except BackendUnavailable as exc:
             return self._fail(
                 f"backend={backend!r} device={device!r} precision={precision!r} is unavailable: "
@@ -216,6 +240,8 @@ class AnomalyNode(LifecycleNode):
             return self._fail(f"creating the {backend} backend failed: {exc!r}; check backend/"
                               f"device/precision, then configure again",
                               tb=traceback.format_exc())
+        backend_s = time.monotonic() - t_backend
+        self.state_label = f"configuring: warm-up of {be.name} on {be.device}"
         try:
             h, w = bundle.input_size
             be.warmup(int(h), int(w))
@@ -237,12 +263,18 @@ class AnomalyNode(LifecycleNode):
         self.state_label = "inactive"
         thr = self._threshold if self._threshold is not None else bundle.threshold
         reason = getattr(be, "selection_reason", "")
+        built = getattr(be, "built", None)  # TensorRT engines and torch-tensorrt programs
+        engine = ("" if built is None else
+                  f"; engine {'built' if built else 'loaded from the cache'} in "
+                  f"{getattr(be, 'engine_seconds', backend_s):.1f} s")
         self.get_logger().info(
             f"configured: bundle {path} (input {w}x{h}), backend {be.name} on {be.device} "
-            f"({be.precision}){' [' + reason + ']' if reason else ''}, threshold {thr:.4g}")
+            f"({be.precision}){' [' + reason + ']' if reason else ''}, threshold {thr:.4g}; "
+            f"backend ready in {backend_s:.1f} s{engine}")
         return TransitionCallbackReturn.SUCCESS
 
     def _fail(self, message: str, tb: str | None = None) -> TransitionCallbackReturn:
+        self.state_label = "unconfigured"
         self.last_error = message
         self.get_logger().error(f"configure failed: {message}")
         if tb:
@@ -428,7 +460,8 @@ def main(args=None) -> int:
     node = None
     try:
         node = AnomalyNode()
-        executor = SingleThreadedExecutor()
+        # several threads: get_state and /diagnostics answer during a long configure
+        executor = MultiThreadedExecutor(num_threads=3)
         executor.add_node(node)
         while rclpy.ok() and not node.finalized.is_set():
             executor.spin_once(timeout_sec=0.25)

@@ -103,6 +103,12 @@ def table() -> tuple[Param, ...]:
         Param("precision", str, "fp32", STRUCTURAL,
               "Compute precision (fp16/bf16 need a backend and device that support them). "
               "Structural.", choices=PRECISIONS),
+        Param("torch_compile", bool, False, STRUCTURAL,
+              "torch backend: compile the model with torch.compile at configure (slower to "
+              "start, faster per frame on a GPU). Structural."),
+        Param("cuda_graphs", bool, False, STRUCTURAL,
+              "torch backend on a GPU: capture the model in a CUDA graph at configure and replay "
+              "it per frame (no per-kernel launch cost). Structural."),
         Param("cpu_threads", int, 0, STRUCTURAL,
               "Threads of CPU inference (ONNX Runtime's intra-op pool, torch's threads); 0 = the "
               "library's default (one per core). On a robot whose CPUs are shared, 1 or 2 keeps "

@@ -8,13 +8,21 @@ backend's device. Backends:
 * ``torch`` (:mod:`.torch_backend`): CPU or CUDA, fp32/fp16/bf16, torch.compile, CUDA graphs;
 * ``onnxruntime`` (:mod:`.onnx_backend`): CPU, CUDA and TensorRT execution providers;
 * ``tensorrt`` (:mod:`.tensorrt_backend`): TensorRT engines built from the ONNX graph, cached;
+* ``torch_tensorrt`` (:mod:`.torch_tensorrt_backend`): the bundle's torch model compiled with
+  torch-tensorrt (dynamo), the compiled program cached on disk;
 * ``auto``: TensorRT where it is importable and a GPU exists, else ONNX Runtime CUDA, else torch
-  CUDA, else ONNX Runtime CPU. The choice and the reason are logged on "flowclas_ros.runtime".
+  CUDA, else ONNX Runtime CPU, else torch CPU. A candidate that fails for any reason (not
+  installed, an engine that does not build, CUDA out of memory) is logged and the next one is
+  tried; the choice and the reasons are logged on "flowclas_ros.runtime".
 
-A backend that cannot run here raises :class:`BackendUnavailable` with the reason.
+A backend that cannot run here raises :class:`BackendUnavailable` with the reason. Every call
+into a GPU backend runs under ``torch.cuda.device(its device)`` (:meth:`Backend.device_guard`):
+the thread that calls it (the node's worker) starts with device 0 current, whatever device the
+backend lives on.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import inspect
 import logging
@@ -83,6 +91,14 @@ class Backend:
     def _release(self) -> None:
         pass
 
+    def device_guard(self):
+        """The context every call of this backend runs in: the backend's CUDA device made
+        current (CUDA backends), nothing on the CPU."""
+        dev = torch.device(self.device)
+        if dev.type == "cuda":
+            return torch.cuda.device(dev)
+        return contextlib.nullcontext()
+
     def describe(self) -> dict:
         """What runs where, for logs and diagnostics."""
         return {"backend": self.name, "device": self.device, "precision": self.precision,
@@ -101,7 +117,7 @@ class Backend:
             check_colormap(colormap)
             check_alpha(overlay_alpha)
         thr = self.bundle.threshold if threshold is None or math.isnan(threshold) else float(threshold)
-        with self._lock:
+        with self._lock, self.device_guard():
             if self._closed:
                 raise RuntimeError(f"the {self.name} backend is closed")
             t0 = time.perf_counter()
@@ -161,6 +177,9 @@ def _backend_class(name: str):
     if name == "tensorrt":
         from .tensorrt_backend import TensorRTBackend
         return TensorRTBackend
+    if name == "torch_tensorrt":
+        from .torch_tensorrt_backend import TorchTensorRTBackend
+        return TorchTensorRTBackend
     raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
 
 
@@ -170,12 +189,22 @@ def _accepted(cls, options: dict) -> dict:
     return {k: v for k, v in options.items() if k in params}
 
 
-def cpu_options(backend: str, cpu_threads: int = 0, cpu_spinning: bool = True) -> dict:
-    """The node's CPU settings in the words of one backend class (0 threads = its default)."""
+def backend_options(backend: str, cpu_threads: int = 0, cpu_spinning: bool = True,
+                    torch_compile: bool = False, cuda_graphs: bool = False) -> dict:
+    """The node's settings in the words of one backend class (0 threads = its default).
+
+    cpu_threads / cpu_spinning: ONNX Runtime's intra-op pool (torch's threads; torch has no
+    spin-wait setting). torch_compile / cuda_graphs: the torch backend's (the others compile
+    anyway, or capture nothing)."""
     if backend == "onnxruntime":
         return {"intra_op_num_threads": int(cpu_threads), "allow_spinning": bool(cpu_spinning)}
-    if backend == "torch" and cpu_threads:
-        return {"num_threads": int(cpu_threads)}  # torch has no spin-wait setting
+    if backend == "torch":
+        opts = {"num_threads": int(cpu_threads)} if cpu_threads else {}
+        if torch_compile:
+            opts["compile"] = True
+        if cuda_graphs:
+            opts["cuda_graphs"] = True
+        return opts
     return {}
 
 
@@ -187,7 +216,7 @@ def _ort_providers() -> list[str]:
     return ort.get_available_providers()
 
 
-def _auto(bundle: Bundle, device: str, precision: str, options: dict, cpu: dict) -> Backend:
+def _auto(bundle: Bundle, device: str, precision: str, options: dict, node: dict) -> Backend:
     reasons: list[str] = []
     candidates: list[tuple[str, str, dict]] = []
     if device == "cpu":
@@ -214,11 +243,20 @@ def _auto(bundle: Bundle, device: str, precision: str, options: dict, cpu: dict)
             reasons.append(f"{precision} is for GPUs: running fp32 on the CPU")
             prec = "fp32"
         cls = _backend_class(name)
+        node_opts = backend_options(name, **node)
+        if name == "torch" and dev == "cpu":
+            node_opts.pop("cuda_graphs", None)  # a GPU option: the CPU fallback runs without it
         try:
             be = cls(bundle, device=dev, precision=prec,
-                     **{**cpu_options(name, **cpu), **_accepted(cls, options), **extra})
-        except (BackendUnavailable, ImportError) as exc:
-            reasons.append(f"{name} on {dev} unavailable: {exc}")
+                     **{**node_opts, **_accepted(cls, options), **extra})
+        except Exception as exc:  # not installed, build or parse errors, CUDA OOM, API drift
+            first = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+            if isinstance(exc, (BackendUnavailable, ImportError)):
+                reasons.append(f"{name} on {dev} unavailable: {first}")
+            else:
+                reasons.append(f"{name} on {dev} failed ({type(exc).__name__}): {first}")
+                log.warning("backend auto: %s on %s failed, trying the next one: %r",
+                            name, dev, exc)
             continue
         be.selection_reason = "; ".join(reasons) or "first choice"
         log.info("backend auto -> %s on %s (%s): %s", be.name, be.device, be.precision,
@@ -229,13 +267,15 @@ def _auto(bundle: Bundle, device: str, precision: str, options: dict, cpu: dict)
 
 def create_backend(bundle_path: str | Path | Bundle, backend: str = "auto", device: str = "auto",
                    precision: str = "fp32", *, cpu_threads: int = 0, cpu_spinning: bool = True,
+                   torch_compile: bool = False, cuda_graphs: bool = False,
                    **options) -> Backend:
     """Load (and validate) the bundle and start a backend on it.
 
     backend: auto | torch | onnxruntime | tensorrt. device: auto | cpu | cuda | cuda:N.
-    precision: fp32 | fp16 | bf16. cpu_threads (0 = the library's default) and cpu_spinning
-    (ONNX Runtime's idle threads spin-wait) are mapped onto each backend's own options
-    (:func:`cpu_options`). options go to the backend class (e.g. ``compile=True`` for
+    precision: fp32 | fp16 | bf16. The node's settings, cpu_threads (0 = the library's default),
+    cpu_spinning (ONNX Runtime's idle threads spin-wait), torch_compile and cuda_graphs (the torch
+    backend), are mapped onto each backend's own options (:func:`backend_options`).
+    options go to the backend class (e.g. ``compile=True`` for
     torch, ``provider="tensorrt"`` or ``intra_op_num_threads=2`` for onnxruntime,
     ``engine_cache_dir=`` for tensorrt); with ``auto`` each candidate takes the ones it knows.
     Raises FileNotFoundError / BundleError for the bundle, BackendUnavailable when it cannot run.
@@ -246,10 +286,11 @@ def create_backend(bundle_path: str | Path | Bundle, backend: str = "auto", devi
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     device = check_device(device)
     bundle = bundle_path if isinstance(bundle_path, Bundle) else load_bundle(bundle_path)
-    cpu = {"cpu_threads": cpu_threads, "cpu_spinning": cpu_spinning}
+    node = {"cpu_threads": cpu_threads, "cpu_spinning": cpu_spinning,
+            "torch_compile": torch_compile, "cuda_graphs": cuda_graphs}
     if backend == "auto":
-        return _auto(bundle, device, precision, options, cpu)
+        return _auto(bundle, device, precision, options, node)
     be = _backend_class(backend)(bundle, device=resolve_device(device), precision=precision,
-                                 **{**cpu_options(backend, **cpu), **options})
+                                 **{**backend_options(backend, **node), **options})
     log.info("backend %s on %s (%s) for %s", be.name, be.device, be.precision, bundle.path)
     return be

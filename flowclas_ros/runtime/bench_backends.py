@@ -260,7 +260,7 @@ def parse_args(argv=None):
     src.add_argument("--bundle", help="an exported bundle directory")
     src.add_argument("--config", choices=sorted(CONFIGS), help="build and export a demo model")
     p.add_argument("--backends", nargs="+", default=["torch", "onnxruntime"],
-                   choices=["torch", "onnxruntime", "tensorrt"])
+                   choices=["torch", "onnxruntime", "tensorrt", "torch_tensorrt"])
     p.add_argument("--sizes", nargs="+", type=parse_size, default=[(480, 640), (518, 1036)],
                    help="frame sizes WIDTHxHEIGHT (default 640x480 1036x518)")
     p.add_argument("--iters", type=int, default=40, help="timed frames per variant and size")

@@ -1,8 +1,16 @@
 """The TensorRT backend: an engine built from the bundle's ONNX graph, cached on disk.
 
-The engine is built with the TensorRT builder (``OnnxParser`` on model.onnx, fp16/bf16 builder
-flags for half precision, a fixed optimisation profile at the bundle's input size) and stored in
-an :class:`EngineCache`. An engine is only valid for the exact TensorRT version, GPU model and
+The engine is built with the TensorRT builder (``OnnxParser`` on the graph, a fixed optimisation
+profile at the bundle's input size) as a **strongly typed** network: every layer runs in the
+type the ONNX graph gives it. TensorRT 10.12 deprecated and 11 removed the weakly-typed
+precision flags (``BuilderFlag.FP16``), and they let TensorRT run the whole flow (exp, log-det
+sums, sums of squares over up to 1024 channels) in half precision while the torch path and the
+threshold calibration keep it in fp32. So ``precision: fp16`` means the bundle's fp16 graph (an
+``export --fp16`` bundle) or, for an fp32 bundle, an fp16 graph derived from its weights
+(:func:`graph_for_precision`: the backbone in float16, the flow and the score in float32, as
+``export --fp16`` makes it), cached beside the engines. TensorRT 10 and 11 are supported; an
+older TensorRT, or one that lacks an API used here, raises :class:`BackendUnavailable` naming
+what is missing (:func:`check_api`). Engines are stored in an :class:`EngineCache`. An engine is only valid for the exact TensorRT version, GPU model and
 compute capability, precision, input shape and graph it was built from, so those six make the
 cache key (:class:`EngineKey`). The engine file's name is the key's sha256 and a JSON sidecar
 repeats the key and the engine's own sha256: a different key never finds an old engine, and a
@@ -143,27 +151,53 @@ def import_tensorrt():
     return trt
 
 
-def build_engine(trt, onnx_path: Path, precision: str, input_shape: tuple[int, ...],
-                 input_name: str, workspace_bytes: int = 4 << 30) -> bytes:
-    """Parse ``onnx_path`` and build a serialized engine for exactly ``input_shape``."""
+REQUIRED_API = (  # what this backend calls: TensorRT 10 and 11 have all of it
+    "Logger", "Builder", "OnnxParser", "Runtime", "MemoryPoolType.WORKSPACE",
+    "NetworkDefinitionCreationFlag.STRONGLY_TYPED", "IExecutionContext.execute_async_v3",
+    "IExecutionContext.set_tensor_address", "IExecutionContext.set_input_shape",
+)
+
+
+def check_api(trt) -> None:
+    """BackendUnavailable naming what this TensorRT lacks of :data:`REQUIRED_API`."""
+    missing = []
+    for name in REQUIRED_API:
+        obj = trt
+        for part in name.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                missing.append(name)
+                break
+    if missing:
+        raise BackendUnavailable(
+            f"TensorRT {getattr(trt, '__version__', '?')} lacks {', '.join(missing)}: the "
+            f"tensorrt backend needs TensorRT 10 or 11 (strongly typed networks, named tensor "
+            f"addresses); install a newer tensorrt, or use backend onnxruntime or torch")
+
+
+def network_flags(trt) -> int:
+    """Strongly typed (precision from the graph's own types); explicit batch on TensorRT
+    versions that still have the flag (a no-op there since 10)."""
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    if hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH"):
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    return flags
+
+
+def build_engine(trt, onnx_path: Path, input_shape: tuple[int, ...], input_name: str,
+                 workspace_bytes: int = 4 << 30) -> bytes:
+    """Parse ``onnx_path`` into a strongly typed network and build a serialized engine for
+    exactly ``input_shape``."""
+    check_api(trt)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    flags = 0
-    if hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH"):  # TensorRT < 10
-        flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    network = builder.create_network(flags)
+    network = builder.create_network(network_flags(trt))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
         raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
-    if precision == "fp16":
-        config.set_flag(trt.BuilderFlag.FP16)
-    elif precision == "bf16":
-        if not hasattr(trt.BuilderFlag, "BF16"):
-            raise BackendUnavailable(f"TensorRT {trt.__version__} has no bf16 support")
-        config.set_flag(trt.BuilderFlag.BF16)
     profile = builder.create_optimization_profile()
     profile.set_shape(input_name, input_shape, input_shape, input_shape)
     config.add_optimization_profile(profile)
@@ -171,6 +205,37 @@ def build_engine(trt, onnx_path: Path, precision: str, input_shape: tuple[int, .
     if serialized is None:
         raise RuntimeError(f"TensorRT failed to build an engine for {onnx_path}")
     return bytes(serialized)
+
+
+def graph_for_precision(bundle: Bundle, precision: str, cache_dir: Path) -> tuple[Path, str, str]:
+    """(ONNX graph, its sha256, the precision it runs in) for ``precision`` on this bundle.
+
+    fp32: the bundle's graph. fp16: the bundle's own graph when it was exported with --fp16,
+    else one derived from its weights (backbone float16; flow, score, input and output float32)
+    and cached in ``cache_dir``. bf16 has no exported graph yet: BackendUnavailable.
+    """
+    from flowclas_ros.export.bundle import build_torch_model, sha256_file
+    from flowclas_ros.export.onnx_export import export_onnx
+
+    graph = "fp16" if bundle.fp16 else "fp32"
+    if precision == graph:
+        return bundle.onnx_path, bundle.onnx_sha256, graph
+    if graph == "fp16":
+        log.warning("this bundle's graph has a float16 backbone: running it as exported (fp16)")
+        return bundle.onnx_path, bundle.onnx_sha256, "fp16"
+    if precision != "fp16":
+        raise BackendUnavailable(
+            f"TensorRT runs the precision of the graph it is given (strongly typed); flowclas_ros "
+            f"exports fp32 and fp16 graphs, not {precision}: use precision fp16, or the torch "
+            f"backend for {precision}")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    path = cache_dir / f"{bundle.onnx_sha256[:24]}-fp16.onnx"
+    if not path.is_file():
+        log.info("deriving an fp16 graph (float16 backbone, float32 flow) from %s", bundle.path)
+        tmp = path.with_suffix(".tmp.onnx")
+        export_onnx(build_torch_model(bundle), tmp, bundle.input_size, fp16=True)
+        os.replace(tmp, path)
+    return path, sha256_file(path), "fp16"
 
 
 class TensorRTBackend(Backend):
@@ -187,20 +252,25 @@ class TensorRTBackend(Backend):
         dev = torch.device(device)
         if dev.index is None:
             dev = torch.device("cuda", torch.cuda.current_device())
+        check_api(trt)
         props = torch.cuda.get_device_properties(dev)
         h, w = bundle.input_size
+        cache_root = Path(engine_cache_dir or default_cache_dir("tensorrt"))
+        onnx_path, onnx_sha, precision = graph_for_precision(bundle, precision, cache_root)
         self.key = EngineKey(trt.__version__, props.name, f"{props.major}.{props.minor}",
-                             precision, (1, 3, h, w), bundle.onnx_sha256)
-        self.cache = EngineCache(engine_cache_dir or default_cache_dir("tensorrt"))
+                             precision, (1, 3, h, w), onnx_sha)
+        self.cache = EngineCache(cache_root)
         in_name = bundle.manifest["onnx"]["input_name"]
         self._in, self._out = in_name, bundle.manifest["onnx"]["output_name"]
 
         def build() -> bytes:
             with torch.cuda.device(dev):
-                return build_engine(trt, bundle.onnx_path, precision, self.key.input_shape,
-                                    in_name, int(workspace_gb * (1 << 30)))
+                return build_engine(trt, onnx_path, self.key.input_shape, in_name,
+                                    int(workspace_gb * (1 << 30)))
 
+        t0 = time.perf_counter()
         data, self.built = self.cache.get_or_build(self.key, build)
+        self.engine_seconds = time.perf_counter() - t0  # building, or reading the cache
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         with torch.cuda.device(dev):
             engine = self._runtime.deserialize_cuda_engine(data)
@@ -224,10 +294,12 @@ class TensorRTBackend(Backend):
     def describe(self) -> dict:
         d = super().describe()
         d.update(engine=str(self.cache.paths(self.key)[0]), built=self.built,
-                 gpu=self.key.gpu_name, trt=self.key.trt_version)
+                 engine_seconds=round(self.engine_seconds, 2), gpu=self.key.gpu_name,
+                 trt=self.key.trt_version)
         return d
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        # runs inside device_guard(): the engine's device is current on this thread
         x = x.contiguous()
         self._context.set_tensor_address(self._in, x.data_ptr())
         self._context.set_tensor_address(self._out, self._out_buf.data_ptr())

@@ -1,0 +1,60 @@
+"""``build_engine``: fill the engine cache offline, so a robot never builds on boot.
+
+    ros2 run flowclas_ros build_engine --bundle DIR [--backend tensorrt|torch_tensorrt]
+        [--precision fp32|fp16] [--device cuda:0] [--cache-dir DIR]
+
+Creates the backend once, as the node's configure would: a TensorRT engine (or a torch-tensorrt
+program) for this GPU, TensorRT version, precision, input size and graph is built and stored,
+or found already built. Prints JSON: what was built or found, where, and how long it took. Run
+it on the robot itself (engines are specific to the GPU and the TensorRT version), as the user
+the node runs as, or with the same ``--cache-dir`` / $FLOWCLAS_CACHE.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from typing import Sequence
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from flowclas_ros.training.train import strip_ros_args
+
+    argv = strip_ros_args(list(sys.argv[1:] if argv is None else argv))
+    p = argparse.ArgumentParser(prog="build_engine", description=__doc__.split("\n\n")[0]
+                                .replace("``", ""))
+    p.add_argument("--bundle", required=True, help="bundle folder written by export")
+    p.add_argument("--backend", default="tensorrt", choices=("tensorrt", "torch_tensorrt"))
+    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
+    p.add_argument("--device", default="cuda", help="cuda or cuda:N")
+    p.add_argument("--cache-dir", help="cache folder (default $FLOWCLAS_CACHE/<backend> or "
+                                       "~/.cache/flowclas_ros/<backend>)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from flowclas_ros.runtime import BackendUnavailable, create_backend
+
+    option = {"tensorrt": "engine_cache_dir", "torch_tensorrt": "cache_dir"}[args.backend]
+    options = {option: args.cache_dir} if args.cache_dir else {}
+    t0 = time.perf_counter()
+    try:
+        be = create_backend(args.bundle, backend=args.backend, device=args.device,
+                            precision=args.precision, **options)
+    except (BackendUnavailable, FileNotFoundError, ValueError) as exc:
+        print(f"build_engine: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        d = be.describe()
+        h, w = be.bundle.input_size
+        be.warmup(h, w)
+    finally:
+        be.close()
+    print(json.dumps({**d, "seconds": round(time.perf_counter() - t0, 1),
+                      "cache_env": os.environ.get("FLOWCLAS_CACHE")}, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
