@@ -43,6 +43,7 @@ setup(
             "evaluate = flowclas_ros.evaluation.evaluate:main",
             "export = flowclas_ros.export.export:main",
             "build_engine = flowclas_ros.runtime.build_engine:main",
+            "bag_outputs = flowclas_ros.runtime.bag_outputs:main",
             "anomaly_node = flowclas_ros.node.anomaly_node:main",
             "image_player = flowclas_ros.node.image_player:main",
             "demo = flowclas_ros.demo:main",

@@ -1,14 +1,17 @@
 """``make demo``: the lifecycle node on the demo bundle, fed by a player node, over real DDS.
 
-    python -m flowclas_ros.demo [--source DIR_OR_VIDEO] [--rate HZ] [--out demo_output]
+    python -m flowclas_ros.demo [--source DIR_VIDEO_OR_BAG] [--topic NAME] [--rate HZ]
+                                [--transport raw|compressed] [--out demo_output]
                                 [--model BUNDLE] [--backend auto]
 
 1. starts ``anomaly_node`` as its own process (as ``ros2 run`` would) on a private ROS domain;
 2. brings it to active through its lifecycle services (configure, then activate);
 3. plays the source (default: the shipped sequence of CamVid test frames with held-out COCO
-   objects pasted) at ``--rate`` Hz with :class:`~flowclas_ros.node.image_player.ImagePlayer`;
+   objects pasted; or a recording, ``--source bag.mcap --topic NAME``, with its own stamps, at
+   its recorded rate unless ``--rate`` is given) with
+   :class:`~flowclas_ros.node.image_player.ImagePlayer`, raw or compressed (``--transport``);
 4. writes every overlay it receives to ``<out>/overlay_NNNN.png``, and a summary (frames,
-   throughput, latency p50/p99 from the image stamp to the heatmap's arrival) to
+   throughput, latency p50/p99 from the frame's publication to the heatmap's arrival) to
    ``<out>/summary.json``;
 5. shuts the node down through its lifecycle.
 
@@ -47,7 +50,7 @@ def _percentiles(values: list[float]) -> dict[str, float | None]:
 
 
 def run_demo(source: Path, out: Path, model: Path, backend: str, rate: float,
-             max_frames: int, timeout: float) -> dict:
+             max_frames: int, timeout: float, topic: str = "", transport: str = "raw") -> dict:
     """Run the demo end to end; returns the summary (also written to out/summary.json)."""
     # Imported here so `--help` and `--build-sequence` work without a ROS install.
     import rclpy
@@ -78,15 +81,18 @@ def run_demo(source: Path, out: Path, model: Path, backend: str, rate: float,
     log = open(log_path, "w")
     node_proc = subprocess.Popen(
         [sys.executable, "-m", "flowclas_ros.node.anomaly_node", "--ros-args",
-         "-p", f"model_path:={model}", "-p", f"backend:={backend}"],
+         "-p", f"model_path:={model}", "-p", f"backend:={backend}",
+         "-p", f"image_transport:={transport}"],
         env=env, stdout=log, stderr=subprocess.STDOUT)
 
     rclpy.init()
     demo = Node("flowclas_demo")
     player = ImagePlayer("image_player", parameter_overrides=[
         rclpy.parameter.Parameter("source", value=str(source)),
+        rclpy.parameter.Parameter("topic", value=str(topic)),
         rclpy.parameter.Parameter("rate", value=float(rate)),
         rclpy.parameter.Parameter("max_frames", value=int(max_frames)),
+        rclpy.parameter.Parameter("transport", value=str(transport)),
     ])
     executor = MultiThreadedExecutor(num_threads=3)
     executor.add_node(demo)
@@ -105,7 +111,9 @@ def run_demo(source: Path, out: Path, model: Path, backend: str, rate: float,
 
     def on_heatmap(msg: Image) -> None:
         now = demo.get_clock().now().nanoseconds
-        sent = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+        # when the player sent it (a recording's frames keep their old stamps)
+        sent = player.sent_at.get(stamp_key(msg), msg.header.stamp.sec * 10**9
+                                  + msg.header.stamp.nanosec)
         with lock:
             received[stamp_key(msg)] = (now - sent) / 1e6
             t_last[0] = time.perf_counter()
@@ -153,13 +161,14 @@ def run_demo(source: Path, out: Path, model: Path, backend: str, rate: float,
         while not player.finished:
             done.wait(0.1)  # the player's timer runs on the executor; this only waits for it
         # the last frames are still in flight: wait for them, up to a few inference times
-        done.wait(timeout=max(5.0, 4.0 / rate))
+        done.wait(timeout=max(5.0, 4.0 / rate) if rate > 0 else 5.0)
         elapsed = (t_last[0] or time.perf_counter()) - t_start
         with lock:
             latencies = list(received.values())
         summary = {
-            "source": str(source), "model": str(model), "backend": backend,
-            "rate_hz": rate, "frames_published": player.sent, "frames_received": len(latencies),
+            "source": str(source), "topic": topic or None, "transport": transport,
+            "model": str(model), "backend": backend, "rate_hz": rate or "recorded",
+            "frames_published": player.sent, "frames_received": len(latencies),
             "overlays_written": overlays,
             "throughput_fps": round(len(latencies) / elapsed, 2) if elapsed > 0 else None,
             "latency_ms": _percentiles(latencies), "configure_s": round(configure_s, 2),
@@ -225,14 +234,19 @@ def build_sequence(camvid: Path, coco: Path, out: Path, frames: int = 20) -> Non
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="FlowCLAS ROS 2 demo: node + player over DDS")
     ap.add_argument("--source", type=Path, default=None,
-                    help="folder of images or a video file (default: the shipped sequence)")
-    ap.add_argument("--rate", type=float, default=5.0, help="frames per second to publish")
+                    help="folder of images, a video file, or a recording (rosbag2 folder or "
+                         ".mcap; needs --topic) (default: the shipped sequence)")
+    ap.add_argument("--topic", default="", help="the camera topic of a recording")
+    ap.add_argument("--rate", type=float, default=None,
+                    help="frames per second to publish (default 5; a recording: its own rate)")
+    ap.add_argument("--transport", default="raw", choices=("raw", "compressed"),
+                    help="publish sensor_msgs/Image or CompressedImage (jpeg) to the node")
     ap.add_argument("--frames", type=int, default=0, help="stop after N frames (0 = all)")
     ap.add_argument("--out", type=Path,
                     default=Path(os.environ.get("DEMO_OUTPUT", "demo_output")))
     ap.add_argument("--model", type=Path, default=None, help="bundle folder (default: demo)")
     ap.add_argument("--backend", default="auto",
-                    choices=("auto", "torch", "onnxruntime", "tensorrt"))
+                    choices=("auto", "torch", "onnxruntime", "tensorrt", "torch_tensorrt"))
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds per lifecycle step")
     ap.add_argument("--build-sequence", action="store_true",
                     help="rebuild models/demo_sequence from --camvid and --coco, then exit")
@@ -244,17 +258,18 @@ def main(argv: list[str] | None = None) -> int:
             ap.error("--build-sequence needs --camvid and --coco")
         build_sequence(args.camvid, args.coco, ROOT / "models" / "demo_sequence")
         return 0
-    from flowclas_ros.node.image_player import default_sequence
+    from flowclas_ros.node.image_player import default_sequence, is_bag
 
     source = args.source or default_sequence()
+    rate = args.rate if args.rate is not None else (0.0 if is_bag(source) else 5.0)
     model = args.model or default_bundle()
     if not Path(model).is_dir():
         print(f"no model bundle at {model}: train and export one (README: Training), or pass "
               "--model", file=sys.stderr)
         return 2
     try:
-        summary = run_demo(source, args.out, model, args.backend, args.rate, args.frames,
-                           args.timeout)
+        summary = run_demo(source, args.out, model, args.backend, rate, args.frames,
+                           args.timeout, topic=args.topic, transport=args.transport)
     except (RuntimeError, FileNotFoundError, ValueError) as exc:
         print(f"demo failed: {exc}", file=sys.stderr)
         return 1

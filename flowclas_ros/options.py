@@ -9,6 +9,7 @@ BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt", "torch_tensorrt")
 PRECISIONS = ("fp32", "fp16", "bf16")
 COLORMAPS = ("turbo", "jet", "inferno", "viridis", "gray")
 IMAGE_QOS = ("sensor_data", "reliable")
+IMAGE_TRANSPORTS = ("raw", "compressed")  # image_transport's names
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
 
@@ -20,4 +21,4 @@ def check_device(device: str) -> str:
     return device
 
 
-__all__ = ["BACKENDS", "PRECISIONS", "COLORMAPS", "IMAGE_QOS", "DEVICE_PATTERN", "check_device"]
+__all__ = ["BACKENDS", "PRECISIONS", "COLORMAPS", "IMAGE_QOS", "IMAGE_TRANSPORTS", "DEVICE_PATTERN", "check_device"]

@@ -961,3 +961,40 @@ def test_torch_compile_and_cuda_graphs_reach_the_torch_backend(ros, nodes, tiny_
     assert "compile" not in backend_options("onnxruntime", torch_compile=True)
     res = ros.set_params(fqn, cuda_graphs=False)[0]
     assert not res.successful and "structural" in res.reason
+
+
+# issue 13: compressed input ------------------------------------------------------------------
+def test_compressed_images_in_and_bad_ones_dropped(ros, nodes, tiny_bundle):
+    from sensor_msgs.msg import CompressedImage
+
+    from flowclas_ros.node.image_conversion import compressed_to_msg
+
+    ns = "/t_compressed"
+    node = nodes(ns, model_path=str(tiny_bundle), image_qos="reliable",
+                 image_transport="compressed")
+    ros.bring_up(node.get_fully_qualified_name())
+    probe = ros.probe(ns, ("heatmap",))
+    pub = ros.client.create_publisher(
+        CompressedImage, f"{ns}/image/compressed", RELIABLE,
+        event_callbacks=PublisherEventCallbacks(use_default_callbacks=False))
+    wait_matched(node, pub, ("heatmap",))
+    rgb = rgb_image()
+    header = Header(frame_id="zcam")
+    header.stamp.sec, header.stamp.nanosec = ros.next_stamp()
+    good = compressed_to_msg(rgb, "png", header)
+    out = ros.roundtrip(pub, probe, good, keys=["heatmap"])
+    assert (out["heatmap"].width, out["heatmap"].height) == (64, 48)
+    assert out["heatmap"].header.frame_id == "zcam"
+    truncated = compressed_to_msg(rgb, "jpeg", header)
+    truncated.data = truncated.data[: len(truncated.data) // 2]
+    empty = compressed_to_msg(rgb, "png", header)
+    empty.data = []
+    unknown = compressed_to_msg(rgb, "png", header)
+    unknown.format = "tiff"
+    for i, bad in enumerate((truncated, empty, unknown)):
+        pub.publish(bad)
+        wait_until(lambda: node.stats()["malformed"] == i + 1, what=f"bad compressed frame {i}")
+    assert ros.get_state(node.get_fully_qualified_name()) == "active"
+    assert node.stats()["errors"] == 0
+    probe.close()
+    ros.client.destroy_publisher(pub)

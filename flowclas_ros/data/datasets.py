@@ -7,6 +7,8 @@ content), with a message that names what is missing and the layout expected.
 
 * inlier sets (:mod:`.inlier_sets`): ``cityscapes``, ``camvid``, ``idd_lite``, ``kitti_road``,
   ``allo``, ``folder``;
+* robot recordings (:mod:`.bags`): ``bag`` (a rosbag2 folder or an .mcap file, ``topic=``;
+  splits ``train``, ``calibration``, ``test`` by time);
 * anomaly benchmarks (:mod:`.benchmarks`): ``road_anomaly``, ``fishyscapes_laf``,
   ``fishyscapes_static``, ``smiyc_anomaly``, ``smiyc_obstacle``, ``lost_and_found`` (and
   ``allo``'s test split, ``folder``).
@@ -16,13 +18,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from .bags import bag_dataset
 from .benchmarks import (fishyscapes_laf, fishyscapes_static, lost_and_found, road_anomaly,
                          smiyc_anomaly, smiyc_obstacle)
 from .frames import ImageDataset, Record, Sample, read_image, read_label
 from .inlier_sets import allo, camvid, cityscapes, folder, idd_lite, kitti_road
 from .layout import IMAGE_EXTS
 
-TRAIN_DATASETS = ("cityscapes", "camvid", "idd_lite", "kitti_road", "allo", "folder")
+TRAIN_DATASETS = ("cityscapes", "camvid", "idd_lite", "kitti_road", "allo", "folder", "bag")
 EVAL_DATASETS = ("road_anomaly", "fishyscapes_laf", "fishyscapes_static", "smiyc_anomaly",
                  "smiyc_obstacle", "lost_and_found", "allo", "folder")
 
@@ -31,6 +34,7 @@ READERS: dict[str, Callable[..., ImageDataset]] = {
     "camvid": camvid,
     "idd_lite": idd_lite,
     "kitti_road": kitti_road,
+    "bag": bag_dataset,
     "allo": allo,
     "folder": folder,
     "road_anomaly": road_anomaly,

@@ -66,28 +66,33 @@ def load_checkpoint_model(path: str | Path, backbone_weights: str | None = None)
     return model.eval(), data
 
 
-def calibrate(model: FlowCLAS, root: str | Path, input_size: tuple[int, int], fpr: float,
-              device: str = "cpu") -> dict:
-    """Threshold at ``fpr`` and display range from a labelled folder dataset (see module doc)."""
-    root = Path(root)
+def _valid_scores(model: FlowCLAS, dataset, input_size, device) -> tuple[np.ndarray, np.ndarray, int]:
+    """(scores, labels) of every non-void pixel of ``dataset``, scored as the runtime does."""
     score = model_scorer(model, device, input_size=input_size)  # as the runtime runs the bundle
     scores, labels = [], []
-    n = 0
-    for sample in build_dataset("folder", root):
-        name, label = sample.name, sample.label
+    for sample in dataset:
         heat = score(sample)
-        if heat.shape != label.shape:
-            raise ValueError(f"calibration frame {name}: label {label.shape} vs image {heat.shape}")
-        valid = label != VOID
+        if heat.shape != sample.label.shape:
+            raise ValueError(f"calibration frame {sample.name}: label {sample.label.shape} vs "
+                             f"image {heat.shape}")
+        valid = sample.label != VOID
         scores.append(heat[valid])
-        labels.append(label[valid].astype(np.uint8))
-        n += 1
-    if n == 0:
-        raise ValueError(f"no calibration frames found in {root} (expected images/ and labels/)")
-    s, lab = np.concatenate(scores), np.concatenate(labels)
+        labels.append(sample.label[valid].astype(np.uint8))
+    if not scores:
+        raise ValueError("no calibration frames")
+    return np.concatenate(scores), np.concatenate(labels), len(scores)
+
+
+def calibrate(model: FlowCLAS, root, input_size: tuple[int, int], fpr: float,
+              device: str = "cpu", name: str | None = None) -> dict:
+    """Threshold at ``fpr`` and display range from a labelled folder dataset (see module doc);
+    ``root`` may also be an ImageDataset (``name`` then says what it is)."""
+    dataset = build_dataset("folder", root) if isinstance(root, (str, Path)) else root
+    name = name or Path(root).name
+    s, lab, n = _valid_scores(model, dataset, input_size, device)
     inl = s[lab == INLIER]
     if inl.size == 0:
-        raise ValueError(f"the calibration set {root} has no inlier (0) pixels")
+        raise ValueError(f"the calibration set {name} has no inlier (0) pixels")
     thr = threshold_at_fpr(s, lab, fpr)
     lo = float(np.percentile(inl, INLIER_LO_PCT))
     hi = float(np.percentile(s, ALL_HI_PCT))
@@ -101,9 +106,33 @@ def calibrate(model: FlowCLAS, root: str | Path, input_size: tuple[int, int], fp
              n, thr, fpr, lo, hi)
     return {"threshold": thr, "score_range": (lo, hi), "metrics": metrics,
             "threshold_method": f"smallest threshold with inlier-pixel FPR <= {fpr} on {n} frames "
-                                f"of {root.name} (scored as the runtime does)",
+                                f"of {name} (scored as the runtime does)",
             "score_range_method": f"({INLIER_LO_PCT}th percentile of inlier scores, "
-                                  f"{ALL_HI_PCT}th percentile of all valid scores) on {root.name}"}
+                                  f"{ALL_HI_PCT}th percentile of all valid scores) on {name}"}
+
+
+def calibrate_on_bag(model: FlowCLAS, bag: str | Path, topic: str, input_size: tuple[int, int],
+                     fpr: float, device: str = "cpu", stride: int = 1) -> dict:
+    """Threshold so that at most ``fpr`` of the pixels of the robot's own normal frames are
+    flagged: calibrated on the bag's ``calibration`` part (every pixel an inlier: a recording of
+    normal operation), the rate then measured on its held-out ``test`` part (later in time)."""
+    from flowclas_ros.data.bags import bag_dataset
+
+    cal_set = bag_dataset(bag, "calibration", topic=topic, stride=stride, log=log.info)
+    test_set = bag_dataset(bag, "test", topic=topic, stride=stride, log=log.info)
+    if len(cal_set) == 0:
+        raise ValueError(f"bag {bag}: its calibration part (by time) has no frames of {topic}")
+    label = f"the calibration part of {Path(bag).name} ({topic})"
+    cal = calibrate(model, cal_set, input_size, fpr, device, name=label)
+    if len(test_set):
+        s, lab, n = _valid_scores(model, test_set, input_size, device)
+        cal["metrics"]["test_frames"] = n
+        cal["metrics"]["test_fpr_at_threshold"] = float((s >= cal["threshold"]).mean())
+    cal["metrics"].update(bag=str(bag), topic=topic, promised_fpr=fpr)
+    log.info("bag calibration: FPR %.4f promised, %.4f on %d held-out test frames", fpr,
+             cal["metrics"].get("test_fpr_at_threshold", float("nan")),
+             cal["metrics"].get("test_frames", 0))
+    return cal
 
 
 def photo_statistics(model: FlowCLAS, input_size: tuple[int, int], device: str = "cpu") -> dict:
@@ -140,6 +169,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="auto: dynamo first (TorchScript first with --dynamic), the other on "
                         "failure; the manifest records which one worked")
     p.add_argument("--calibration", help="folder dataset (images/, labels/) for the threshold")
+    p.add_argument("--calibration-bag", help="calibrate on a recording of normal operation "
+                   "instead: a rosbag2 folder or an .mcap file (its calibration part by time; "
+                   "the rate is then measured on its test part)")
+    p.add_argument("--topic", help="the camera topic of --calibration-bag")
     p.add_argument("--fpr", type=float, default=0.05, help="inlier false-positive rate of the "
                                                           "calibrated threshold (default 0.05)")
     p.add_argument("--threshold", type=float, help="mask threshold on the raw score (overrides)")
@@ -173,7 +206,13 @@ def main(argv=None) -> int:
 def _export(args) -> int:
     model, ckpt = load_checkpoint_model(args.checkpoint, args.backbone_weights)
     size = tuple(args.input_size) if args.input_size else default_input_size(model.config)
-    if args.calibration:
+    if args.calibration_bag:
+        if not args.topic:
+            raise ValueError("--calibration-bag needs --topic (the bag's camera topic)")
+        cal = calibrate_on_bag(model, args.calibration_bag, args.topic, size, args.fpr,
+                               args.device)
+        fpr = args.fpr
+    elif args.calibration:
         cal = calibrate(model, args.calibration, size, args.fpr, args.device)
         fpr = args.fpr
     else:

@@ -17,9 +17,10 @@ after the parameter is fixed, can succeed.
 Data path (one frame in flight)::
 
     image (sub, executor thread): validate sizes O(1) -> single-slot mailbox (a newer frame
-        replaces the waiting one: never a queue)
-    worker thread: mailbox -> numpy RGB -> backend.infer(only the outputs someone subscribes
-        to) -> anomaly/heatmap (32FC1), anomaly/mask (mono8), anomaly/overlay (bgr8), each with
+        replaces the waiting one: never a queue); or image/compressed (image_transport:
+        compressed): the format field only
+    worker thread: mailbox -> numpy RGB (jpeg/png decoded here) -> backend.infer(only the
+        outputs someone subscribes to) -> anomaly/heatmap (32FC1), anomaly/mask (mono8), anomaly/overlay (bgr8), each with
         the input header unchanged
 
 Inference runs on the worker thread (:mod:`.mailbox`), so the lifecycle and parameter services
@@ -46,13 +47,14 @@ from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallba
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import QoSProfile, ReliabilityPolicy, HistoryPolicy, qos_profile_sensor_data
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CompressedImage, Image
 
 from ..paths import package_file
 from . import parameters
 from .diagnostics import node_status
 from .image_conversion import (ImageFormatError, ImageLayout, ImageTooLarge, bgr_to_msg,
-                               heatmap_to_msg, image_to_rgb, mask_to_msg, validate_image)
+                               compressed_format, compressed_to_rgb, heatmap_to_msg,
+                               image_to_rgb, mask_to_msg, validate_image)
 from .mailbox import InferenceWorker
 from .stats import Counters, LatencyWindow, RateMeter
 
@@ -90,8 +92,8 @@ def _default_backend_factory(bundle, backend: str, device: str, precision: str, 
 
 @dataclass
 class _Frame:
-    msg: Image
-    layout: ImageLayout
+    msg: Image | CompressedImage
+    layout: ImageLayout | None  # raw frames: validated sizes; compressed: None (decoded later)
     received: float  # time.monotonic() when the subscription callback got it
 
 
@@ -284,8 +286,13 @@ class AnomalyNode(LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         qos_name = self.get_parameter("image_qos").value
         qos = qos_profile_sensor_data if qos_name == "sensor_data" else RELIABLE_INPUT_QOS
+        # image_transport's naming: raw on `image`, compressed on `image/compressed`
+        if self.get_parameter("image_transport").value == "compressed":
+            msg_type, topic, callback = CompressedImage, "image/compressed", self._on_compressed
+        else:
+            msg_type, topic, callback = Image, "image", self._on_image
         self._sub = self.create_subscription(
-            Image, "image", self._on_image, qos, callback_group=self._sub_group,
+            msg_type, topic, callback, qos, callback_group=self._sub_group,
             event_callbacks=_no_event_handlers(SubscriptionEventCallbacks))
         ret = super().on_activate(state)  # enables the lifecycle publishers
         self.state_label = "active"
@@ -357,24 +364,44 @@ class AnomalyNode(LifecycleNode):
         self.counters.add("received")
         try:
             layout = validate_image(msg, self._max_pixels)
-        except ImageTooLarge as exc:
-            self.counters.add("oversize")
-            self.get_logger().warning(f"frame refused: {exc} (raise max_image_pixels to accept "
-                                      f"it)", throttle_duration_sec=5.0)
-            return
-        except ImageFormatError as exc:
-            self.counters.add("malformed")
-            self.get_logger().warning(f"malformed image dropped: {exc}",
-                                      throttle_duration_sec=5.0)
-            return
-        except Exception as exc:  # defensive: a message we cannot even read
-            self.counters.add("malformed")
-            self.get_logger().warning(f"unreadable image dropped: {exc!r}",
-                                      throttle_duration_sec=5.0)
+        except Exception as exc:
+            self._refuse(exc)
             return
         worker = self._worker
         if worker is not None and worker.submit(_Frame(msg, layout, now)):
             self.counters.add("replaced")
+
+    def _on_compressed(self, msg: CompressedImage) -> None:
+        """Executor thread: the format field only (decoding waits for the worker), then the
+        single-slot mailbox. Never raises."""
+        now = time.monotonic()
+        self._in_rate.tick(now)
+        self.counters.add("received")
+        try:
+            compressed_format(msg.format)
+            if len(msg.data) == 0:
+                raise ImageFormatError("compressed image has no data")
+        except Exception as exc:
+            self._refuse(exc)
+            return
+        worker = self._worker
+        if worker is not None and worker.submit(_Frame(msg, None, now)):
+            self.counters.add("replaced")
+
+    def _refuse(self, exc: Exception) -> None:
+        """Count and log (throttled) a frame that cannot be used; the node goes on."""
+        if isinstance(exc, ImageTooLarge):
+            self.counters.add("oversize")
+            self.get_logger().warning(f"frame refused: {exc} (raise max_image_pixels to accept "
+                                      f"it)", throttle_duration_sec=5.0)
+        elif isinstance(exc, ImageFormatError):
+            self.counters.add("malformed")
+            self.get_logger().warning(f"malformed image dropped: {exc}",
+                                      throttle_duration_sec=5.0)
+        else:  # defensive: a message we cannot even read
+            self.counters.add("malformed")
+            self.get_logger().warning(f"unreadable image dropped: {exc!r}",
+                                      throttle_duration_sec=5.0)
 
     def _on_inference_error(self, exc: Exception) -> None:
         self.counters.add("errors")
@@ -387,7 +414,14 @@ class AnomalyNode(LifecycleNode):
         if not any(want.values()):
             self.counters.add("skipped")  # nobody listens: compute nothing
             return
-        rgb = image_to_rgb(frame.msg, layout=frame.layout)
+        if frame.layout is None:  # compressed: decoded here, off the executor
+            try:
+                rgb = compressed_to_rgb(frame.msg, self._max_pixels)
+            except Exception as exc:  # truncated, corrupt, oversize: counted, dropped
+                self._refuse(exc)
+                return
+        else:
+            rgb = image_to_rgb(frame.msg, layout=frame.layout)
         with self._backend_lock:
             be = self._backend
             if be is None:  # released while the frame waited

@@ -3,7 +3,7 @@
     python -m flowclas_ros.node.bench_node [--bundle DIR] [--frames 100] [--width 640 --height 480]
 
 The ``flowclas_anomaly`` node runs with its own rclpy Context (its own DDS participant) and a
-single-threaded executor, as ``anomaly_node`` does; the bench is a second participant that
+multi-threaded executor of 3 threads, as ``anomaly_node`` has; the bench is a second participant that
 publishes ``sensor_msgs/Image`` rgb8 frames and subscribes to ``anomaly/heatmap`` only (so the
 node computes only the heatmap, as it would for such a consumer). Closed loop: the next frame is
 published once the previous heatmap arrived, so the numbers are latency, not queueing.
@@ -14,7 +14,9 @@ published once the previous heatmap arrived, so the numbers are latency, not que
 
 Bundle: ``--bundle``, else the demo bundle ``models/flowclas_lite0_camvid`` when it exists, else
 an EfficientNet-Lite0 + 8-step flow model exported to a temporary bundle at the frame size.
-Prints one JSON object (p50/p99/mean of both, their ratio; the goal is ratio <= 1.15).
+Prints one JSON object (p50/p99/mean of both, their ratio; the goal is ratio <= 1.15), and the
+cost of decoding one compressed frame of that size (``image_transport: compressed``: jpeg
+quality 90 and png, as the node's worker decodes them).
 Both nodes share one Python process (and its GIL), which can only make end-to-end slower.
 """
 from __future__ import annotations
@@ -31,6 +33,33 @@ from pathlib import Path
 import numpy as np
 
 GOAL_RATIO = 1.15
+
+
+def decode_cost(width: int, height: int, n: int = 50, quality: int = 90) -> dict:
+    """Time of decoding one compressed frame (image_transport's jpeg, and png) to RGB, as the
+    node's worker does for ``image_transport: compressed``: p50/p99 ms of ``n`` decodes of a
+    real photograph resized to width x height."""
+    from types import SimpleNamespace
+
+    from PIL import Image as PILImage
+
+    from flowclas_ros.export.onnx_export import sample_images
+    from flowclas_ros.image_codec import compressed_to_rgb, rgb_to_compressed
+
+    from .stats import percentile_summary
+
+    photo = np.asarray(PILImage.fromarray(sample_images()[0][1]).resize((width, height)))
+    out = {}
+    for codec in ("jpeg", "png"):
+        data = rgb_to_compressed(photo, codec, quality)
+        msg = SimpleNamespace(format=codec, data=data)
+        ms = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            compressed_to_rgb(msg)
+            ms.append((time.perf_counter() - t0) * 1e3)
+        out[codec] = {"bytes": len(data), **percentile_summary(ms)}
+    return out
 
 
 def build_fallback_bundle(out_dir: Path, height: int, width: int) -> Path:
@@ -78,7 +107,7 @@ def run(bundle: Path, *, frames: int, warmup: int, height: int, width: int, back
     import rclpy
     from rclpy.lifecycle import TransitionCallbackReturn
     from rclpy.context import Context
-    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
     from rclpy.node import Node
     from rclpy.parameter import Parameter
     from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -111,9 +140,9 @@ def run(bundle: Path, *, frames: int, warmup: int, height: int, width: int, back
 
     made: list[Recording] = []
 
-    def factory(b, backend_, device_, precision_):
+    def factory(b, backend_, device_, precision_, **options):
         made.append(Recording(create_backend(b, backend=backend_, device=device_,
-                                             precision=precision_)))
+                                             precision=precision_, **options)))
         return made[-1]
 
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
@@ -126,7 +155,7 @@ def run(bundle: Path, *, frames: int, warmup: int, height: int, width: int, back
                                             Parameter("backend", value=backend),
                                             Parameter("device", value=device),
                                             Parameter("precision", value=precision)])
-    node_exec = SingleThreadedExecutor(context=node_ctx)
+    node_exec = MultiThreadedExecutor(num_threads=3, context=node_ctx)
     node_exec.add_node(node)
     bench = Node("flowclas_bench", context=bench_ctx)
     bench_exec = SingleThreadedExecutor(context=bench_ctx)
@@ -230,6 +259,7 @@ def main(argv=None) -> int:
         result = run(bundle, frames=args.frames, warmup=args.warmup, height=args.height,
                      width=args.width, backend=args.backend, device=args.device,
                      precision=args.precision, domain_id=args.domain_id)
+        result["compressed_decode_ms"] = decode_cost(args.width, args.height)
         if args.bundle is None and bundle.parent == Path(tmp):
             result["bundle"] = "temporary EfficientNet-Lite0 + 8-step flow (untrained flow)"
     text = json.dumps(result, indent=2)

@@ -1,15 +1,22 @@
-"""``image_player``: publishes a folder of images or a video file as sensor_msgs/Image.
+"""``image_player``: publishes a folder of images, a video file or a recording as a camera would.
 
 A stand-in camera for demos and tests: ``ros2 run flowclas_ros image_player --ros-args
 -p source:=/path/to/frames -p rate:=10.0``. Frames are decoded lazily, one per tick, and
 published on ``image`` (relative: follows the namespace, remappable) as rgb8 with the current
-time as stamp.
+time as stamp; with ``transport: compressed`` as sensor_msgs/CompressedImage (jpeg) on
+``image/compressed``, image_transport's name.
 
-Parameters: source (folder, image file or video file; default: the shipped demo sequence),
-rate (Hz), loop (restart at the end), frame_id, max_frames (0 = all).
+A rosbag2 folder or an .mcap file (``source``) is replayed from ``topic``, with each message's
+**original header stamp and frame_id**, at its recorded rate (``rate: 0``) or at ``rate`` Hz.
+
+Parameters: source (folder, image file, video file, rosbag2 folder or .mcap; default: the
+shipped demo sequence), topic (bags), rate (Hz; 0 = a bag's recorded rate), loop (restart at
+the end), frame_id, max_frames (0 = all), transport (raw or compressed).
 """
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -18,101 +25,130 @@ import rclpy
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CompressedImage, Image
 
-from .image_conversion import numpy_to_msg
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v"}
+from ..data.frame_sources import iter_frames
+from ..paths import package_file
+from .image_conversion import compressed_to_msg, numpy_to_msg
 
 
 def default_sequence() -> Path:
     """The demo sequence shipped with the package (installed share/ first, then the source tree)."""
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        installed = Path(get_package_share_directory("flowclas_ros")) / "models" / "demo_sequence"
-        if installed.is_dir():
-            return installed
-    except Exception:  # not installed with colcon: use the source tree
-        pass
-    return Path(__file__).resolve().parents[2] / "models" / "demo_sequence"
+    return package_file("models", "demo_sequence")
 
 
-def list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+def is_bag(path: str | Path) -> bool:
+    """A rosbag2 folder (metadata.yaml) or an .mcap / .db3 file."""
+    p = Path(path)
+    return (p.is_dir() and (p / "metadata.yaml").is_file()) or p.suffix.lower() in (".mcap",
+                                                                                     ".db3")
 
 
-def iter_frames(source: str | Path) -> Iterator[np.ndarray]:
-    """(H, W, 3) uint8 RGB frames of a folder, an image file or a video file, in order."""
-    from PIL import Image as PILImage
+@dataclass
+class Frame:
+    """A frame to publish: pixels, and for a recording its receive time and header."""
 
-    path = Path(source)
-    if not path.exists():
-        raise FileNotFoundError(f"image source {path} does not exist: give a folder of images "
-                                "or a video file")
-    if path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES:
-        files = list_images(path) if path.is_dir() else [path]
-        if not files:
-            raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {path}")
-        for f in files:
-            with PILImage.open(f) as im:
-                yield np.asarray(im.convert("RGB"))
+    rgb: np.ndarray
+    timestamp: int | None = None  # ns, a recording's receive time
+    stamp: tuple[int, int] | None = None  # the recorded header stamp (sec, nanosec)
+    frame_id: str | None = None
+
+
+def iter_source(source: str | Path, topic: str = "") -> Iterator[Frame]:
+    """The frames of a folder, image, video (no stamps) or bag (recorded stamps), in order."""
+    if is_bag(source):
+        from flowclas_ros.data.bags import BagSelection, bag_topics, iter_bag_frames
+
+        if not topic:
+            raise ValueError(f"{source} is a recording: set the topic to replay (one of "
+                             f"{sorted(bag_topics(source))})")
+        for f in iter_bag_frames(source, BagSelection(topic=topic)):
+            yield Frame(f.rgb, f.timestamp, f.stamp, f.frame_id)
         return
-    if path.suffix.lower() not in VIDEO_SUFFIXES:
-        raise ValueError(f"{path}: not a folder, an image or a video "
-                         f"({', '.join(sorted(VIDEO_SUFFIXES))})")
-    import av  # PyAV bundles FFmpeg: no system codec needed
-
-    with av.open(str(path)) as container:
-        for frame in container.decode(video=0):
-            yield frame.to_ndarray(format="rgb24")
+    for rgb in iter_frames(source):
+        yield Frame(rgb)
 
 
 class ImagePlayer(Node):
-    """Publishes frames from ``source`` at ``rate`` Hz on ``image``; counts what it sent."""
+    """Publishes frames from ``source`` on ``image`` (or ``image/compressed``); counts what it
+    sent and keeps each published stamp's publish time (``sent_at``, ns of this node's clock)."""
 
     def __init__(self, node_name: str = "image_player", **kwargs):
         super().__init__(node_name, **kwargs)
         self.declare_parameter("source", str(default_sequence()))
+        self.declare_parameter("topic", "")
         self.declare_parameter("rate", 10.0)
         self.declare_parameter("loop", False)
         self.declare_parameter("frame_id", "camera")
         self.declare_parameter("max_frames", 0)
-        self.publisher = self.create_publisher(
-            Image, "image", QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE))
+        self.declare_parameter("transport", "raw")
+        qos = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
+        self.compressed = self.get_parameter("transport").value == "compressed"
+        if self.get_parameter("transport").value not in ("raw", "compressed"):
+            raise ValueError("transport must be raw or compressed")
+        self.publisher = (self.create_publisher(CompressedImage, "image/compressed", qos)
+                          if self.compressed else self.create_publisher(Image, "image", qos))
         self.sent = 0
+        self.sent_at: dict[tuple[int, int], int] = {}
         self.finished = False
-        self._frames: Iterator[np.ndarray] | None = None
+        self._frames: Iterator[Frame] | None = None
         self._timer = None
+        self._pending: Frame | None = None
+        self._t0: tuple[float, int] | None = None  # (wall start, first recorded timestamp)
 
     def start(self) -> None:
         """Start publishing (separate from construction so a caller can wait for subscribers)."""
         rate = float(self.get_parameter("rate").value)
-        if rate <= 0:
-            raise ValueError(f"rate must be > 0 Hz, got {rate}")
-        self._frames = iter_frames(self.get_parameter("source").value)
-        self._timer = self.create_timer(1.0 / rate, self._tick)
+        source = self.get_parameter("source").value
+        recorded = rate <= 0
+        if recorded and not is_bag(source):
+            raise ValueError(f"rate must be > 0 Hz for {source} (0 = the recorded rate, bags only)")
+        self._frames = self._open()
+        # recorded rate: a fine tick that publishes each frame when its recorded time has come
+        self._timer = self.create_timer(0.002 if recorded else 1.0 / rate, self._tick)
 
-    def _next_frame(self) -> np.ndarray | None:
+    def _open(self) -> Iterator[Frame]:
+        return iter_source(self.get_parameter("source").value, self.get_parameter("topic").value)
+
+    def _next_frame(self) -> Frame | None:
         try:
             return next(self._frames)
         except StopIteration:
             if not self.get_parameter("loop").value:
                 return None
-            self._frames = iter_frames(self.get_parameter("source").value)
+            self._frames, self._t0 = self._open(), None
             return next(self._frames, None)
+
+    def _due(self, frame: Frame) -> bool:
+        if float(self.get_parameter("rate").value) > 0 or frame.timestamp is None:
+            return True
+        now = time.monotonic()
+        if self._t0 is None:
+            self._t0 = (now, frame.timestamp)
+        return now - self._t0[0] >= (frame.timestamp - self._t0[1]) / 1e9
 
     def _tick(self) -> None:
         limit = int(self.get_parameter("max_frames").value)
-        frame = None if (limit and self.sent >= limit) else self._next_frame()
-        if frame is None:
-            self.finished = True
-            self._timer.cancel()
+        if self._pending is None:
+            self._pending = None if (limit and self.sent >= limit) else self._next_frame()
+            if self._pending is None:
+                self.finished = True
+                self._timer.cancel()
+                return
+        frame = self._pending
+        if not self._due(frame):
             return
-        msg = numpy_to_msg(frame, "rgb8")
-        msg.header.stamp = self.get_clock().now().to_msg()
-        msg.header.frame_id = self.get_parameter("frame_id").value
+        self._pending = None
+        msg = compressed_to_msg(frame.rgb) if self.compressed else numpy_to_msg(frame.rgb, "rgb8")
+        now = self.get_clock().now()
+        if frame.stamp is not None:  # a recording keeps its own stamps
+            msg.header.stamp.sec, msg.header.stamp.nanosec = frame.stamp
+        else:
+            msg.header.stamp = now.to_msg()
+        msg.header.frame_id = frame.frame_id or self.get_parameter("frame_id").value
+        self.sent_at[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = now.nanoseconds
+        while len(self.sent_at) > 10000:  # bounded: a long replay keeps the recent ones
+            del self.sent_at[next(iter(self.sent_at))]
         self.publisher.publish(msg)
         self.sent += 1
 

@@ -19,7 +19,7 @@ from typing import Any, Callable
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 ParameterType, SetParametersResult)
 
-from ..options import BACKENDS, COLORMAPS, DEVICE_PATTERN, IMAGE_QOS, PRECISIONS
+from ..options import BACKENDS, COLORMAPS, DEVICE_PATTERN, IMAGE_QOS, IMAGE_TRANSPORTS, PRECISIONS
 
 LIVE, STRUCTURAL, READ_ONLY = "live", "structural", "read_only"
 DEFAULT_MAX_PIXELS = 3840 * 2160  # 4K UHD; an 8K frame (33 Mpx) is refused by default
@@ -129,6 +129,10 @@ def table() -> tuple[Param, ...]:
         Param("image_qos", str, "sensor_data", READ_ONLY,
               "QoS of the image subscription: sensor_data (best effort, keep last 5) or "
               "reliable (keep last 2). Read-only: set it at start-up.", choices=IMAGE_QOS),
+        Param("image_transport", str, "raw", READ_ONLY,
+              "raw: sensor_msgs/Image on `image`; compressed: sensor_msgs/CompressedImage (jpeg "
+              "or png) on `image/compressed`, decoded on the inference thread. Read-only.",
+              choices=IMAGE_TRANSPORTS),
         Param("publish_heatmap", bool, True, LIVE,
               "Publish anomaly/heatmap (32FC1 raw score). Computed only with a subscriber."),
         Param("publish_mask", bool, True, LIVE,

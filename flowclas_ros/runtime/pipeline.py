@@ -70,7 +70,8 @@ def _resize_axis0(img: np.ndarray, n_out: int) -> np.ndarray:
     guard = np.issubdtype(img.dtype, np.floating)
     out = np.zeros((n_out,) + img.shape[1:], np.float32)
     for j in range(idx.shape[1]):
-        term = img[idx[:, j]].astype(np.float32) * w[:, j, None, None]
+        with np.errstate(invalid="ignore"):  # inf * 0 at a zero tap: set to 0 just below
+            term = img[idx[:, j]].astype(np.float32) * w[:, j, None, None]
         if guard:
             term[w[:, j] == 0] = 0.0
         out += term

@@ -71,6 +71,18 @@ class InlierSet:
 
 
 @dataclass
+class BagSettings:
+    """For ``data.dataset: bag`` (``data.root`` = a rosbag2 folder or an .mcap file): which
+    frames. They are split by time into train / calibration / test (flowclas_ros.data.bags);
+    training reads ``data.split`` (train)."""
+
+    topic: str = ""
+    start_s: float | None = None  # seconds from the start of the bag
+    end_s: float | None = None
+    stride: int = 1  # every stride-th frame
+
+
+@dataclass
 class PhotometricConfig:
     """Camera-like changes of the frame (after pasting, so the object shares them): a new camera
     should not look anomalous. Each is drawn per sample; ``enabled: false`` draws nothing."""
@@ -102,6 +114,7 @@ class DataConfig:
     split: str = "train"
     limit: int | None = None  # use only the first N training images (tests, quick runs)
     extra: list[InlierSet] = field(default_factory=list)  # more inlier sets
+    bag: BagSettings = field(default_factory=BagSettings)  # dataset "bag" only
     image_size: list[int] | None = None  # [H, W] resize before cropping
     scale_range: list[float] | None = None  # [lo, hi] random rescale factor
     crop: list[int] | None = None  # [H, W] random crop
@@ -414,6 +427,9 @@ def validate(cfg: TrainConfig) -> None:
          "data.paste.mode must be 'hardcopy' or 'composite'"),
         (cfg.eval.every >= 0, "eval.every must be >= 0"),
         (t.schedule in SCHEDULES, f"train.schedule must be one of {SCHEDULES}, got {t.schedule!r}"),
+        (d.dataset != "bag" or bool(d.bag.topic),
+         "data.dataset bag needs data.bag.topic (train --topic NAME): the camera topic to read"),
+        (d.bag.stride >= 1, "data.bag.stride must be >= 1"),
         (d.label_mode in ("nearest", "area"), "data.label_mode must be 'nearest' or 'area'"),
         (d.outlier_granularity in ("image", "instance"),
          "data.outlier_granularity must be 'image' or 'instance'"),
@@ -450,7 +466,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 __all__ = ["BackboneConfig", "CacheConfig", "ConfigError", "DataConfig", "EvalConfig",
-           "FlowConfig", "InlierSet", "ModelConfig", "PasteSettings", "PhotometricConfig",
+           "BagSettings", "FlowConfig", "InlierSet", "ModelConfig", "PasteSettings", "PhotometricConfig",
            "TrainConfig", "TrainSettings",
            "apply_overrides", "expand_path", "load_config", "parse_override", "set_key",
            "validate"]

@@ -1,5 +1,8 @@
 """``train`` console script: ``train --config FILE [key=value ...] [--resume] [--out DIR]``.
 
+``--bag PATH --topic NAME`` trains on a robot's recording (rosbag2 or MCAP): its frames of that
+topic, split by time (flowclas_ros.data.bags), are the inliers.
+
 Also ``ros2 run flowclas_ros train ...`` and, for several GPUs (or CPU processes with gloo),
 ``torchrun --nproc_per_node=N -m flowclas_ros.training.train --config FILE``.
 
@@ -62,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="config overrides with dotted keys, e.g. train.lr=1e-4 train.objective=nll")
     p.add_argument("--out", default=None, help="output folder (overrides the config's 'out')")
+    p.add_argument("--bag", default=None, help="train on a recording: a rosbag2 folder or an "
+                                               ".mcap file (data.dataset=bag, data.root=BAG)")
+    p.add_argument("--topic", default=None, help="the bag's camera topic (data.bag.topic)")
     p.add_argument("--resume", action="store_true",
                    help="continue from OUT/checkpoints/last.pt (exactly where it stopped)")
     p.add_argument("--overwrite", action="store_true", help="start over in an OUT that holds a run")
@@ -76,6 +82,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         datefmt="%H:%M:%S")
     try:
         overrides = list(args.overrides) + (["train.progress=false"] if args.quiet else [])
+        if args.bag:
+            overrides += ["data.dataset=bag", f"data.root={args.bag}", "data.split=train"]
+        if args.topic:
+            overrides.append(f"data.bag.topic={args.topic}")
         cfg = load_config(resolve_config(args.config), overrides)
     except (ConfigError, FileNotFoundError) as exc:
         print(f"train: error: {exc}", file=sys.stderr)

@@ -163,7 +163,9 @@ class Trainer:
         parts = []
         for ds_name, root, split, limit in [(d.dataset, d.root, d.split, d.limit)] + [
                 (e.dataset, e.root, e.split, e.limit) for e in d.extra]:
-            ds = build_dataset(ds_name, root, split)
+            kw = ({"topic": d.bag.topic, "start_s": d.bag.start_s, "end_s": d.bag.end_s,
+                   "stride": d.bag.stride, "log": self.log} if ds_name == "bag" else {})
+            ds = build_dataset(ds_name, root, split, **kw)
             parts.append((ds, len(ds) if limit is None else min(limit, len(ds))))
         self.dataset = parts[0][0] if len(parts) == 1 else Frames(parts)
         n = sum(k for _, k in parts)
@@ -217,6 +219,7 @@ class Trainer:
             **({"extra": [[e.dataset, str(Path(e.root).resolve()), e.split, e.limit]
                           for e in d.extra]} if d.extra else {}),
             **({"scale_range": d.scale_range} if d.scale_range else {}),
+            **({"bag": d.bag.__dict__} if d.dataset == "bag" else {}),
             **({"photometric": d.photometric.__dict__} if d.photometric.enabled else {}),
             **({"label_mode": d.label_mode} if d.label_mode != "nearest" else {}),
             **({"outliers_by": [d.outlier_granularity, d.held_out_classes]}

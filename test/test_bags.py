@@ -1,0 +1,278 @@
+"""Robot recordings: bags written here (rosbag2 sqlite3 and MCAP, raw and compressed images, an
+encoding the node rejects, truncated data), read as training data, calibrated on, replayed by
+the player, their outputs written to a new bag, and compressed frames into the node."""
+import json
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+rosbags = pytest.importorskip("rosbags", reason="the rosbags package is not installed")
+
+from rosbags.rosbag2 import StoragePlugin, Writer  # noqa: E402
+from rosbags.typesys import Stores, get_typestore  # noqa: E402
+
+from flowclas_ros.data.bags import (BagSelection, bag_dataset, bag_topics,  # noqa: E402
+                                    iter_bag_frames, time_split)
+from flowclas_ros.data.datasets import build_dataset  # noqa: E402
+from flowclas_ros.image_codec import (ImageFormatError, compressed_to_rgb,  # noqa: E402
+                                      rgb_to_compressed)
+
+TS = get_typestore(Stores.ROS2_JAZZY)
+
+
+def frame(i: int, h: int = 24, w: int = 32) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w]
+    return np.stack([yy * 4 + i * 3, xx * 5, np.full_like(yy, 60 + i)], -1).astype(np.uint8)
+
+
+def write_bag(path: Path, n: int = 20, *, storage=StoragePlugin.MCAP, compressed=False,
+              bad: dict | None = None, period_s: float = 0.5, topic="/cam/image") -> Path:
+    """n frames at 1/period_s Hz; ``bad``: {index: "encoding" | "truncated"} broken messages."""
+    Image = TS.types["sensor_msgs/msg/Image"]
+    CI = TS.types["sensor_msgs/msg/CompressedImage"]
+    Header = TS.types["std_msgs/msg/Header"]
+    Time = TS.types["builtin_interfaces/msg/Time"]
+    msgtype = (CI if compressed else Image).__msgtype__
+    with Writer(path, version=9, storage_plugin=storage) as w:
+        conn = w.add_connection(topic, msgtype, typestore=TS)
+        other = w.add_connection("/imu", "std_msgs/msg/String", typestore=TS)
+        for i in range(n):
+            t_ns = 1_700_000_000_000_000_000 + int(i * period_s * 1e9)
+            header = Header(stamp=Time(sec=100 + i, nanosec=7), frame_id="cam")
+            rgb = frame(i)
+            kind = (bad or {}).get(i)
+            if compressed:
+                data = rgb_to_compressed(rgb, "jpeg" if i % 2 else "png")
+                if kind == "truncated":
+                    data = data[: len(data) // 2]
+                msg = CI(header=header, format="rgb8; jpeg compressed bgr8" if i % 2 else "png",
+                         data=np.frombuffer(data, np.uint8))
+            else:
+                enc = "yuv422" if kind == "encoding" else "bgr8"
+                data = rgb[:, :, ::-1].reshape(-1)
+                if kind == "truncated":
+                    data = data[:-10]
+                msg = Image(header=header, height=24, width=32, encoding=enc, is_bigendian=0,
+                            step=96, data=np.ascontiguousarray(data))
+            w.write(conn, t_ns, TS.serialize_cdr(msg, msgtype))
+            w.write(other, t_ns, TS.serialize_cdr(TS.types["std_msgs/msg/String"](data="x"),
+                                                  "std_msgs/msg/String"))
+    return path
+
+
+@pytest.mark.parametrize("storage", [StoragePlugin.MCAP, StoragePlugin.SQLITE3])
+@pytest.mark.parametrize("compressed", [False, True])
+def test_bags_stream_their_frames(tmp_path, storage, compressed):
+    bag = write_bag(tmp_path / "bag", storage=storage, compressed=compressed)
+    topics = bag_topics(bag)
+    assert list(topics) == ["/cam/image"] and topics["/cam/image"][1] == 20
+    counts: dict = {}
+    frames = list(iter_bag_frames(bag, BagSelection("/cam/image", stride=3), counts))
+    assert counts["messages"] == 20 and counts["frames"] == 7 and counts["skipped"] == 0
+    assert [f.stamp for f in frames[:2]] == [(100, 7), (103, 7)] and frames[0].frame_id == "cam"
+    for f, i in zip(frames, range(0, 20, 3)):
+        err = np.abs(f.rgb.astype(int) - frame(i))
+        if compressed and i % 2:  # jpeg is lossy
+            assert err.mean() < 4
+        else:
+            assert err.max() == 0
+    # a time range in seconds from the start of the recording: frames 4..9 at 2 Hz
+    window = list(iter_bag_frames(bag, BagSelection("/cam/image", start_s=2.0, end_s=4.9)))
+    assert [f.stamp[0] for f in window] == list(range(104, 110))
+
+
+def test_a_bare_mcap_file_and_bad_messages(tmp_path):
+    write_bag(tmp_path / "bag", bad={3: "encoding", 5: "truncated"})
+    mcap = next((tmp_path / "bag").glob("*.mcap"))
+    counts: dict = {}
+    frames = list(iter_bag_frames(mcap, BagSelection("/cam/image"), counts))
+    assert len(frames) == 18 and counts["skipped"] == 2
+    assert any("yuv422" in e for e in counts["errors"])
+    cbag = write_bag(tmp_path / "cbag", compressed=True, bad={2: "truncated"})
+    counts = {}
+    assert len(list(iter_bag_frames(cbag, BagSelection("/cam/image"), counts))) == 19
+    assert counts["skipped"] == 1
+    with pytest.raises(ValueError, match="no topic '/nope'.*'/cam/image'"):
+        list(iter_bag_frames(mcap, BagSelection("/nope")))
+    with pytest.raises(ValueError, match="not an image topic"):
+        list(iter_bag_frames(mcap, BagSelection("/imu")))
+
+
+def test_a_truncated_bag_file_is_an_error_not_a_hang(tmp_path):
+    write_bag(tmp_path / "bag")
+    mcap = next((tmp_path / "bag").glob("*.mcap"))
+    cut = tmp_path / "cut.mcap"
+    cut.write_bytes(mcap.read_bytes()[: mcap.stat().st_size // 3])
+    with pytest.raises(Exception) as info:
+        list(iter_bag_frames(cut, BagSelection("/cam/image")))
+    assert not isinstance(info.value, (KeyboardInterrupt, SystemExit))
+
+
+def test_split_by_time_keeps_parts_apart():
+    ts = [int(i * 0.1e9) for i in range(1000)]  # 100 s at 10 Hz
+    parts = time_split(ts, (0.7, 0.15, 0.15), gap_s=1.0)
+    assert parts["train"] and parts["calibration"] and parts["test"]
+    assert max(parts["train"]) < min(parts["calibration"]) < min(parts["test"])
+    gap = lambda a, b: (ts[min(parts[b])] - ts[max(parts[a])]) / 1e9  # noqa: E731
+    assert gap("train", "calibration") >= 1.0 and gap("calibration", "test") >= 1.0
+    assert abs(len(parts["train"]) / 1000 - 0.7) < 0.02
+
+
+def test_bag_dataset_extracts_once_and_splits(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLOWCLAS_CACHE", str(tmp_path / "cache"))
+    bag = write_bag(tmp_path / "bag", n=40, period_s=0.5)
+    logs = []
+    train = build_dataset("bag", bag, "train", topic="/cam/image", log=logs.append)
+    cal = bag_dataset(bag, "calibration", topic="/cam/image", log=logs.append)
+    test = bag_dataset(bag, "test", topic="/cam/image", log=logs.append)
+    assert len(logs) == 1  # extracted once, then read from the cache
+    assert len(train) + len(cal) + len(test) < 40  # the gaps between the parts
+    assert max(train.names) < min(cal.names) < min(test.names)
+    s = train[0]
+    assert s.image.shape == (24, 32, 3) and (s.label == 0).all()
+    with pytest.raises(ValueError, match="topic"):
+        bag_dataset(bag, "train")
+
+
+def test_compressed_decoding_refuses_what_it_cannot_read():
+    good = rgb_to_compressed(frame(1), "png")
+
+    class M:
+        def __init__(self, fmt, data):
+            self.format, self.data = fmt, data
+
+    assert np.array_equal(compressed_to_rgb(M("png", good)), frame(1))
+    for fmt, data, what in (("png", good[:50], "cannot decode"), ("jpeg", b"", "no data"),
+                            ("tiff", good, "unsupported"), ("jpeg", good, "data is png")):
+        with pytest.raises(ImageFormatError, match=what):
+            compressed_to_rgb(M(fmt, data))
+    from flowclas_ros.image_codec import ImageTooLarge
+
+    with pytest.raises(ImageTooLarge):
+        compressed_to_rgb(M("png", good), max_pixels=100)
+
+
+# --- train, calibrate, write outputs --------------------------------------------------------
+
+def _tiny_config(tmp_path: Path) -> Path:
+    import yaml
+
+    from test_training import make_fixture
+
+    data = make_fixture(tmp_path / "data")
+    cfg = {"model": {"backbone": {"name": "tiny", "channels": 16},
+                     "flow": {"steps": 2, "hidden": 8, "subnet": "simple"}, "proj_dim": 8},
+           "data": {"outliers": str(data / "outliers"), "outlier_filter": "none"},
+           "cache": {"dir": str(tmp_path / "fcache"), "variants": 1},
+           "train": {"epochs": 2, "batch_size": 2, "lr": 1.0e-2, "max_views": 16,
+                     "progress": False, "checkpoint_every": 100}}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_train_export_calibrate_and_outputs_from_a_bag(tmp_path, monkeypatch, capsys):
+    from flowclas_ros.export import export as export_mod
+    from flowclas_ros.export.bundle import load_bundle
+    from flowclas_ros.runtime.bag_outputs import main as outputs_main
+    from flowclas_ros.training.train import main as train_main
+
+    monkeypatch.setenv("FLOWCLAS_CACHE", str(tmp_path / "cache"))
+    bag = write_bag(tmp_path / "drive", n=40, compressed=True)
+    run = tmp_path / "run"
+    assert train_main(["--config", str(_tiny_config(tmp_path)), "--bag", str(bag), "--topic",
+                       "/cam/image", "--out", str(run), "--quiet"]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] > 0 and summary["cache"]["path"]
+    out = tmp_path / "bundle"
+    assert export_mod.main(["--checkpoint", str(run / "checkpoints" / "last.pt"), "--out",
+                            str(out), "--input-size", "24", "32", "--calibration-bag", str(bag),
+                            "--topic", "/cam/image", "--fpr", "0.1", "--no-verify"]) == 0
+    b = load_bundle(out)
+    cal = b.manifest["metrics"]["calibration"]
+    assert b.threshold_fpr == 0.1 and cal["fpr_at_threshold"] <= 0.1
+    assert cal["test_frames"] > 0 and 0.0 <= cal["test_fpr_at_threshold"] <= 1.0
+    assert "calibration part of drive" in b.manifest["threshold"]["method"]
+    assert "test_fpr_at_threshold" in (out / "MODEL_CARD.md").read_text()
+    capsys.readouterr()
+    assert outputs_main(["--bag", str(bag), "--topic", "/cam/image", "--model", str(out),
+                         "--out", str(tmp_path / "drive_anomaly"), "--backend", "onnxruntime",
+                         "--copy-input"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["frames"] == 40 and report["skipped"] == 0
+    written = bag_topics(tmp_path / "drive_anomaly")
+    assert {t: c for t, (_, c) in written.items()} == {
+        "/anomaly/heatmap": 40, "/anomaly/mask": 40, "/anomaly/overlay": 40, "/cam/image": 40}
+    stamps = [f.stamp for f in iter_bag_frames(tmp_path / "drive_anomaly",
+                                               BagSelection("/anomaly/mask"))]
+    assert stamps[:3] == [(100, 7), (101, 7), (102, 7)]  # the recording's own stamps
+
+
+# --- replay and compressed input over DDS ----------------------------------------------------
+
+@pytest.mark.ros
+def test_player_replays_a_bag_with_its_stamps_into_the_compressed_input(tmp_path, tiny_bundle):
+    rclpy = pytest.importorskip("rclpy")
+    from rclpy.context import Context
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.parameter import Parameter
+
+    from flowclas_ros.node.anomaly_node import AnomalyNode
+    from flowclas_ros.node.image_player import ImagePlayer
+    from flowclas_ros.node.lifecycle_client import LifecycleClient
+    from lifecycle_msgs.msg import Transition
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    bag = write_bag(tmp_path / "bag", n=10, compressed=True, bad={4: "truncated"},
+                    period_s=0.05)
+    ctx = Context()
+    rclpy.init(context=ctx, domain_id=110 + os.getpid() % 90)
+    ex = MultiThreadedExecutor(num_threads=4, context=ctx)
+    node = AnomalyNode(namespace="/bag", context=ctx, parameter_overrides=[
+        Parameter("model_path", value=str(tiny_bundle)), Parameter("image_transport",
+                                                                   value="compressed"),
+        Parameter("image_qos", value="reliable")])
+    player = ImagePlayer("player", namespace="/bag", context=ctx, parameter_overrides=[
+        Parameter("source", value=str(bag)), Parameter("topic", value="/cam/image"),
+        Parameter("rate", value=0.0), Parameter("transport", value="compressed")])
+    client = rclpy.create_node("bag_client", context=ctx)
+    got, lock = [], threading.Lock()
+    client.create_subscription(Image, "/bag/anomaly/heatmap",
+                               lambda m: got.append((m.header.stamp.sec, m.header.stamp.nanosec)),
+                               QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE))
+    for n in (node, player, client):
+        ex.add_node(n)
+    spin = threading.Thread(target=ex.spin, daemon=True)
+    spin.start()
+    try:
+        lc = LifecycleClient(client, "/bag/flowclas_anomaly")
+        assert lc.wait_for_services(30)
+        assert lc.change_state(Transition.TRANSITION_CONFIGURE, 60)
+        assert lc.change_state(Transition.TRANSITION_ACTIVATE, 60)
+        tick = threading.Event()
+        deadline = 30
+        while (player.publisher.get_subscription_count() == 0
+               or node._pubs["heatmap"].get_subscription_count() == 0) and deadline > 0:
+            tick.wait(0.1)
+            deadline -= 0.1
+        player.start()
+        while not player.finished and deadline > 0:
+            tick.wait(0.1)
+            deadline -= 0.1
+        while node.stats()["published"] + node.stats()["malformed"] < 10 and deadline > 0:
+            tick.wait(0.1)
+            deadline -= 0.1
+        stats = node.stats()
+        assert player.sent == 9  # the truncated frame does not decode: the player skips it
+        assert stats["malformed"] == 0 and stats["published"] == 9
+        assert sorted(got)[:2] == [(100, 7), (101, 7)]  # the recording's stamps, kept
+    finally:
+        ex.shutdown()
+        node.release()
+        for n in (node, player, client):
+            n.destroy_node()
+        rclpy.shutdown(context=ctx)
