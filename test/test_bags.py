@@ -240,7 +240,7 @@ def test_player_replays_a_bag_with_its_stamps_into_the_compressed_input(tmp_path
         Parameter("source", value=str(bag)), Parameter("topic", value="/cam/image"),
         Parameter("rate", value=0.0), Parameter("transport", value="compressed")])
     client = rclpy.create_node("bag_client", context=ctx)
-    got, lock = [], threading.Lock()
+    got = []
     client.create_subscription(Image, "/bag/anomaly/heatmap",
                                lambda m: got.append((m.header.stamp.sec, m.header.stamp.nanosec)),
                                QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE))
