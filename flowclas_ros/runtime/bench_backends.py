@@ -3,6 +3,7 @@
     python -m flowclas_ros.runtime.bench_backends --config lite0 \\
         --backends torch onnxruntime --sizes 640x480 1036x518 --iters 40
     python -m flowclas_ros.runtime.bench_backends --bundle models/flowclas_lite0_camvid ...
+    python -m flowclas_ros.runtime.bench_backends --bundle OLD_BUNDLE NEW_BUNDLE ...  # a ratio
     python -m flowclas_ros.runtime.bench_backends --config dinov2_vitl14 --backends torch \\
         --device cuda --precision fp16 --compile --sizes 1036x518
 
@@ -204,25 +205,31 @@ def run(args) -> dict:
 
             frame = TorchPipeline.prepare_input(torch.from_numpy(photo), (h, w))[0]
             frame = (frame.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            bundles = {}
             if args.bundle:
-                bundle = args.bundle
+                for b in args.bundle:  # several: all timed in the same interleaved rounds
+                    name = "/".join(Path(b).resolve().parts[-2:]) if len(args.bundle) > 1 else ""
+                    bundles[name] = b
             elif only_torch:
                 lo_hi = demo_score_range(model, (h, w)) if args.score_range_from_photos \
                     else (0.0, 1.0)
-                bundle = memory_bundle(model, (h, w), float(np.mean(lo_hi)), lo_hi)
+                bundles[""] = memory_bundle(model, (h, w), float(np.mean(lo_hi)), lo_hi)
             else:
                 from flowclas_ros.export.bundle import write_bundle
 
                 lo_hi = demo_score_range(model, (h, w))
                 t0 = time.perf_counter()
-                bundle = write_bundle(model, Path(tmp.name) / f"{args.config}_{w}x{h}",
-                                      input_size=(h, w), threshold=float(np.mean(lo_hi)),
-                                      score_range=lo_hi, verify=False, fp16=args.export_fp16)
+                bundles[""] = write_bundle(model, Path(tmp.name) / f"{args.config}_{w}x{h}",
+                                           input_size=(h, w), threshold=float(np.mean(lo_hi)),
+                                           score_range=lo_hi, verify=False,
+                                           fp16=args.export_fp16)
                 log.info("exported %s at %dx%d in %.1f s", args.config, w, h,
                          time.perf_counter() - t0)
             backends = {}
             default_threads = torch.get_num_threads()
-            for label, name, prec, opts, threads in variants(args):
+            for (prefix, bundle), (label, name, prec, opts, threads) in (
+                    (b, v) for b in bundles.items() for v in variants(args)):
+                label = f"{prefix}:{label}" if prefix else label
                 if name == "torch" and model is not None:
                     opts = {**opts, "model": copy.deepcopy(model)}  # backends cast/move it
                 try:
@@ -257,7 +264,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="bench_backends", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--bundle", help="an exported bundle directory")
+    src.add_argument("--bundle", nargs="+", help="exported bundle directories (several are "
+                                                 "timed in the same interleaved rounds)")
     src.add_argument("--config", choices=sorted(CONFIGS), help="build and export a demo model")
     p.add_argument("--backends", nargs="+", default=["torch", "onnxruntime"],
                    choices=["torch", "onnxruntime", "tensorrt", "torch_tensorrt"])
