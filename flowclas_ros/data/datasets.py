@@ -18,7 +18,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from .bags import bag_dataset
 from .benchmarks import (fishyscapes_laf, fishyscapes_static, lost_and_found, road_anomaly,
                          smiyc_anomaly, smiyc_obstacle)
 from .frames import ImageDataset, Record, Sample, read_image, read_label
@@ -29,12 +28,18 @@ TRAIN_DATASETS = ("cityscapes", "camvid", "idd_lite", "kitti_road", "allo", "fol
 EVAL_DATASETS = ("road_anomaly", "fishyscapes_laf", "fishyscapes_static", "smiyc_anomaly",
                  "smiyc_obstacle", "lost_and_found", "allo", "folder")
 
+def _bag(root, split=None, **kw) -> ImageDataset:
+    # Imported on use: importing .bags here would make `python -m flowclas_ros.data.bags` warn.
+    from .bags import bag_dataset
+    return bag_dataset(root, split, **kw)
+
+
 READERS: dict[str, Callable[..., ImageDataset]] = {
     "cityscapes": cityscapes,
     "camvid": camvid,
     "idd_lite": idd_lite,
     "kitti_road": kitti_road,
-    "bag": bag_dataset,
+    "bag": _bag,
     "allo": allo,
     "folder": folder,
     "road_anomaly": road_anomaly,
