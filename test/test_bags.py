@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 rosbags = pytest.importorskip("rosbags", reason="the rosbags package is not installed")
 
@@ -183,8 +184,12 @@ def test_train_export_calibrate_and_outputs_from_a_bag(tmp_path, monkeypatch, ca
     monkeypatch.setenv("FLOWCLAS_CACHE", str(tmp_path / "cache"))
     bag = write_bag(tmp_path / "drive", n=40, compressed=True)
     run = tmp_path / "run"
-    assert train_main(["--config", str(_tiny_config(tmp_path)), "--bag", str(bag), "--topic",
+    config = _tiny_config(tmp_path)
+    # a config that selects on the road protocol (as the demo's does): a bag run trains without it
+    config.write_text(config.read_text() + f"eval: {{protocol: {tmp_path / 'no_protocol'}}}\n")
+    assert train_main(["--config", str(config), "--bag", str(bag), "--topic",
                        "/cam/image", "--out", str(run), "--quiet"]) == 0
+    assert yaml.safe_load((run / "config.yaml").read_text())["eval"]["protocol"] is None
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] > 0 and summary["cache"]["path"]
     out = tmp_path / "bundle"

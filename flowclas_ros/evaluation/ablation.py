@@ -5,11 +5,11 @@
 
 The candidates file (YAML)::
 
-    base: train_demo_lite0_camvid        # a config file or the name of a shipped one
+    base: train_demo_lite2_camvid        # a config file or the name of a shipped one
     overrides: [train.progress=false]    # applied to every candidate
     candidates:
       - {name: prototype, overrides: [model.flow.subnet=conv, ...]}
-      - {name: shipped, bundle: models/flowclas_lite0_camvid}   # an existing bundle, not trained
+      - {name: shipped, bundle: models/flowclas_lite2_camvid}   # an existing bundle, not trained
       - {name: latent, from: prototype, score: latent}          # a candidate's checkpoint, rescored
 
 Each candidate is trained into OUT/<name> (a finished run is reused; an unfinished one resumes),

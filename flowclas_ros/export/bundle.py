@@ -59,7 +59,7 @@ ONNX_FILE = "model.onnx"
 WEIGHTS_FILE = "weights.safetensors"
 MODEL_CARD = "MODEL_CARD.md"
 INPUT_NAME, OUTPUT_NAME = "image", "score"
-RESIZE_METHOD = "bilinear, half-pixel centres (align_corners=False), no antialiasing"
+RESIZE_METHOD = "bilinear, half-pixel centres (align_corners=False), antialiased where the frame shrinks (as torch antialias=True)"
 
 
 class BundleError(ValueError):

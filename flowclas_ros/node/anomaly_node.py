@@ -60,7 +60,7 @@ from .stats import Counters, LatencyWindow, RateMeter
 
 NODE_NAME = "flowclas_anomaly"
 PACKAGE = "flowclas_ros"
-DEMO_BUNDLE = "flowclas_lite0_camvid"
+DEMO_BUNDLE = "flowclas_lite2_camvid"
 
 OUTPUT_QOS = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE,
                         history=HistoryPolicy.KEEP_LAST)

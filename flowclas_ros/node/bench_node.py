@@ -12,7 +12,7 @@ published once the previous heatmap arrived, so the numbers are latency, not que
   (serialisation, DDS both ways, validation, conversion, inference, publishing included);
 * backend: ``FrameResult.inference_ms`` of the same frames (``Backend.infer``'s own wall time).
 
-Bundle: ``--bundle``, else the demo bundle ``models/flowclas_lite0_camvid`` when it exists, else
+Bundle: ``--bundle``, else the demo bundle ``models/flowclas_lite2_camvid`` when it exists, else
 an EfficientNet-Lite0 + 8-step flow model exported to a temporary bundle at the frame size.
 Prints one JSON object (p50/p99/mean of both, their ratio; the goal is ratio <= 1.15), and the
 cost of decoding one compressed frame of that size (``image_transport: compressed``: jpeg

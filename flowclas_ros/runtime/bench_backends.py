@@ -2,7 +2,7 @@
 
     python -m flowclas_ros.runtime.bench_backends --config lite0 \\
         --backends torch onnxruntime --sizes 640x480 1036x518 --iters 40
-    python -m flowclas_ros.runtime.bench_backends --bundle models/flowclas_lite0_camvid ...
+    python -m flowclas_ros.runtime.bench_backends --bundle models/flowclas_lite2_camvid ...
     python -m flowclas_ros.runtime.bench_backends --bundle OLD_BUNDLE NEW_BUNDLE ...  # a ratio
     python -m flowclas_ros.runtime.bench_backends --config dinov2_vitl14 --backends torch \\
         --device cuda --precision fp16 --compile --sizes 1036x518

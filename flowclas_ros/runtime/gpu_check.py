@@ -213,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         from flowclas_ros.paths import package_file
 
-        bundle = args.bundle or package_file("models", "flowclas_lite0_camvid")
+        bundle = args.bundle or package_file("models", "flowclas_lite2_camvid")
         device = "cuda" if cuda else "cpu"
         check_bundle(bundle, device, args.iters, args.budget_s, report)
         if "vit" not in args.skip:

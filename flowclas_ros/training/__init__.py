@@ -1,7 +1,7 @@
 """FlowCLAS training: configs, samples, the feature cache, the trainer and the ``train`` CLI.
 
     from flowclas_ros.training import load_config, train
-    cfg = load_config("config/train_demo_lite0_camvid.yaml", ["train.objective=nll"])
+    cfg = load_config("config/train_demo_lite2_camvid.yaml", ["train.objective=nll"])
     summary = train(cfg, out="runs/demo-nll")
 
 One concept per module: config (YAML + overrides), samples (pairs, epoch order), feature_cache,

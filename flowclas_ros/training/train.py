@@ -7,7 +7,7 @@ Also ``ros2 run flowclas_ros train ...`` and, for several GPUs (or CPU processes
 ``torchrun --nproc_per_node=N -m flowclas_ros.training.train --config FILE``.
 
 ``--config`` takes a path, or the name of a config shipped in the package's config/ folder
-(``train_demo_lite0_camvid``). Overrides use dotted keys parsed as YAML: ``train.lr=1e-4``
+(``train_demo_lite2_camvid``). Overrides use dotted keys parsed as YAML: ``train.lr=1e-4``
 ``model.flow.steps=4`` ``data.image_size=[180,240]``; an unknown key or a wrongly typed value is
 an error that names the key. Output (default runs/<config name>-<objective>): checkpoints/last.pt,
 checkpoints/best.pt, log.csv, tb/, config.yaml, summary.json.
@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="config overrides with dotted keys, e.g. train.lr=1e-4 train.objective=nll")
     p.add_argument("--out", default=None, help="output folder (overrides the config's 'out')")
     p.add_argument("--bag", default=None, help="train on a recording: a rosbag2 folder or an "
-                                               ".mcap file (data.dataset=bag, data.root=BAG)")
+                   ".mcap file (data.dataset=bag, data.root=BAG; no validation unless eval.* is set)")
     p.add_argument("--topic", default=None, help="the bag's camera topic (data.bag.topic)")
     p.add_argument("--resume", action="store_true",
                    help="continue from OUT/checkpoints/last.pt (exactly where it stopped)")
@@ -81,11 +81,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")
     try:
-        overrides = list(args.overrides) + (["train.progress=false"] if args.quiet else [])
+        overrides = []
         if args.bag:
-            overrides += ["data.dataset=bag", f"data.root={args.bag}", "data.split=train"]
+            # The road protocol and the CamVid validation set say nothing about a robot's own
+            # domain; its held-out frames are for export --calibration-bag. An explicit
+            # eval.* override below turns validation back on.
+            overrides += ["data.dataset=bag", f"data.root={args.bag}", "data.split=train",
+                          "eval.protocol=null", "eval.val_dir=null"]
         if args.topic:
             overrides.append(f"data.bag.topic={args.topic}")
+        overrides += list(args.overrides) + (["train.progress=false"] if args.quiet else [])
         cfg = load_config(resolve_config(args.config), overrides)
     except (ConfigError, FileNotFoundError) as exc:
         print(f"train: error: {exc}", file=sys.stderr)
