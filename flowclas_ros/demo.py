@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import subprocess
 import sys
 import tempfile
@@ -49,13 +50,22 @@ def _percentiles(values: list[float]) -> dict[str, float | None]:
     return {"p50": round(float(np.percentile(a, 50)), 1), "p99": round(float(np.percentile(a, 99)), 1)}
 
 
+def _write_overlays(items: "queue.Queue", out: Path) -> None:
+    """Writer thread: (index, rgb) items as out/overlay_<index>.png until None arrives."""
+    from PIL import Image as PILImage
+
+    while (item := items.get()) is not None:
+        index, rgb = item
+        PILImage.fromarray(rgb).save(out / f"overlay_{index:04d}.png", compress_level=1)
+
+
 def run_demo(source: Path, out: Path, model: Path, backend: str, rate: float,
              max_frames: int, timeout: float, topic: str = "", transport: str = "raw") -> dict:
     """Run the demo end to end; returns the summary (also written to out/summary.json)."""
     # Imported here so `--help` and `--build-sequence` work without a ROS install.
     import rclpy
     from lifecycle_msgs.msg import Transition
-    from PIL import Image as PILImage
+    from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
     from rclpy.executors import MultiThreadedExecutor
     from rclpy.node import Node
     from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -103,8 +113,17 @@ def run_demo(source: Path, out: Path, model: Path, backend: str, rate: float,
     received: dict[tuple[int, int], float] = {}  # stamp -> latency ms
     overlays = 0
     lock = threading.Lock()
+    # PNG encoding (~50 ms a frame here) runs on its own thread: on the executor it delayed the
+    # heatmap callbacks, so the summary measured the demo's writer instead of the node
+    to_write: queue.Queue = queue.Queue()
+    writer = threading.Thread(target=_write_overlays, args=(to_write, out), daemon=True)
+    writer.start()
     done = threading.Event()
     t_last = [0.0]
+
+    def all_in() -> None:  # under lock: every frame's heatmap and overlay have arrived
+        if player.finished and min(len(received), overlays) >= player.sent:
+            done.set()
 
     def stamp_key(msg: Image) -> tuple[int, int]:
         return msg.header.stamp.sec, msg.header.stamp.nanosec
@@ -117,21 +136,23 @@ def run_demo(source: Path, out: Path, model: Path, backend: str, rate: float,
         with lock:
             received[stamp_key(msg)] = (now - sent) / 1e6
             t_last[0] = time.perf_counter()
-            if player.finished and len(received) >= player.sent:
-                done.set()
+            all_in()
 
     def on_overlay(msg: Image) -> None:
         nonlocal overlays
         bgr = np.frombuffer(msg.data, np.uint8).reshape(msg.height, msg.step)[:, : msg.width * 3]
-        rgb = bgr.reshape(msg.height, msg.width, 3)[:, :, ::-1]
         with lock:
             index = overlays
             overlays += 1
-        PILImage.fromarray(np.ascontiguousarray(rgb)).save(out / f"overlay_{index:04d}.png")
+            all_in()
+        to_write.put((index, bgr.reshape(msg.height, msg.width, 3)[:, :, ::-1].copy()))
 
     qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-    demo.create_subscription(Image, "anomaly/heatmap", on_heatmap, qos)
-    demo.create_subscription(Image, "anomaly/overlay", on_overlay, qos)
+    # one group each, so a heatmap is timed when it arrives, not after an overlay's callback
+    demo.create_subscription(Image, "anomaly/heatmap", on_heatmap, qos,
+                             callback_group=MutuallyExclusiveCallbackGroup())
+    demo.create_subscription(Image, "anomaly/overlay", on_overlay, qos,
+                             callback_group=MutuallyExclusiveCallbackGroup())
     lifecycle = LifecycleClient(demo, NODE)
 
     def transition(tid: int, label: str) -> None:
@@ -159,17 +180,19 @@ def run_demo(source: Path, out: Path, model: Path, backend: str, rate: float,
         t_start = time.perf_counter()
         player.start()
         while not player.finished:
-            done.wait(0.1)  # the player's timer runs on the executor; this only waits for it
+            done.wait(0.1)  # the player paces itself on its own thread; this only waits
         # the last frames are still in flight: wait for them, up to a few inference times
         done.wait(timeout=max(5.0, 4.0 / rate) if rate > 0 else 5.0)
         elapsed = (t_last[0] or time.perf_counter()) - t_start
+        to_write.put(None)
+        writer.join()
         with lock:
             latencies = list(received.values())
         summary = {
             "source": str(source), "topic": topic or None, "transport": transport,
             "model": str(model), "backend": backend, "rate_hz": rate or "recorded",
             "frames_published": player.sent, "frames_received": len(latencies),
-            "overlays_written": overlays,
+            "overlays_written": len(list(out.glob("overlay_*.png"))),
             "throughput_fps": round(len(latencies) / elapsed, 2) if elapsed > 0 else None,
             "latency_ms": _percentiles(latencies), "configure_s": round(configure_s, 2),
             "output_dir": str(out),

@@ -281,3 +281,39 @@ def test_player_replays_a_bag_with_its_stamps_into_the_compressed_input(tmp_path
         for n in (node, player, client):
             n.destroy_node()
         rclpy.shutdown(context=ctx)
+
+
+def test_player_paces_a_recording_on_its_own_thread(tmp_path):
+    """The recorded rate is kept without any executor spinning the player (a busy executor made
+    a timer-paced replay stall and then burst): every frame goes out, at the recorded spacing."""
+    import time
+
+    import rclpy
+    from rclpy.context import Context
+    from rclpy.parameter import Parameter
+
+    from flowclas_ros.node.image_player import ImagePlayer
+
+    bag = write_bag(tmp_path / "bag", n=6, period_s=0.05)
+    ctx = Context()
+    rclpy.init(context=ctx, domain_id=110 + os.getpid() % 90)
+    player = ImagePlayer("pacer", context=ctx, parameter_overrides=[
+        Parameter("source", value=str(bag)), Parameter("topic", value="/cam/image"),
+        Parameter("rate", value=0.0)])
+    sent_at = []
+    publish = player.publisher.publish
+    player.publisher.publish = lambda msg: (sent_at.append(time.monotonic()), publish(msg))
+    try:
+        player.start()
+        done = threading.Event()
+        for _ in range(300):
+            if player.finished:
+                break
+            done.wait(0.05)
+        assert player.finished and player.sent == 6
+        # never ahead of the recording's own 50 ms spacing (late is allowed on a busy machine)
+        offsets = np.asarray(sent_at) - sent_at[0]
+        assert np.all(offsets >= np.arange(6) * 0.05 - 0.005), offsets
+    finally:
+        player.destroy_node()
+        rclpy.shutdown(context=ctx)

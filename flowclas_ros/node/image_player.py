@@ -1,7 +1,7 @@
 """``image_player``: publishes a folder of images, a video file or a recording as a camera would.
 
 A stand-in camera for demos and tests: ``ros2 run flowclas_ros image_player --ros-args
--p source:=/path/to/frames -p rate:=10.0``. Frames are decoded lazily, one per tick, and
+-p source:=/path/to/frames -p rate:=10.0``. Frames are decoded lazily, one at a time, and
 published on ``image`` (relative: follows the namespace, remappable) as rgb8 with the current
 time as stamp; with ``transport: compressed`` as sensor_msgs/CompressedImage (jpeg) on
 ``image/compressed``, image_transport's name.
@@ -15,6 +15,7 @@ the end), frame_id, max_frames (0 = all), transport (raw or compressed).
 """
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,20 +93,24 @@ class ImagePlayer(Node):
         self.sent_at: dict[tuple[int, int], int] = {}
         self.finished = False
         self._frames: Iterator[Frame] | None = None
-        self._timer = None
-        self._pending: Frame | None = None
-        self._t0: tuple[float, int] | None = None  # (wall start, first recorded timestamp)
+        self._t0: tuple[float, int] | None = None  # (monotonic start, first recorded timestamp)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        """Start publishing (separate from construction so a caller can wait for subscribers)."""
+        """Start publishing (separate from construction so a caller can wait for subscribers).
+
+        Frames are paced by a thread of their own on the monotonic clock, not by an executor
+        timer: on a busy 2-core machine the timer's callbacks came up to 2 s late and the frames
+        then went out in a burst, which a camera never does."""
         rate = float(self.get_parameter("rate").value)
         source = self.get_parameter("source").value
-        recorded = rate <= 0
-        if recorded and not is_bag(source):
+        if rate <= 0 and not is_bag(source):
             raise ValueError(f"rate must be > 0 Hz for {source} (0 = the recorded rate, bags only)")
         self._frames = self._open()
-        # recorded rate: a fine tick that publishes each frame when its recorded time has come
-        self._timer = self.create_timer(0.002 if recorded else 1.0 / rate, self._tick)
+        self._thread = threading.Thread(target=self._play, args=(rate,), name="image_player",
+                                        daemon=True)
+        self._thread.start()
 
     def _open(self) -> Iterator[Frame]:
         return iter_source(self.get_parameter("source").value, self.get_parameter("topic").value)
@@ -119,26 +124,32 @@ class ImagePlayer(Node):
             self._frames, self._t0 = self._open(), None
             return next(self._frames, None)
 
-    def _due(self, frame: Frame) -> bool:
-        if float(self.get_parameter("rate").value) > 0 or frame.timestamp is None:
-            return True
-        now = time.monotonic()
+    def _due(self, frame: Frame, start: float, rate: float) -> float:
+        """Monotonic time at which ``frame`` goes out: every 1/rate s, or at a recording's own
+        offsets (rate 0)."""
+        if rate > 0 or frame.timestamp is None:
+            return start + self.sent / rate
         if self._t0 is None:
-            self._t0 = (now, frame.timestamp)
-        return now - self._t0[0] >= (frame.timestamp - self._t0[1]) / 1e9
+            self._t0 = (time.monotonic(), frame.timestamp)
+        return self._t0[0] + (frame.timestamp - self._t0[1]) / 1e9
 
-    def _tick(self) -> None:
+    def _play(self, rate: float) -> None:
         limit = int(self.get_parameter("max_frames").value)
-        if self._pending is None:
-            self._pending = None if (limit and self.sent >= limit) else self._next_frame()
-            if self._pending is None:
-                self.finished = True
-                self._timer.cancel()
-                return
-        frame = self._pending
-        if not self._due(frame):
-            return
-        self._pending = None
+        start = time.monotonic()
+        try:
+            while not self._stop.is_set() and not (limit and self.sent >= limit):
+                frame = self._next_frame()
+                if frame is None:
+                    break
+                if self._stop.wait(max(0.0, self._due(frame, start, rate) - time.monotonic())):
+                    break
+                self._publish(frame)
+        except Exception as exc:  # a source that fails mid-way ends the replay, with the reason
+            self.get_logger().error(f"replay of {self.get_parameter('source').value} stopped: {exc}")
+        finally:
+            self.finished = True
+
+    def _publish(self, frame: Frame) -> None:
         msg = compressed_to_msg(frame.rgb) if self.compressed else numpy_to_msg(frame.rgb, "rgb8")
         now = self.get_clock().now()
         if frame.stamp is not None:  # a recording keeps its own stamps
@@ -151,6 +162,12 @@ class ImagePlayer(Node):
             del self.sent_at[next(iter(self.sent_at))]
         self.publisher.publish(msg)
         self.sent += 1
+
+    def destroy_node(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+        super().destroy_node()
 
 
 def main(args=None) -> int:

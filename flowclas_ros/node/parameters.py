@@ -113,10 +113,10 @@ def table() -> tuple[Param, ...]:
               "Threads of CPU inference (ONNX Runtime's intra-op pool, torch's threads); 0 = the "
               "library's default (one per core). On a robot whose CPUs are shared, 1 or 2 keeps "
               "latency steady. Structural.", int_range=(0, 256)),
-        Param("cpu_spinning", bool, True, STRUCTURAL,
-              "Let ONNX Runtime's idle threads spin-wait between frames: fastest on an idle "
-              "machine, but it burns the cores other processes need; false on a shared CPU. "
-              "Structural."),
+        Param("cpu_spinning", bool, False, STRUCTURAL,
+              "Let ONNX Runtime's idle threads spin-wait between frames: a few percent faster "
+              "on an idle machine, but it burns the cores other processes need (a robot's "
+              "CPUs are shared), so off by default. Structural."),
         Param("threshold", float, float("nan"), LIVE,
               "Mask threshold on the raw score (mask = 255 where score >= threshold). NaN = the "
               "bundle's calibrated threshold. Raw scores can be negative, so any finite value "
