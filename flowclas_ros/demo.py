@@ -149,10 +149,10 @@ def run_demo(source: Path, out: Path, model: Path, backend: str, rate: float,
 
     qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
     # one group each, so a heatmap is timed when it arrives, not after an overlay's callback
-    demo.create_subscription(Image, "anomaly/heatmap", on_heatmap, qos,
-                             callback_group=MutuallyExclusiveCallbackGroup())
-    demo.create_subscription(Image, "anomaly/overlay", on_overlay, qos,
-                             callback_group=MutuallyExclusiveCallbackGroup())
+    outputs = [demo.create_subscription(Image, topic_name, callback, qos,
+                                        callback_group=MutuallyExclusiveCallbackGroup())
+               for topic_name, callback in (("anomaly/heatmap", on_heatmap),
+                                            ("anomaly/overlay", on_overlay))]
     lifecycle = LifecycleClient(demo, NODE)
 
     def transition(tid: int, label: str) -> None:
@@ -175,12 +175,16 @@ def run_demo(source: Path, out: Path, model: Path, backend: str, rate: float,
         transition(Transition.TRANSITION_ACTIVATE, "activate")
         # the node's outputs must be matched before the first frame, or it is not computed
         deadline = time.monotonic() + timeout
-        while player.publisher.get_subscription_count() == 0 and time.monotonic() < deadline:
+        while (player.publisher.get_subscription_count() == 0
+               or any(sub.get_publisher_count() == 0 for sub in outputs)) \
+                and time.monotonic() < deadline:
             time.sleep(0.05)
         t_start = time.perf_counter()
         player.start()
         while not player.finished:
             done.wait(0.1)  # the player paces itself on its own thread; this only waits
+        with lock:
+            all_in()  # everything may have arrived before the player said it had finished
         # the last frames are still in flight: wait for them, up to a few inference times
         done.wait(timeout=max(5.0, 4.0 / rate) if rate > 0 else 5.0)
         elapsed = (t_last[0] or time.perf_counter()) - t_start

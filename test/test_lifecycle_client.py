@@ -71,6 +71,24 @@ def test_lost_configure_reply_counts_as_done_when_the_node_got_there():
     assert node.state == "inactive" and node.calls["change_state"] == 1  # not sent twice
 
 
+def test_slow_configure_answered_configuring_is_waited_for():
+    """A configure longer than one attempt: its reply is late, get_state says "configuring"
+    (the node answers it during a long configure), then "inactive": done, not failed."""
+    node = LossyNode(lose_change={1})
+    inner, polls = node.serve, []
+
+    def serve(kind, request):
+        res = inner(kind, request)
+        if kind == "get_state" and len(polls) < 3:
+            polls.append(1)
+            res.current_state.label = "configuring"
+        return res
+    node.serve = serve
+    lc = LifecycleClient(node, "/ns/n", attempt_s=0.2)
+    assert lc.change_state(Transition.TRANSITION_CONFIGURE, timeout_s=5) is True
+    assert len(polls) == 3 and node.calls["change_state"] == 1
+
+
 def test_lost_request_is_sent_again():
     node = LossyNode(state="inactive")
     node.serve = _lose_request_once(node)

@@ -128,7 +128,7 @@ class ImagePlayer(Node):
         """Monotonic time at which ``frame`` goes out: every 1/rate s, or at a recording's own
         offsets (rate 0)."""
         if rate > 0 or frame.timestamp is None:
-            return start + self.sent / rate
+            return start + (self.sent + 1) / rate  # the first frame one period in, as a camera
         if self._t0 is None:
             self._t0 = (time.monotonic(), frame.timestamp)
         return self._t0[0] + (frame.timestamp - self._t0[1]) / 1e9

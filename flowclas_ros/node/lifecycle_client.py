@@ -7,9 +7,10 @@ and a single ``call_async`` then waits forever. So every call here is bounded an
 * ``get_state`` is idempotent: a call whose reply does not come within ``attempt_s`` is sent
   again, until ``timeout_s``;
 * ``change_state`` is not (a second configure would be refused): when its reply does not come,
-  the node is asked for its state (the get_state service of a lifecycle node waits behind a
-  transition in progress), and the transition counts as done when the node reached its goal,
-  is resent when the node is still where it started, and fails with the node's state otherwise.
+  the node is asked for its state until no transition is running (a node may answer
+  "configuring" meanwhile, or hold get_state behind the transition), and the transition counts
+  as done when the node reached its goal, is resent when the node is still where it started,
+  and fails with the node's state otherwise.
 
 Call it from a thread other than the one spinning ``node`` (futures are completed by the
 executor spinning it).
@@ -42,6 +43,12 @@ START = {
     Transition.TRANSITION_INACTIVE_SHUTDOWN: "inactive",
     Transition.TRANSITION_ACTIVE_SHUTDOWN: "active",
 }
+
+
+# transition states: a node answers get_state with one of these while a transition runs (this
+# package's node does, from a reentrant group, during a long configure)
+TRANSITIONAL = ("configuring", "cleaningup", "shuttingdown", "activating", "deactivating",
+                "errorprocessing")
 
 
 class NoReply(TimeoutError):
@@ -110,7 +117,7 @@ class LifecycleClient:
                         return True  # shut down: the node process is gone
                     raise
             try:
-                state = self.get_state(max(deadline - time.monotonic(), 0.01), alive)
+                state = self._settled_state(deadline, alive)
             except NoReply:
                 if goal == "finalized":
                     return True  # the node finalised and left before answering
@@ -122,4 +129,17 @@ class LifecycleClient:
             # still where it started: the request itself was lost; send it again
 
 
-__all__ = ["GOAL", "LifecycleClient", "NoReply", "START", "call"]
+    def _settled_state(self, deadline: float, alive: Callable[[], bool] | None) -> str:
+        """The node's state once no transition is running (a slow configure is waited for,
+        not mistaken for a failed one); NoReply at the deadline."""
+        pause = threading.Event()
+        while True:
+            state = self.get_state(max(deadline - time.monotonic(), 0.01), alive)
+            if state not in TRANSITIONAL:
+                return state
+            if time.monotonic() >= deadline or (alive is not None and not alive()):
+                raise NoReply(f"{self.target} is still {state}")
+            pause.wait(0.2)
+
+
+__all__ = ["GOAL", "LifecycleClient", "NoReply", "START", "TRANSITIONAL", "call"]
