@@ -65,8 +65,7 @@ def run_demo(source: Path, out: Path, model: Path, backend: str, rate: float,
     # Imported here so `--help` and `--build-sequence` work without a ROS install.
     import rclpy
     from lifecycle_msgs.msg import Transition
-    from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
@@ -104,7 +103,10 @@ def run_demo(source: Path, out: Path, model: Path, backend: str, rate: float,
         rclpy.parameter.Parameter("max_frames", value=int(max_frames)),
         rclpy.parameter.Parameter("transport", value=str(transport)),
     ])
-    executor = MultiThreadedExecutor(num_threads=3)
+    # single-threaded: the callbacks only copy and queue. With rclpy's MultiThreadedExecutor
+    # here the whole process stalled for up to 1.3 s at times on 2 cores, so the player's frames
+    # went out in bursts and the node dropped the older ones of each burst
+    executor = SingleThreadedExecutor()
     executor.add_node(demo)
     executor.add_node(player)
     spin = threading.Thread(target=executor.spin, daemon=True)
@@ -148,9 +150,7 @@ def run_demo(source: Path, out: Path, model: Path, backend: str, rate: float,
         to_write.put((index, bgr.reshape(msg.height, msg.width, 3)[:, :, ::-1].copy()))
 
     qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-    # one group each, so a heatmap is timed when it arrives, not after an overlay's callback
-    outputs = [demo.create_subscription(Image, topic_name, callback, qos,
-                                        callback_group=MutuallyExclusiveCallbackGroup())
+    outputs = [demo.create_subscription(Image, topic_name, callback, qos)
                for topic_name, callback in (("anomaly/heatmap", on_heatmap),
                                             ("anomaly/overlay", on_overlay))]
     lifecycle = LifecycleClient(demo, NODE)
