@@ -143,11 +143,11 @@ def run_demo(source: Path, out: Path, model: Path, backend: str, rate: float,
     def on_overlay(msg: Image) -> None:
         nonlocal overlays
         bgr = np.frombuffer(msg.data, np.uint8).reshape(msg.height, msg.step)[:, : msg.width * 3]
+        rgb = bgr.reshape(msg.height, msg.width, 3)[:, :, ::-1].copy()
         with lock:
-            index = overlays
+            to_write.put((overlays, rgb))  # queued before done can be set: the writer gets it
             overlays += 1
             all_in()
-        to_write.put((index, bgr.reshape(msg.height, msg.width, 3)[:, :, ::-1].copy()))
 
     qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
     outputs = [demo.create_subscription(Image, topic_name, callback, qos)

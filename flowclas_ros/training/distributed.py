@@ -50,8 +50,13 @@ def setup_distributed(device: str = "auto") -> DistInfo:
     return DistInfo(rank, world, local, True)
 
 
-def cleanup_distributed(info: DistInfo) -> None:
+def cleanup_distributed(info: DistInfo, ok: bool = True) -> None:
+    """Tear the process group down together: a rank that destroys gloo's group while another
+    still talks to it can abort ("terminate called without an active exception"). After a
+    failure (``ok`` False) the other ranks may never arrive, so no barrier then."""
     if info.initialized and torch_dist.is_initialized():
+        if ok:
+            torch_dist.barrier()
         torch_dist.destroy_process_group()
 
 

@@ -102,14 +102,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .trainer import train
 
     dist = setup_distributed(cfg.train.device)
+    ok = False
     try:
         with logging_redirect_tqdm():
             train(cfg, out=args.out, resume=args.resume, overwrite=args.overwrite, dist=dist)
+        ok = True
     except (ConfigError, FileExistsError, FileNotFoundError) as exc:
         print(f"train: error: {exc}", file=sys.stderr)
         return 2
     finally:
-        cleanup_distributed(dist)
+        cleanup_distributed(dist, ok)
     return 0
 
 
