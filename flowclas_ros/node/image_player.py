@@ -100,9 +100,9 @@ class ImagePlayer(Node):
     def start(self) -> None:
         """Start publishing (separate from construction so a caller can wait for subscribers).
 
-        Frames are paced by a thread of their own on the monotonic clock, not by an executor
-        timer: on a busy 2-core machine the timer's callbacks came up to 2 s late and the frames
-        then went out in a burst, which a camera never does."""
+        Frames are paced by a thread of their own on the monotonic clock, so the replay's timing
+        does not depend on how (or whether) an executor spins this node; a recording's frames go
+        out at their recorded offsets, a late one at once, never ahead of time."""
         rate = float(self.get_parameter("rate").value)
         source = self.get_parameter("source").value
         if rate <= 0 and not is_bag(source):
