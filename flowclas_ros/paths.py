@@ -2,6 +2,7 @@
 source tree beside this package (a checkout or an editable install). No ROS needed."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 PACKAGE = "flowclas_ros"
@@ -22,6 +23,16 @@ def package_file(*parts: str) -> Path:
     return SOURCE_ROOT.joinpath(*parts)
 
 
+CACHE_ENV = "FLOWCLAS_CACHE"
+
+
+def cache_dir(kind: str = "") -> Path:
+    """Where the package keeps what it can rebuild: ``$FLOWCLAS_CACHE/<kind>``, else
+    ``~/.cache/flowclas_ros/<kind>`` (feature caches, extracted bag frames, engine caches)."""
+    root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / PACKAGE)
+    return root / kind if kind else root
+
+
 DDS_PROFILE_ENV = "FASTRTPS_DEFAULT_PROFILES_FILE"  # read by Fast DDS 2.x (rmw_fastrtps, Jazzy)
 
 
@@ -30,4 +41,5 @@ def dds_profile() -> Path:
     return package_file("config", "fastdds_large_frames.xml")
 
 
-__all__ = ["DDS_PROFILE_ENV", "PACKAGE", "SOURCE_ROOT", "dds_profile", "package_file"]
+__all__ = ["CACHE_ENV", "DDS_PROFILE_ENV", "PACKAGE", "SOURCE_ROOT", "cache_dir", "dds_profile",
+           "package_file"]

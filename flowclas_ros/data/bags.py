@@ -30,6 +30,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
+from .. import paths
 from ..image_codec import ImageFormatError, compressed_to_rgb, image_to_rgb
 from .frames import ImageDataset, Record, binary_label
 
@@ -189,8 +190,7 @@ def _fingerprint(path: Path) -> list:
 
 
 def default_extract_dir() -> Path:
-    return Path(os.environ.get("FLOWCLAS_CACHE") or Path.home() / ".cache" / "flowclas_ros") \
-        / "bag_frames"
+    return paths.cache_dir("bag_frames")
 
 
 def extracted(path: str | Path, selection: BagSelection, cache_dir: str | Path | None = None,

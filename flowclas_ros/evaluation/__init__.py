@@ -7,14 +7,18 @@ from .components import TRACKS, ComponentConfig, ComponentMetrics, frame_compone
 from .metrics import (ExactPixelMetrics, PixelResult, StreamingPixelMetrics, pixel_metrics,
                       threshold_at_fpr)
 
-_LAZY = ("evaluate_scores", "evaluate_model", "run_evaluation", "EvaluationError")
+_LAZY = {"evaluate_scores": "evaluate", "evaluate_model": "evaluate",
+         "run_evaluation": "evaluate", "EvaluationError": "evaluate",
+         "evaluate_protocol": "protocol", "evaluate_model_on_protocol": "protocol",
+         "selection_score": "protocol", "SELECTION_PARTS": "protocol",
+         "CALIBRATION_PART": "protocol"}
 
 
 def __getattr__(name):
     if name in _LAZY:
-        from . import evaluate
+        import importlib
 
-        return getattr(evaluate, name)
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

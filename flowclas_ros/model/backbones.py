@@ -15,32 +15,17 @@ mode, whatever ``.train()`` is called with.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .config import BackboneConfig
+from .weights import load_weights_only
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass
-class BackboneConfig:
-    """Which backbone and how to build it.
-
-    name: ``tiny``, ``efficientnet_lite{0,1,2}`` or ``dinov2_vit{s,b,l,g}14`` (``_reg`` suffix for
-    the register variants). stages: feature stages to use (EfficientNet: 0..4 at strides
-    2, 4, 8, 16, 32; several are resized to the finest and concatenated). weights: a local file
-    (DINOv2; EfficientNet-Lite reads its package unless a file is given); ``None`` = random.
-    """
-
-    name: str = "efficientnet_lite0"
-    stages: list[int] = field(default_factory=lambda: [3])
-    weights: str | None = None
-    pretrained: bool = True  # EfficientNet-Lite: load the packaged ImageNet weights
-    channels: int = 16  # tiny only
 
 
 class Backbone(nn.Module):
@@ -130,7 +115,6 @@ def load_packaged_lite_weights(variant: int, path: Path, target: dict[str, Tenso
     """
     import timm
 
-    from .checkpoint import load_weights_only
 
     src = load_weights_only(path)
     full = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
@@ -291,7 +275,6 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    from .checkpoint import load_weights_only
 
     sd = load_weights_only(path)
     for key in ("model", "state_dict", "teacher"):  # common wrappers

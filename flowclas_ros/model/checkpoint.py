@@ -12,7 +12,6 @@ Version 1 files (the flat flow layout, :mod:`.upgrade`) load with their names up
 from __future__ import annotations
 
 import os
-import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import torch
 
 from .flowclas import FlowCLAS, ModelConfig
 from .upgrade import upgrade_state_dict
+from .weights import load_weights_only
 
 FORMAT = "flowclas_ros.checkpoint"
 VERSION = 2  # the state-dict layout of :mod:`.upgrade` (1: flat flow)
@@ -44,19 +44,6 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def load_weights_only(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
-    """``torch.load(path, weights_only=True)``, with one clear error for a file that holds
-    pickled Python objects (which flowclas_ros never unpickles: unpickling can run code)."""
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:
-        raise ValueError(
-            f"{path} is not a weights-only checkpoint: it holds pickled Python objects, which "
-            f"flowclas_ros does not load because unpickling a file can run arbitrary code. Use a "
-            f"checkpoint written by flowclas_ros's train (checkpoints/last.pt or best.pt), or "
-            f"save a plain state dict of tensors (torch.save(model.state_dict(), path))") from None
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

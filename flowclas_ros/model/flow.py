@@ -10,27 +10,10 @@ mixes neighbouring positions.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 from torch import Tensor, nn
 
-
-@dataclass
-class FlowConfig:
-    """Flow hyper-parameters. ``hidden=0`` means C/2, the authors' choice.
-
-    subnet: ``residual`` (the authors'), ``simple`` (conv3x3-ReLU-conv1x1) or ``conv``
-    (convK-ReLU-convK, FastFlow's, with K from ``kernels`` cycled over the steps: [3, 1]
-    alternates a spatial and a per-position coupling).
-    """
-
-    steps: int = 16
-    hidden: int = 0
-    subnet: str = "residual"
-    clamp: float = 2.0  # s = clamp * tanh(s_raw)
-    seed: int = 0  # seeds the fixed permutations
-    kernels: list[int] = field(default_factory=lambda: [3, 1])  # conv subnet only
+from .config import FlowConfig
 
 
 class ActNorm(nn.Module):

@@ -15,44 +15,14 @@ Scores (higher = more anomalous):
 """
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .backbones import BackboneConfig, build_backbone
-from .flow import Flow, FlowConfig
+from .backbones import build_backbone
+from .config import SCORES, BackboneConfig, FlowConfig, ModelConfig
+from .flow import Flow
 from .losses import gaussian_nll_map
-
-SCORES = ("nll", "latent")
-
-
-@dataclass
-class ModelConfig:
-    backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    flow: FlowConfig = field(default_factory=FlowConfig)
-    proj_dim: int = 128  # contrastive projection head width
-    score: str = "nll"  # "nll" or "latent"
-    mean: list[float] | None = None  # input normalisation; None = the backbone's own
-    std: list[float] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
-        d = dict(d)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown model config keys {sorted(unknown)}; known: {sorted(known)}")
-        backbone = BackboneConfig(**d.pop("backbone", {}))
-        flow = FlowConfig(**d.pop("flow", {}))
-        return cls(backbone=backbone, flow=flow, **d)
-
 
 class FlowCLAS(nn.Module):
     """Backbone (frozen) + LayerNorm + flow + Gaussian + projection head.
