@@ -28,12 +28,12 @@ setup-gpu: $(STAMP)
 
 # The one-command GPU check: parity against CPU fp32, latency, the ViT-L configuration, the node.
 gpu-check: $(STAMP)
-	$(PY) -m flowclas_ros.runtime.gpu_check --out gpu_check.json
+	$(PY) -m flowclas_ros.tools.gpu_check --out gpu_check.json
 
 DEMO_OUTPUT ?= demo_output
 
 demo: $(STAMP)
-	$(PY) -m flowclas_ros.demo --out $(DEMO_OUTPUT) $(DEMO_ARGS)
+	$(PY) -m flowclas_ros.tools.demo --out $(DEMO_OUTPUT) $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

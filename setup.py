@@ -39,14 +39,14 @@ setup(
     license="MIT",
     entry_points={
         "console_scripts": [
-            "train = flowclas_ros.training.train:main",
-            "evaluate = flowclas_ros.evaluation.evaluate:main",
-            "export = flowclas_ros.export.export:main",
-            "build_engine = flowclas_ros.runtime.build_engine:main",
-            "bag_outputs = flowclas_ros.runtime.bag_outputs:main",
-            "anomaly_node = flowclas_ros.node.anomaly_node:main",
-            "image_player = flowclas_ros.node.image_player:main",
-            "demo = flowclas_ros.demo:main",
+            "train = flowclas_ros.tools.train:main",
+            "evaluate = flowclas_ros.tools.evaluate:main",
+            "export = flowclas_ros.tools.export:main",
+            "build_engine = flowclas_ros.tools.build_engine:main",
+            "bag_outputs = flowclas_ros.tools.bag_outputs:main",
+            "anomaly_node = flowclas_ros.tools.anomaly_node:main",
+            "image_player = flowclas_ros.tools.image_player:main",
+            "demo = flowclas_ros.tools.demo:main",
         ],
     },
 )

@@ -1,4 +1,5 @@
-"""Shared test fixtures: seeded torch, the real-data folder (skips cleanly where absent)."""
+"""Shared test fixtures: seeded torch, the real-data folder (skips cleanly where absent), the tiny
+bundle, and the ROS fixtures over test/ros_harness.py."""
 import os
 from pathlib import Path
 
@@ -44,3 +45,49 @@ def tiny_bundle(tmp_path_factory) -> Path:
     write_bundle(model, out, input_size=(48, 64), threshold=float(scores.median()),
                  score_range=(float(scores.min()), float(scores.max())))
     return out
+
+
+# ROS: the harness is test/ros_harness.py; these fixtures skip where rclpy is not installed ---
+def _ros_harness():
+    pytest.importorskip("rclpy", reason="rclpy (ROS 2 Jazzy) is not installed")
+    import ros_harness
+
+    return ros_harness
+
+
+@pytest.fixture
+def ros_env():
+    """The ROS environment (loopback discovery, the shipped Fast DDS profile, the session's own
+    domain) in os.environ for one test, restored after it: for tests that start rclpy or ROS
+    processes themselves (the demo, a bare Context)."""
+    with _ros_harness().ros_environment() as env:
+        yield env
+
+
+@pytest.fixture(scope="module")
+def ros():
+    """A :class:`ros_harness.Ros` (two contexts, executors spinning) in the ROS environment,
+    one per test module."""
+    harness = _ros_harness()
+    with harness.ros_environment():
+        r = harness.Ros()
+        try:
+            yield r
+        finally:
+            r.close()
+
+
+@pytest.fixture
+def nodes(ros):
+    """start(namespace, **params) -> a flowclas_anomaly node, spinning; every node is destroyed
+    after the test."""
+    started = []
+
+    def start(namespace, **kw):
+        node = ros.start_node(namespace, **kw)
+        started.append(node)
+        return node
+
+    yield start
+    for node in started:
+        ros.stop_node(node)

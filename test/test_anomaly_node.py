@@ -4,16 +4,17 @@ The node runs in its own rclpy Context (its own DDS participant) on a MultiThrea
 a background thread; the test side is a second Context with its own executor, so every message
 and service call goes through DDS. Lifecycle transitions use the node's real
 ``change_state``/``get_state`` services, parameters the real ``set_parameters`` service. Two
-tests start the ``python -m flowclas_ros.node.anomaly_node`` executable as a subprocess.
+tests start the ``python -m flowclas_ros.tools.anomaly_node`` executable as a subprocess.
 
-Waiting is on events (futures, threading.Event, counters polled with a deadline); the only
-deliberate delay is the simulated slow backend of the flood test.
+The contexts, executors, service calls, probes and waits are test/ros_harness.py's (the ``ros``
+and ``nodes`` fixtures: conftest.py). Waiting is on events (futures, threading.Event, counters
+polled with a deadline); the only deliberate delay is the simulated slow backend of the flood
+test.
 """
 from __future__ import annotations
 
 import importlib.util
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -29,233 +30,20 @@ rclpy = pytest.importorskip("rclpy", reason="rclpy (ROS 2 Jazzy) is not installe
 import yaml  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from lifecycle_msgs.msg import Transition  # noqa: E402
-from rcl_interfaces.srv import SetParameters  # noqa: E402
-from rclpy.context import Context  # noqa: E402
-from rclpy.event_handler import (PublisherEventCallbacks,  # noqa: E402
-                                 SubscriptionEventCallbacks)
-from rclpy.executors import MultiThreadedExecutor  # noqa: E402
-from rclpy.node import Node  # noqa: E402
-from rclpy.parameter import Parameter  # noqa: E402
-from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
-from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
+from flowclas_ros.image_codec import image_to_rgb  # noqa: E402
 from flowclas_ros.node import anomaly_node as an  # noqa: E402
-from flowclas_ros.node.image_conversion import image_to_rgb, numpy_to_msg  # noqa: E402
-from flowclas_ros.node.lifecycle_client import LifecycleClient, call  # noqa: E402
-from flowclas_ros.paths import DDS_PROFILE_ENV, dds_profile  # noqa: E402
+
+from ros_harness import (OUTPUTS, TIMEOUT, Probe, subprocess_env, wait_matched,  # noqa: E402
+                         wait_until)
 
 pytestmark = pytest.mark.ros
 
 ROOT = Path(__file__).resolve().parents[1]
-# A domain of our own per test session (domain ids must be < 233) and discovery kept on this
-# host, so concurrent sessions on the machine do not see each other.
-DOMAIN_ID = 100 + os.getpid() % 100
-RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-OUTPUTS = ("heatmap", "mask", "overlay")
-TIMEOUT = 30.0
 
 
-# fixtures -----------------------------------------------------------------------------------
-def wait_until(predicate, timeout: float = TIMEOUT, what: str = "condition") -> None:
-    """Poll ``predicate`` on a short Event wait until it holds; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    tick = threading.Event()
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        tick.wait(0.02)
-
-
-class Probe:
-    """Subscriptions on the test side collecting messages per topic."""
-
-    def __init__(self, node: Node, topics: dict[str, str], qos=RELIABLE, msg_type=Image):
-        self.node, self._cv = node, threading.Condition()
-        self.msgs: dict[str, list] = {k: [] for k in topics}
-        # no QoS event handlers: destroying them while the executor spins races in rclpy
-        self.subs = {k: node.create_subscription(
-            msg_type, t, self._cb(k), qos,
-            event_callbacks=SubscriptionEventCallbacks(use_default_callbacks=False))
-            for k, t in topics.items()}
-
-    def _cb(self, key):
-        def cb(msg):
-            with self._cv:
-                self.msgs[key].append(msg)
-                del self.msgs[key][:-50]  # keep memory bounded
-                self._cv.notify_all()
-        return cb
-
-    def find(self, key, stamp):
-        with self._cv:
-            for m in reversed(self.msgs[key]):
-                if (m.header.stamp.sec, m.header.stamp.nanosec) == stamp:
-                    return m
-        return None
-
-    def close(self):
-        for s in self.subs.values():
-            self.node.destroy_subscription(s)
-
-
-class Ros:
-    """Two rclpy contexts on one domain: ``node_ctx`` for the nodes under test, ``client`` side."""
-
-    def __init__(self):
-        self.node_ctx, self.client_ctx = Context(), Context()
-        rclpy.init(context=self.node_ctx, domain_id=DOMAIN_ID)
-        rclpy.init(context=self.client_ctx, domain_id=DOMAIN_ID)
-        self.node_exec = MultiThreadedExecutor(num_threads=4, context=self.node_ctx)
-        self.client_exec = MultiThreadedExecutor(num_threads=2, context=self.client_ctx)
-        self.client = Node("flowclas_test_client", context=self.client_ctx)
-        self.client_exec.add_node(self.client)
-        self._threads = [threading.Thread(target=e.spin, daemon=True)
-                         for e in (self.node_exec, self.client_exec)]
-        for t in self._threads:
-            t.start()
-        self._clients: dict = {}
-        self._stamp = 0
-
-    def close(self):
-        for e in (self.node_exec, self.client_exec):
-            e.shutdown(timeout_sec=5)
-        self.client.destroy_node()
-        rclpy.shutdown(context=self.node_ctx)
-        rclpy.shutdown(context=self.client_ctx)
-        for t in self._threads:
-            t.join(timeout=5)
-
-    # node under test
-    def start_node(self, namespace: str, *, backend_factory=None, **params) -> an.AnomalyNode:
-        overrides = [Parameter(k, value=v) for k, v in params.items()]
-        node = an.AnomalyNode(namespace=namespace, context=self.node_ctx,
-                              parameter_overrides=overrides, backend_factory=backend_factory)
-        self.node_exec.add_node(node)
-        return node
-
-    def stop_node(self, node: an.AnomalyNode) -> None:
-        self.node_exec.remove_node(node)
-        node.release()
-        node.destroy_node()
-
-    # services: every call bounded and retried (a reply can be lost during discovery on a
-    # loaded machine; flowclas_ros.node.lifecycle_client)
-    def _client_for(self, srv_type, name):
-        key = (srv_type, name)
-        if key not in self._clients:
-            cli = self.client.create_client(srv_type, name)
-            assert cli.wait_for_service(timeout_sec=TIMEOUT), f"service {name} not available"
-            self._clients[key] = cli
-        return self._clients[key]
-
-    def _lifecycle(self, fqn: str) -> LifecycleClient:
-        if fqn not in self._clients:
-            lc = LifecycleClient(self.client, fqn)
-            assert lc.wait_for_services(TIMEOUT), f"lifecycle services of {fqn} not available"
-            self._clients[fqn] = lc
-        return self._clients[fqn]
-
-    def change_state(self, fqn: str, transition_id: int, timeout: float = 120.0,
-                     alive=None) -> bool:
-        return self._lifecycle(fqn).change_state(transition_id, timeout, alive)
-
-    def get_state(self, fqn: str, timeout: float = TIMEOUT) -> str:
-        return self._lifecycle(fqn).get_state(timeout)
-
-    def set_params(self, fqn: str, timeout: float = TIMEOUT, **params):
-        req = SetParameters.Request()
-        req.parameters = [Parameter(k, value=v).to_parameter_msg() for k, v in params.items()]
-        return call(self._client_for(SetParameters, f"{fqn}/set_parameters"), req,
-                    timeout).results
-
-    def bring_up(self, fqn: str) -> None:
-        assert self.change_state(fqn, Transition.TRANSITION_CONFIGURE), "configure failed"
-        assert self.change_state(fqn, Transition.TRANSITION_ACTIVATE), "activate failed"
-        assert self.get_state(fqn) == "active"
-
-    # topics
-    def publisher(self, topic: str):
-        return self.client.create_publisher(
-            Image, topic, RELIABLE,
-            event_callbacks=PublisherEventCallbacks(use_default_callbacks=False))
-
-    def probe(self, namespace: str, outputs=OUTPUTS) -> Probe:
-        return Probe(self.client, {k: f"{namespace}/anomaly/{k}" for k in outputs})
-
-    def next_stamp(self) -> tuple[int, int]:
-        self._stamp += 1
-        return 1000 + self._stamp, 123_000 + self._stamp
-
-    def frame(self, array, encoding="rgb8", frame_id="camera_optical", **kw) -> Image:
-        header = Header(frame_id=frame_id)
-        header.stamp.sec, header.stamp.nanosec = self.next_stamp()
-        return numpy_to_msg(array, encoding, header, **kw)
-
-    def roundtrip(self, pub, probe: Probe, msg: Image, keys=None, timeout=TIMEOUT) -> dict:
-        """Publish ``msg`` (again every second: the input may be best effort) until every
-        output in ``keys`` arrived with its stamp; return them."""
-        keys = tuple(keys or probe.msgs)
-        stamp = (msg.header.stamp.sec, msg.header.stamp.nanosec)
-        got: dict = {}
-        deadline = time.monotonic() + timeout
-        while True:
-            pub.publish(msg)
-            republish = time.monotonic() + 1.0
-            with probe._cv:
-                while True:
-                    got = {k: probe.find(k, stamp) for k in keys}
-                    if all(v is not None for v in got.values()):
-                        return got
-                    now = time.monotonic()
-                    if now > deadline:
-                        missing = [k for k, v in got.items() if v is None]
-                        raise AssertionError(f"no {missing} output for stamp {stamp}")
-                    if now > republish:
-                        break
-                    probe._cv.wait(min(republish, deadline) - now)
-
-
-def wait_matched(node: an.AnomalyNode, pub=None, outputs=()) -> None:
-    """DDS discovery done: the node sees our subscriptions, we see its image subscription."""
-    wait_until(lambda: all(node._pubs[k].get_subscription_count() > 0 for k in outputs),
-               what="the node to see the output subscriptions")
-    if pub is not None:
-        wait_until(lambda: pub.get_subscription_count() > 0, what="the image subscription")
-
-
-@pytest.fixture(scope="module")
-def ros():
-    # loopback only, and the shipped Fast DDS profile on both sides (as the launch file and the
-    # README set it up): camera-sized best-effort frames need its shared-memory segment
-    env = {"ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", DDS_PROFILE_ENV: str(dds_profile())}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    r = Ros()
-    yield r
-    r.close()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-
-
-@pytest.fixture
-def nodes(ros):
-    """start(namespace, **params) -> node; every node is destroyed after the test."""
-    started = []
-
-    def start(namespace, **kw):
-        node = ros.start_node(namespace, **kw)
-        started.append(node)
-        return node
-
-    yield start
-    for node in started:
-        ros.stop_node(node)
-
-
+# fixtures (ros, nodes: conftest.py over ros_harness.py) --------------------------------------
 class WrappedBackend:
     """The real backend, recording calls; optional delay or gate to make inference slow."""
 
@@ -742,12 +530,11 @@ def test_default_model_path_points_at_the_demo_bundle():
 
 # the executable ------------------------------------------------------------------------------
 def _spawn(ns: str, *ros_args: str) -> subprocess.Popen:
-    env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN_ID), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
-               PYTHONUNBUFFERED="1")
     return subprocess.Popen(
-        [sys.executable, "-m", "flowclas_ros.node.anomaly_node", "--ros-args",
+        [sys.executable, "-m", "flowclas_ros.tools.anomaly_node", "--ros-args",
          "-r", f"__ns:={ns}", *ros_args],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True)
 
 
 def _finish(proc: subprocess.Popen, timeout: float = TIMEOUT) -> str:
@@ -893,11 +680,10 @@ def test_camera_sized_best_effort_frames_arrive(ros, nodes, tiny_bundle):
     ns = "/t_720p"
     node = nodes(ns, model_path=str(tiny_bundle))  # image_qos: sensor_data, the default
     ros.bring_up(node.get_fully_qualified_name())
-    env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN_ID), PYTHONUNBUFFERED="1")
     camera = subprocess.run(
-        [sys.executable, "-m", "flowclas_ros.node.bench_transport", "--role", "pub",
+        [sys.executable, "-m", "flowclas_ros.tools.bench.transport", "--role", "pub",
          "--size", "1280x720", "--rate", "10", "--frames", "20", "--topic", f"{ns}/image"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=120)
     assert camera.returncode == 0, camera.stderr
     wait_until(lambda: node.stats()["received"] >= 20, timeout=10,
                what="all 20 best-effort 720p frames")
@@ -939,7 +725,7 @@ def test_get_state_and_diagnostics_answer_during_a_long_configure(ros, nodes, ti
 
 def test_torch_compile_and_cuda_graphs_reach_the_torch_backend(ros, nodes, tiny_bundle):
     from flowclas_ros.runtime import create_backend
-    from flowclas_ros.runtime.backend import backend_options
+    from flowclas_ros.runtime.registry import backend_options
 
     seen: list[dict] = []
 
@@ -974,9 +760,7 @@ def test_compressed_images_in_and_bad_ones_dropped(ros, nodes, tiny_bundle):
                  image_transport="compressed")
     ros.bring_up(node.get_fully_qualified_name())
     probe = ros.probe(ns, ("heatmap",))
-    pub = ros.client.create_publisher(
-        CompressedImage, f"{ns}/image/compressed", RELIABLE,
-        event_callbacks=PublisherEventCallbacks(use_default_callbacks=False))
+    pub = ros.publisher(f"{ns}/image/compressed", CompressedImage)
     wait_matched(node, pub, ("heatmap",))
     rgb = rgb_image()
     header = Header(frame_id="zcam")

@@ -7,6 +7,7 @@ first; a module may import its own package and any lower layer, nothing above an
     0  labels, options, paths, jsonio, image_codec   (no torch, no ROS)
     1  model, data                                    (the method and its data; independent)
     2  bundle                                         (the deployed artifact: reader, graph, writer)
+    2  outputs                                        (regions, persistence, depth, snapshots)
     3  runtime                                        (backends over a bundle)
     4  evaluation                                     (metrics, scoring, the validation protocol)
     5  training                                       (the trainer; selects with evaluation)
@@ -25,6 +26,7 @@ LAYERS = {
     "__init__": 0, "labels": 0, "options": 0, "paths": 0, "jsonio": 0, "image_codec": 0,
     "model": 1, "data": 1,
     "bundle": 2,
+    "outputs": 2,
     "runtime": 3,
     "evaluation": 4,
     "training": 5,

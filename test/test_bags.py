@@ -1,9 +1,9 @@
 """Robot recordings: bags written here (rosbag2 sqlite3 and MCAP, raw and compressed images, an
 encoding the node rejects, truncated data), read as training data, calibrated on, replayed by
-the player, their outputs written to a new bag, and compressed frames into the node."""
+the player, their outputs written to a new bag, and compressed frames into the node. The tests
+that start rclpy do it through test/ros_harness.py (the ``ros``, ``nodes`` and ``ros_env``
+fixtures)."""
 import json
-import os
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -176,10 +176,10 @@ def _tiny_config(tmp_path: Path) -> Path:
 
 
 def test_train_export_calibrate_and_outputs_from_a_bag(tmp_path, monkeypatch, capsys):
-    from flowclas_ros.export import export as export_mod
-    from flowclas_ros.export.bundle import load_bundle
-    from flowclas_ros.runtime.bag_outputs import main as outputs_main
-    from flowclas_ros.training.train import main as train_main
+    from flowclas_ros.bundle.reader import load_bundle
+    from flowclas_ros.tools import export as export_mod
+    from flowclas_ros.tools.bag_outputs import main as outputs_main
+    from flowclas_ros.tools.train import main as train_main
 
     monkeypatch.setenv("FLOWCLAS_CACHE", str(tmp_path / "cache"))
     bag = write_bag(tmp_path / "drive", n=40, compressed=True)
@@ -219,101 +219,69 @@ def test_train_export_calibrate_and_outputs_from_a_bag(tmp_path, monkeypatch, ca
 # --- replay and compressed input over DDS ----------------------------------------------------
 
 @pytest.mark.ros
-def test_player_replays_a_bag_with_its_stamps_into_the_compressed_input(tmp_path, tiny_bundle):
-    rclpy = pytest.importorskip("rclpy")
-    from rclpy.context import Context
-    from rclpy.executors import MultiThreadedExecutor
+def test_player_replays_a_bag_with_its_stamps_into_the_compressed_input(tmp_path, tiny_bundle,
+                                                                        ros, nodes):
     from rclpy.parameter import Parameter
-
-    from flowclas_ros.node.anomaly_node import AnomalyNode
-    from flowclas_ros.node.image_player import ImagePlayer
-    from flowclas_ros.node.lifecycle_client import LifecycleClient
-    from lifecycle_msgs.msg import Transition
     from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from sensor_msgs.msg import Image
+
+    from flowclas_ros.node.image_player import ImagePlayer
+    from ros_harness import wait_matched, wait_until
 
     bag = write_bag(tmp_path / "bag", n=10, compressed=True, bad={4: "truncated"},
                     period_s=0.05)
-    ctx = Context()
-    rclpy.init(context=ctx, domain_id=110 + os.getpid() % 90)
-    ex = MultiThreadedExecutor(num_threads=4, context=ctx)
-    node = AnomalyNode(namespace="/bag", context=ctx, parameter_overrides=[
-        Parameter("model_path", value=str(tiny_bundle)), Parameter("image_transport",
-                                                                   value="compressed"),
-        Parameter("image_qos", value="reliable")])
-    player = ImagePlayer("player", namespace="/bag", context=ctx, parameter_overrides=[
-        Parameter("source", value=str(bag)), Parameter("topic", value="/cam/image"),
-        Parameter("rate", value=0.0), Parameter("transport", value="compressed")])
-    client = rclpy.create_node("bag_client", context=ctx)
-    got = []
-    client.create_subscription(Image, "/bag/anomaly/heatmap",
-                               lambda m: got.append((m.header.stamp.sec, m.header.stamp.nanosec)),
-                               QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE))
-    for n in (node, player, client):
-        ex.add_node(n)
-    spin = threading.Thread(target=ex.spin, daemon=True)
-    spin.start()
+    node = nodes("/bag", model_path=str(tiny_bundle), image_transport="compressed",
+                 image_qos="reliable")
+    player = ros.add(ImagePlayer("player", namespace="/bag", context=ros.node_ctx,
+                                 parameter_overrides=[
+                                     Parameter("source", value=str(bag)),
+                                     Parameter("topic", value="/cam/image"),
+                                     Parameter("rate", value=0.0),
+                                     Parameter("transport", value="compressed")]))
+    probe = ros.probe("/bag", ("heatmap",),
+                      QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE))
     try:
-        lc = LifecycleClient(client, "/bag/flowclas_anomaly")
-        assert lc.wait_for_services(30)
-        assert lc.change_state(Transition.TRANSITION_CONFIGURE, 60)
-        assert lc.change_state(Transition.TRANSITION_ACTIVATE, 60)
-        tick = threading.Event()
-        deadline = 30
-        while (player.publisher.get_subscription_count() == 0
-               or node._pubs["heatmap"].get_subscription_count() == 0) and deadline > 0:
-            tick.wait(0.1)
-            deadline -= 0.1
+        ros.bring_up(node.get_fully_qualified_name())
+        wait_matched(node, player.publisher, ("heatmap",))
         player.start()
-        while not player.finished and deadline > 0:
-            tick.wait(0.1)
-            deadline -= 0.1
-        while node.stats()["published"] + node.stats()["malformed"] < 10 and deadline > 0:
-            tick.wait(0.1)
-            deadline -= 0.1
+        wait_until(lambda: player.finished, what="the player to finish")
+        wait_until(lambda: node.stats()["published"] + node.stats()["malformed"] >= player.sent,
+                   what="every frame sent to be served")
         stats = node.stats()
         assert player.sent == 9  # the truncated frame does not decode: the player skips it
         assert stats["malformed"] == 0 and stats["published"] == 9
+        wait_until(lambda: len(probe.stamps("heatmap")) >= stats["published"],
+                   what="every heatmap at the client")
+        got = probe.stamps("heatmap")
         assert sorted(got)[:2] == [(100, 7), (101, 7)]  # the recording's stamps, kept
     finally:
-        ex.shutdown()
-        node.release()
-        for n in (node, player, client):
-            n.destroy_node()
-        rclpy.shutdown(context=ctx)
+        probe.close()
+        ros.remove(player)
 
 
-def test_player_paces_a_recording_on_its_own_thread(tmp_path):
+def test_player_paces_a_recording_on_its_own_thread(tmp_path, ros_env):
     """The recorded rate is kept without any executor spinning the player (a busy executor made
     a timer-paced replay stall and then burst): every frame goes out, at the recorded spacing."""
     import time
 
-    import rclpy
-    from rclpy.context import Context
     from rclpy.parameter import Parameter
 
     from flowclas_ros.node.image_player import ImagePlayer
+    from ros_harness import ros_context, wait_until
 
     bag = write_bag(tmp_path / "bag", n=6, period_s=0.05)
-    ctx = Context()
-    rclpy.init(context=ctx, domain_id=110 + os.getpid() % 90)
-    player = ImagePlayer("pacer", context=ctx, parameter_overrides=[
-        Parameter("source", value=str(bag)), Parameter("topic", value="/cam/image"),
-        Parameter("rate", value=0.0)])
-    sent_at = []
-    publish = player.publisher.publish
-    player.publisher.publish = lambda msg: (sent_at.append(time.monotonic()), publish(msg))
-    try:
-        player.start()
-        done = threading.Event()
-        for _ in range(300):
-            if player.finished:
-                break
-            done.wait(0.05)
-        assert player.finished and player.sent == 6
-        # never ahead of the recording's own 50 ms spacing (late is allowed on a busy machine)
-        offsets = np.asarray(sent_at) - sent_at[0]
-        assert np.all(offsets >= np.arange(6) * 0.05 - 0.005), offsets
-    finally:
-        player.destroy_node()
-        rclpy.shutdown(context=ctx)
+    with ros_context() as ctx:
+        player = ImagePlayer("pacer", context=ctx, parameter_overrides=[
+            Parameter("source", value=str(bag)), Parameter("topic", value="/cam/image"),
+            Parameter("rate", value=0.0)])
+        sent_at = []
+        publish = player.publisher.publish
+        player.publisher.publish = lambda msg: (sent_at.append(time.monotonic()), publish(msg))
+        try:
+            player.start()
+            wait_until(lambda: player.finished, timeout=15, what="the player to finish")
+            assert player.finished and player.sent == 6
+            # never ahead of the recording's own 50 ms spacing (late is allowed on a busy machine)
+            offsets = np.asarray(sent_at) - sent_at[0]
+            assert np.all(offsets >= np.arange(6) * 0.05 - 0.005), offsets
+        finally:
+            player.destroy_node()

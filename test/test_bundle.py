@@ -7,11 +7,13 @@ import onnx
 import pytest
 import torch
 
-from flowclas_ros.export.bundle import (FORMAT, FORMAT_VERSION, Bundle, BundleError,
-                                        build_torch_model, config_sha256, load_bundle,
-                                        write_bundle)
-from flowclas_ros.export.onnx_export import image_to_input, sample_images
-from flowclas_ros.runtime.bench_backends import demo_model
+from flowclas_ros.bundle.hashing import config_sha256
+from flowclas_ros.bundle.onnx_export import image_to_input, sample_images
+from flowclas_ros.bundle.reader import FORMAT, FORMAT_VERSION, Bundle, BundleError, load_bundle
+from flowclas_ros.bundle.torch_model import build_torch_model
+from flowclas_ros.export.bundle import write_bundle
+
+from model_fixtures import demo_model
 
 SIZE = (48, 64)
 TRAIN_CONFIG = {"train": {"lr": 2e-3, "epochs": 4}, "data": {"name": "camvid"}}
@@ -26,7 +28,8 @@ def tiny_model():
 def tiny_bundle(tiny_model, tmp_path_factory) -> Bundle:
     out = tmp_path_factory.mktemp("bundles") / "tiny"
     return write_bundle(tiny_model, out, input_size=SIZE, threshold=1.5, score_range=(0.5, 2.5),
-                        threshold_fpr=0.05, train_config=TRAIN_CONFIG, metrics={"auprc": 0.5},
+                        threshold_fpr=0.05, train_config=TRAIN_CONFIG,
+                        metrics={"auprc": 0.5, "fpr95": float("nan"), "far": float("inf")},
                         exporter="torchscript")
 
 
@@ -54,7 +57,7 @@ def test_round_trip(tiny_model, tiny_bundle):
     assert m["model"]["config"] == tiny_model.config.to_dict()
     assert m["train_config"] == TRAIN_CONFIG
     assert m["train_config_sha256"] == config_sha256(TRAIN_CONFIG)
-    assert m["metrics"] == {"auprc": 0.5}
+    assert m["metrics"] == {"auprc": 0.5, "fpr95": None, "far": None}
     assert {"torch", "onnx", "onnxruntime", "flowclas_ros"} <= set(m["versions"])
     assert set(m["files"]) == {"model.onnx", "weights.safetensors"}
     assert all(len(f["sha256"]) == 64 for f in m["files"].values())
@@ -67,6 +70,15 @@ def test_round_trip(tiny_model, tiny_bundle):
     x = image_to_input(sample_images()[0][1], SIZE)
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(x), tiny_model(x), rtol=0, atol=0)
+
+
+def test_manifest_is_strict_json(tiny_bundle):
+    """NaN and infinity (an undefined metric) are written as null, never as bare tokens."""
+    def refuse(token):
+        raise ValueError(f"{token} is not JSON")
+
+    manifest = json.loads((tiny_bundle.path / "manifest.json").read_text(), parse_constant=refuse)
+    assert manifest["metrics"] == {"auprc": 0.5, "fpr95": None, "far": None}
 
 
 def test_load_accepts_manifest_path(tiny_bundle):
@@ -199,3 +211,19 @@ def test_fp16_bundle(tiny_model, tmp_path):
         assert ver["finite"] and ver["relative_to_score_range"] < 0.05
     # the caller's model is untouched
     assert next(tiny_model.backbone.parameters()).dtype == torch.float32
+
+
+def test_moved_names_still_import_with_a_warning():
+    """The reader moved to flowclas_ros.bundle; the old paths resolve to the same objects."""
+    import importlib
+
+    from flowclas_ros.bundle import graph, reader
+
+    old_bundle = importlib.import_module("flowclas_ros.export.bundle")
+    old_onnx = importlib.import_module("flowclas_ros.export.onnx_export")
+    with pytest.warns(FutureWarning, match="flowclas_ros.bundle.reader.load_bundle"):
+        assert old_bundle.load_bundle is reader.load_bundle
+    with pytest.warns(FutureWarning, match="flowclas_ros.bundle.graph.ScoreGraph"):
+        assert old_onnx.ScoreGraph is graph.ScoreGraph
+    with pytest.warns(FutureWarning):
+        from flowclas_ros.runtime.pipeline import NumpyPipeline  # noqa: F401

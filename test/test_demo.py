@@ -1,4 +1,5 @@
-"""`make demo` end to end: the node as its own process, the player, lifecycle services, DDS."""
+"""`make demo` end to end: the node as its own process, the player, lifecycle services, DDS
+(in the ROS test environment of test/ros_harness.py)."""
 import json
 
 import numpy as np
@@ -7,7 +8,7 @@ from PIL import Image
 
 pytest.importorskip("rclpy")
 
-from flowclas_ros.demo import main as demo_main  # noqa: E402
+from flowclas_ros.tools.demo import main as demo_main  # noqa: E402
 from flowclas_ros.node.image_player import default_sequence, iter_frames  # noqa: E402
 
 
@@ -52,7 +53,9 @@ def test_shipped_demo_sequence_is_small_and_attributed():
 
 
 @pytest.mark.ros
-def test_demo_writes_overlays_and_summary(tmp_path, tiny_bundle):
+def test_demo_writes_overlays_and_summary(tmp_path, tiny_bundle, ros_env):
+    # ros_env (test/ros_harness.py): the demo's node and client on this session's domain, on
+    # loopback, with the shipped DDS profile; os.environ as it was after the test
     out = tmp_path / "demo_output"
     code = demo_main(["--source", str(_frames(tmp_path / "imgs")), "--model", str(tiny_bundle),
                       "--rate", "10", "--backend", "onnxruntime", "--out", str(out),

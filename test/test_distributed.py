@@ -68,7 +68,7 @@ def test_two_process_gloo_run_trains_in_sync(tmp_path, objective, cache):
            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     env["CUDA_VISIBLE_DEVICES"] = ""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "flowclas_ros.training.train", "--config", str(path), "--out", str(out),
+           "-m", "flowclas_ros.tools.train", "--config", str(path), "--out", str(out),
            "--quiet"]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from flowclas_ros import jsonio
 from flowclas_ros.evaluation import evaluate as ev
+from flowclas_ros.tools import evaluate as evaluate_cli
 from flowclas_ros.evaluation.components import ComponentMetrics
 from flowclas_ros.evaluation.metrics import ExactPixelMetrics, pixel_metrics
 
@@ -73,7 +75,7 @@ def test_scores_npy_end_to_end(folder_set, tmp_path, capsys):
     root, scores = folder_set
     _write_npy(tmp_path / "scores", scores)
     out = tmp_path / "out"
-    rc = ev.main(["--dataset", "folder", "--root", str(root), "--scores", str(tmp_path / "scores"),
+    rc = evaluate_cli.main(["--dataset", "folder", "--root", str(root), "--scores", str(tmp_path / "scores"),
                   "--out", str(out), "--components", "obstacle", "--quiet"])
     assert rc == 0
     m = _read(out)
@@ -99,13 +101,13 @@ def test_scores_png16_and_streaming(folder_set, tmp_path):
         q[n] = v.astype(np.float32) / 65535
     assert Image.open(tmp_path / "png" / "a.png").mode.startswith("I")
     out = tmp_path / "out"
-    ev.main(["--dataset", "folder", "--root", str(root), "--scores", str(tmp_path / "png"),
+    evaluate_cli.main(["--dataset", "folder", "--root", str(root), "--scores", str(tmp_path / "png"),
              "--out", str(out), "--components", "anomaly", "--quiet"])
     m, want = _read(out), _expected(root, q, "anomaly")
     for k in ("auprc", "fpr95", "auroc", "siou", "ppv", "mean_f1"):
         assert m[k] == pytest.approx(want[k], abs=1e-12), k
     # streaming with default bins: within 1e-4 of the exact numbers on the same maps
-    ev.main(["--dataset", "folder", "--root", str(root), "--scores", str(tmp_path / "png"),
+    evaluate_cli.main(["--dataset", "folder", "--root", str(root), "--scores", str(tmp_path / "png"),
              "--out", str(tmp_path / "st"), "--streaming", "--components", "none", "--quiet",
              "--no-plots"])
     st = _read(tmp_path / "st")
@@ -122,13 +124,13 @@ def test_missing_and_missized_maps_are_clear_errors(folder_set, tmp_path, capsys
     args = ["--dataset", "folder", "--root", str(root), "--scores", str(d), "--out",
             str(tmp_path / "o"), "--quiet"]
     with pytest.raises(SystemExit) as e:
-        ev.main(args)
+        evaluate_cli.main(args)
     assert e.value.code == 1
     err = capsys.readouterr().err
     assert "seq/c" in err and "no score map" in err
     np.save(d / "seq" / "c.npy", scores["seq/c"][:-1])
     with pytest.raises(SystemExit):
-        ev.main(args)
+        evaluate_cli.main(args)
     err = capsys.readouterr().err
     assert "seq/c" in err and "(71, 96)" in err and "(72, 96)" in err
     assert not (tmp_path / "o" / "metrics.json").exists()
@@ -163,7 +165,7 @@ def test_model_checkpoint_end_to_end(folder_set, tmp_path):
     root, _ = folder_set
     model = _tiny_checkpoint(tmp_path / "ckpt.pt").eval()
     out = tmp_path / "out"
-    rc = ev.main(["--dataset", "folder", "--root", str(root), "--model", str(tmp_path / "ckpt.pt"),
+    rc = evaluate_cli.main(["--dataset", "folder", "--root", str(root), "--model", str(tmp_path / "ckpt.pt"),
                   "--out", str(out), "--quiet", "--save-scores", "--components", "obstacle"])
     assert rc == 0
     m = _read(out)
@@ -217,7 +219,7 @@ def test_bundle_directory_goes_through_the_runtime(folder_set, tmp_path, monkeyp
     bundle = tmp_path / "bundle"
     bundle.mkdir()
     out = tmp_path / "out"
-    ev.main(["--dataset", "folder", "--root", str(root), "--model", str(bundle), "--out", str(out),
+    evaluate_cli.main(["--dataset", "folder", "--root", str(root), "--model", str(bundle), "--out", str(out),
              "--quiet", "--components", "none", "--no-plots", "--device", "cpu"])
     assert seen == {"path": bundle, "backend": "auto", "device": "cpu"}
     assert backend.closed and all(c == (True, False, False) for c in backend.calls)
@@ -229,7 +231,7 @@ def test_bundle_directory_goes_through_the_runtime(folder_set, tmp_path, monkeyp
 def test_auto_track_and_json_nulls():
     assert ev.default_track("smiyc_obstacle") == "obstacle"
     assert ev.default_track("road_anomaly") == "anomaly"
-    assert ev._jsonable({"a": float("nan"), "b": [np.float32(0.5), float("inf")]}) == \
+    assert jsonio.to_json({"a": float("nan"), "b": [np.float32(0.5), float("inf")]}) == \
         {"a": None, "b": [0.5, None]}
 
 
@@ -241,4 +243,4 @@ def test_no_anomaly_pixels_gives_nan_metrics_and_skips_components():
     with pytest.warns(UserWarning, match="no anomaly pixels"):
         m = ev.evaluate_scores(maps, frames, components="anomaly")
     assert np.isnan(m["auprc"]) and "siou" not in m and m["n_anomaly_pixels"] == 0
-    assert ev._jsonable(m)["auprc"] is None
+    assert jsonio.to_json(m)["auprc"] is None

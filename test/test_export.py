@@ -6,13 +6,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flowclas_ros.export import export as export_mod
-from flowclas_ros.export import onnx_export
-from flowclas_ros.export.bundle import config_sha256, load_bundle
-from flowclas_ros.export.onnx_export import export_onnx, sample_images, verify_onnx
+from flowclas_ros.bundle import onnx_export
+from flowclas_ros.bundle.hashing import config_sha256
+from flowclas_ros.bundle.onnx_export import export_onnx, sample_images, verify_onnx
+from flowclas_ros.bundle.reader import load_bundle
+from flowclas_ros.tools import export as export_cli
 from flowclas_ros.model.checkpoint import model_payload, save_checkpoint
 from flowclas_ros.runtime import create_backend
-from flowclas_ros.runtime.bench_backends import demo_model
+
+from model_fixtures import demo_model
 
 TRAIN_CONFIG = {"model": {"backbone": "tiny"}, "train": {"steps": 10}}
 
@@ -53,7 +55,7 @@ def calibration_dir(tmp_path_factory):
 
 def test_cli_with_calibration(checkpoint, calibration_dir, tmp_path, capsys):
     out = tmp_path / "bundle"
-    assert export_mod.main(["--checkpoint", str(checkpoint), "--out", str(out), "--input-size",
+    assert export_cli.main(["--checkpoint", str(checkpoint), "--out", str(out), "--input-size",
                             "32", "48", "--calibration", str(calibration_dir), "--fpr", "0.1"]) == 0
     summary = json.loads(capsys.readouterr().out)
     b = load_bundle(out)
@@ -83,7 +85,7 @@ def test_cli_with_calibration(checkpoint, calibration_dir, tmp_path, capsys):
 
 def test_cli_without_calibration_and_threshold_override(checkpoint, tmp_path, capsys):
     out = tmp_path / "b"
-    export_mod.main(["--checkpoint", str(checkpoint), "--out", str(out), "--input-size", "32",
+    export_cli.main(["--checkpoint", str(checkpoint), "--out", str(out), "--input-size", "32",
                      "48", "--threshold", "1.25", "--no-verify"])
     b = load_bundle(out)
     assert b.threshold == 1.25 and b.threshold_fpr is None
@@ -91,7 +93,7 @@ def test_cli_without_calibration_and_threshold_override(checkpoint, tmp_path, ca
     assert "uncalibrated" in b.manifest["score_range_method"]
     assert b.manifest["onnx"]["verification"] is None
     # without --threshold: the placeholder from the photos, marked uncalibrated
-    export_mod.main(["--checkpoint", str(checkpoint), "--out", str(out), "--input-size", "32",
+    export_cli.main(["--checkpoint", str(checkpoint), "--out", str(out), "--input-size", "32",
                      "48", "--no-verify"])
     b = load_bundle(out)
     assert "uncalibrated" in b.manifest["threshold"]["method"] and b.threshold_fpr is None
@@ -101,11 +103,11 @@ def test_cli_without_calibration_and_threshold_override(checkpoint, tmp_path, ca
 
 def test_cli_rejects_bad_arguments(checkpoint, tmp_path, capsys):
     with pytest.raises(SystemExit):
-        export_mod.main(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "x"),
+        export_cli.main(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "x"),
                          "--fpr", "1.5"])
     capsys.readouterr()
     missing = tmp_path / "missing.pt"
-    assert export_mod.main(["--checkpoint", str(missing), "--out", str(tmp_path)]) == 2
+    assert export_cli.main(["--checkpoint", str(missing), "--out", str(tmp_path)]) == 2
     assert f"checkpoint {missing} does not exist" in capsys.readouterr().err
 
 
@@ -116,16 +118,16 @@ def test_pickled_checkpoint_is_refused_in_one_clear_sentence(tmp_path, capsys):
 
     import torch
 
-    from flowclas_ros.evaluation import evaluate as ev
+    from flowclas_ros.tools import evaluate as evaluate_cli
 
     bad = tmp_path / "pickled.pt"
     torch.save({"format": "flowclas_ros.checkpoint", "opts": argparse.Namespace(a=1)}, bad)
-    assert export_mod.main(["--checkpoint", str(bad), "--out", str(tmp_path / "b")]) == 2
+    assert export_cli.main(["--checkpoint", str(bad), "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err
     (tmp_path / "ds" / "images").mkdir(parents=True)
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "ds" / "images" / "a.png")
     with pytest.raises(SystemExit):
-        ev.main(["--dataset", "folder", "--root", str(tmp_path / "ds"), "--model", str(bad),
+        evaluate_cli.main(["--dataset", "folder", "--root", str(tmp_path / "ds"), "--model", str(bad),
                  "--out", str(tmp_path / "e")])
     err += capsys.readouterr().err
     assert err.count("is not a weights-only checkpoint") == 2

@@ -11,10 +11,10 @@ import onnx
 import pytest
 import torch
 
-from flowclas_ros.export.bundle import load_bundle
+from flowclas_ros.bundle.reader import load_bundle
 from flowclas_ros.runtime import Backend, BackendUnavailable, create_backend
-from flowclas_ros.runtime import backend as backend_mod
-from flowclas_ros.runtime.pipeline import NumpyPipeline
+from flowclas_ros.runtime.numpy_pipeline import NumpyPipeline
+from flowclas_ros.runtime.registry import backend_options
 from flowclas_ros.runtime.tensorrt_backend import (build_engine, check_api, graph_for_precision,
                                                    network_flags)
 
@@ -227,7 +227,7 @@ def test_torch_tensorrt_compiles_with_explicit_typing():
 
 
 def test_build_engine_cli_says_why_it_cannot_build(tiny_bundle, capsys):
-    from flowclas_ros.runtime.build_engine import main
+    from flowclas_ros.tools.build_engine import main
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: the CLI would build")
@@ -237,7 +237,7 @@ def test_build_engine_cli_says_why_it_cannot_build(tiny_bundle, capsys):
 
 
 def test_backend_options_map_the_node_settings():
-    opts = backend_mod.backend_options
+    opts = backend_options
     assert opts("torch", cpu_threads=2, torch_compile=True, cuda_graphs=True) == {
         "num_threads": 2, "compile": True, "cuda_graphs": True}
     assert opts("onnxruntime", cpu_threads=1, cpu_spinning=False, torch_compile=True) == {
@@ -250,8 +250,8 @@ def test_backend_options_map_the_node_settings():
 @pytest.mark.slow
 def test_gpu_check_runs_its_cpu_side(tmp_path):
     from flowclas_ros.export.bundle import write_bundle
-    from flowclas_ros.runtime.bench_backends import demo_model, demo_score_range
-    from flowclas_ros.runtime.gpu_check import main
+    from flowclas_ros.tools.gpu_check import main
+    from model_fixtures import demo_model, demo_score_range
 
     model = demo_model("tiny")  # initialised and perturbed: scores that vary across the frame
     lo, hi = demo_score_range(model, (48, 64))

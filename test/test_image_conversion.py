@@ -7,9 +7,10 @@ pytest.importorskip("sensor_msgs.msg", reason="ROS 2 message packages (sensor_ms
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
-from flowclas_ros.node.image_conversion import (  # noqa: E402
-    SUPPORTED_ENCODINGS, ImageFormatError, ImageTooLarge, bgr_to_msg, heatmap_to_msg,
-    image_to_rgb, mask_to_msg, numpy_to_msg, validate_image)
+from flowclas_ros.image_codec import (SUPPORTED_ENCODINGS, ImageFormatError,  # noqa: E402
+                                      ImageTooLarge, image_to_rgb, validate_image)
+from flowclas_ros.node.image_conversion import (bgr_to_msg, heatmap_to_msg,  # noqa: E402
+                                                mask_to_msg, numpy_to_msg)
 
 
 @pytest.fixture

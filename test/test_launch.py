@@ -223,7 +223,7 @@ class TestLaunchFileStatic(unittest.TestCase):
 
     def test_installed_files(self):
         setup_py = (ROOT / "setup.py").read_text()
-        self.assertIn("anomaly_node = flowclas_ros.node.anomaly_node:main", setup_py)
+        self.assertIn("anomaly_node = flowclas_ros.tools.anomaly_node:main", setup_py)
         self.assertIn('glob("launch/*.py")', setup_py)
         self.assertIn('glob("config/*.rviz")', setup_py)
         self.assertTrue((ROOT / "config" / "anomaly.yaml").is_file())

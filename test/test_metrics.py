@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from flowclas_ros.evaluation.metrics import (ExactPixelMetrics, StreamingPixelMetrics,
-                                             pixel_metrics, threshold_at_fpr)
+from flowclas_ros.evaluation.metrics import ExactPixelMetrics, pixel_metrics, threshold_at_fpr
+from flowclas_ros.evaluation.streaming_metrics import StreamingPixelMetrics
 
 
 def _random_set(seed, n=20000, ties=False, void=0.1, pos=0.1):

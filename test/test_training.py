@@ -1,11 +1,14 @@
 """Training: configs and overrides, schedule, parameter groups, the feature cache, a short run
-that lowers the loss, exact kill-and-resume, checkpoint selection, the CLI. Tiny backbone, a tiny
-generated 'folder' dataset and generated outlier objects, all in tmp_path."""
+that lowers the loss, exact kill-and-resume (also of a run killed in its feature-cache build),
+checkpoint selection, the CLI. Tiny backbone, a tiny generated 'folder' dataset and generated
+outlier objects, all in tmp_path."""
 import csv
 import json
+import logging
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +21,12 @@ from flowclas_ros.model.checkpoint import load_checkpoint, load_model
 from flowclas_ros.labels import VOID
 from flowclas_ros.training import config as config_mod
 from flowclas_ros.training.config import ConfigError, load_config
-from flowclas_ros.training.feature_cache import FeatureCache, encode, grid_labels
+from flowclas_ros.training.feature_cache import (ARRAYS, PROGRESS_FILE, FeatureCache,
+                                                 build_feature_cache, cache_key, done_rows)
+from flowclas_ros.training.features import encode, grid_labels
 from flowclas_ros.training.schedule import OneCycleSchedule, one_cycle_factor
-from flowclas_ros.training.train import main, resolve_config
+from flowclas_ros.tools.common import resolve_config
+from flowclas_ros.tools.train import main
 from flowclas_ros.training.samples import EpochOrder, variant_rng
 from flowclas_ros.training.trainer import Trainer, param_groups, train
 
@@ -137,6 +143,57 @@ def test_config_bad_yaml_key(tmp_path):
     path.write_text("model:\n  flow: {steps: four}\n")
     with pytest.raises(ConfigError, match="model.flow.steps: expected an integer, got 'four'"):
         load_config(path)
+
+
+def test_config_sections_are_the_owners_types_and_old_names_still_import():
+    from flowclas_ros.data.pasting import PasteConfig
+
+    cfg = load_config(None, ["data.paste.mode=composite", "data.paste.scales=[1, 0.5]"])
+    assert type(cfg.data.paste) is PasteConfig  # no mirror: the paster's own config
+    assert cfg.data.paste.mode == "composite" and cfg.data.paste.scales == [1.0, 0.5]
+    assert yaml.safe_load(yaml.safe_dump(cfg.to_dict())) == cfg.to_dict()
+    with pytest.raises(ConfigError, match=r"data.paste.paste_prob must be in \[0, 1\]"):
+        load_config(None, ["data.paste.paste_prob=2"])
+    renamed = {"TrainSettings": "TrainLoopConfig", "PasteSettings": "PasteConfig",
+               "BagSettings": "BagConfig", "InlierSet": "InlierSetConfig",
+               "PRECISIONS": "TRAINING_PRECISIONS"}
+    for old, new in renamed.items():
+        with pytest.warns(FutureWarning, match=new):
+            assert getattr(config_mod, old) is getattr(config_mod, new)
+    assert type(cfg.train) is config_mod.TrainLoopConfig
+    assert all(name.endswith("Config") for name in config_mod.__all__ if name[0].isupper()
+               and name != "ConfigError")
+
+
+def _choices():
+    from flowclas_ros.data.coco import FILTERS
+    from flowclas_ros.data.outlier_sources import GRANULARITIES
+    from flowclas_ros.data.pasting import AUX_BACKGROUNDS, PASTE_MODES
+    from flowclas_ros.model.config import SCORES
+    from flowclas_ros.model.losses import OBJECTIVES
+    from flowclas_ros.training.features import GRID_LABELS
+    from flowclas_ros.training.precision import TRAINING_PRECISIONS
+    from flowclas_ros.training.schedule import SCHEDULES
+
+    return {"train.objective": OBJECTIVES, "train.schedule": SCHEDULES,
+            "train.precision": TRAINING_PRECISIONS, "data.outlier_filter": tuple(FILTERS),
+            "data.paste.aux_background": AUX_BACKGROUNDS, "data.paste.mode": PASTE_MODES,
+            "data.outlier_granularity": GRANULARITIES, "data.label_mode": GRID_LABELS,
+            "model.score": SCORES}
+
+
+def test_config_choices_are_the_owning_modules():
+    """Each choice is checked against the tuple of the module whose behaviour it names."""
+    for key, choices in _choices().items():
+        for choice in choices:
+            load_config(None, [f"{key}={choice}"])
+        with pytest.raises(ConfigError, match=f"{key} must be one of") as err:
+            load_config(None, [f"{key}=nothing_like_it"])
+        assert str(tuple(choices)) in str(err.value)
+    for device in ("auto", "cpu", "cuda", "cuda:1"):
+        assert load_config(None, [f"train.device={device}"]).train.device == device
+    with pytest.raises(ConfigError, match="train.device must be auto, cpu, cuda or cuda:N"):
+        load_config(None, ["train.device=cuda:x"])
 
 
 def test_shipped_configs_load_and_follow_the_recipe():
@@ -324,6 +381,71 @@ def test_kill_and_resume_gives_the_same_parameters(tmp_path, cache):
     assert [r["loss"] for r in la] == [r["loss"] for r in lb]
 
 
+def test_resume_of_a_run_killed_while_building_the_feature_cache(tmp_path, caplog):
+    """A `train` SIGKILLed in its feature-cache build (no checkpoint yet) is a run at step 0:
+    --resume keeps the cache rows the build had finished, computes the rest, and ends with the
+    cache, checkpoint (model, optimizer, RNG states) and step of an uninterrupted run."""
+    # One row per backbone batch, so that the build is caught long before it can finish.
+    path = tiny_config(tmp_path, train={"epochs": 2, "checkpoint_every": 100},
+                       cache={"batch_size": 1, "variants": 4})
+    rows = 8 * 4
+    killed, full = tmp_path / "killed", tmp_path / "full"
+    with (tmp_path / "killed.log").open("w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "flowclas_ros.tools.train", "--config",
+                                 str(path), "--out", str(killed), "--quiet"],
+                                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 120
+            while not any(done_rows(p) for p in (tmp_path / "cache").glob("*.partial")):
+                assert proc.poll() is None, (tmp_path / "killed.log").read_text()
+                assert time.monotonic() < deadline, "the feature cache build did not start"
+                time.sleep(0.01)
+        finally:
+            proc.kill()  # SIGKILL
+            proc.wait()
+    assert proc.returncode == -9
+    partials = list((tmp_path / "cache").glob("*.partial"))
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [p.name for p in partials]
+    assert len(partials) == 1
+    kept = done_rows(partials[0])
+    assert 0 < len(kept) < rows
+    assert (killed / "config.yaml").is_file() and not (killed / "checkpoints").exists()
+
+    with caplog.at_level(logging.INFO, logger="flowclas_ros.training"):
+        assert main(["--config", str(path), "--out", str(killed), "--quiet", "--resume"]) == 0
+    assert f"{len(kept)} of {rows} rows were done" in caplog.text
+    assert "from step 0" in caplog.text
+    assert main(["--config", str(path), "--out", str(full), "--quiet",
+                 f"cache.dir={tmp_path / 'cache_full'}"]) == 0
+
+    a = load_checkpoint(full / "checkpoints" / "last.pt")
+    b = load_checkpoint(killed / "checkpoints" / "last.pt")
+    assert a["step"] == b["step"] == 4
+    assert_same_tensors({k: v for k, v in a.items() if k != "train_config"},
+                        {k: v for k, v in b.items() if k != "train_config"})
+    ca = FeatureCache(next((tmp_path / "cache_full").iterdir()))
+    cb = FeatureCache(tmp_path / "cache" / partials[0].name.removesuffix(".partial"))
+    for name in ARRAYS:
+        assert np.array_equal(ca.arrays[name], cb.arrays[name]), name
+    assert sorted(p.name for p in cb.path.iterdir()) == sorted(p.name for p in ca.path.iterdir())
+
+
+def assert_same_tensors(a, b, where="checkpoint"):
+    """Nested dicts/lists equal, tensors bit for bit."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            assert_same_tensors(a[k], b[k], f"{where}[{k!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_tensors(x, y, f"{where}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    else:
+        assert a == b, where
+
+
 def test_feature_cache_reused_and_rebuilt(tmp_path):
     path = tiny_config(tmp_path, train={"epochs": 1})
     s1 = train(load_config(path), out=tmp_path / "a")
@@ -364,6 +486,55 @@ def test_feature_cache_holds_the_features_of_each_variant(tmp_path):
     # pasted outliers are in the labels, the ignored band too
     assert (cache.arrays["mixed_labels"] == 1).any()
     assert (cache.arrays["mixed_labels"][:, 0] == VOID).all()
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_a_stopped_feature_cache_build_resumes_where_it_stopped(tmp_path):
+    """A build stopped after some batches keeps their rows and computes only the others, in the
+    same batches, ending equal to an uninterrupted build; a partial build made for anything
+    else (another batch size, a garbled header) is started afresh."""
+    trainer = Trainer(load_config(tiny_config(tmp_path)), out=tmp_path / "run")
+    spec, pairs, rows = trainer.cache_spec(), trainer.pairs, 16
+    calls = []
+
+    def make_pair(i, v, stop_at=None):
+        if stop_at is not None and len(calls) >= stop_at:
+            raise _Killed
+        calls.append((i, v))
+        return pairs(i, variant_rng(0, i, v))
+
+    def build(root, stop_at=None, batch_size=2):
+        calls.clear()
+        return build_feature_cache(root, spec, 8, 2, lambda i, v: make_pair(i, v, stop_at),
+                                   trainer.model, batch_size=batch_size, progress=False,
+                                   log=lambda msg: None)
+
+    ref, built = build(tmp_path / "ref")
+    assert built and len(calls) == 1 + rows  # the shape probe, then every row
+    partial = tmp_path / "c" / f"{cache_key(spec)}.partial"
+    with pytest.raises(_Killed):
+        build(tmp_path / "c", stop_at=1 + 6)  # the probe and three batches of two
+    assert done_rows(partial) == set(range(6)) and (partial / PROGRESS_FILE).is_file()
+    cache, built = build(tmp_path / "c")
+    assert built and calls[1:] == [(r // 2, r % 2) for r in range(6, rows)]
+    for name in ARRAYS:
+        assert np.array_equal(cache.arrays[name], ref.arrays[name]), name
+    assert not partial.exists() and sorted(p.name for p in cache.path.iterdir()) == sorted(
+        [f"{a}.npy" for a in ARRAYS] + ["meta.json"])
+
+    for spoil in ("batch_size", "header"):
+        root = tmp_path / spoil
+        with pytest.raises(_Killed):
+            build(root, stop_at=1 + 6)
+        if spoil == "header":
+            (root / partial.name / PROGRESS_FILE).write_text("{")
+        cache, built = build(root, batch_size=4 if spoil == "batch_size" else 2)
+        assert built and len(calls) == 1 + rows, spoil
+        for name in ARRAYS[1::2]:  # labels are exact whatever the batch
+            assert np.array_equal(cache.arrays[name], ref.arrays[name]), (spoil, name)
 
 
 def test_flips_keep_labels_aligned(tmp_path):
@@ -441,7 +612,7 @@ def test_console_script_runs(tmp_path):
 
 
 def test_bench_cache_reports_speedup(tmp_path):
-    from flowclas_ros.training.bench_cache import main as bench_main
+    from flowclas_ros.tools.bench.cache import main as bench_main
 
     path = tiny_config(tmp_path)
     out = tmp_path / "bench.json"

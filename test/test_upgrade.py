@@ -6,7 +6,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flowclas_ros.export.bundle import build_torch_model, load_bundle
+from flowclas_ros.bundle.reader import load_bundle
+from flowclas_ros.bundle.torch_model import build_torch_model
 from flowclas_ros.model import BackboneConfig, FlowCLAS, ModelConfig
 from flowclas_ros.model.checkpoint import load_checkpoint, load_model
 from flowclas_ros.model.upgrade import LAYOUT, upgrade_state_dict

@@ -6,7 +6,8 @@ import pytest
 from PIL import Image
 
 from flowclas_ros.data import build_dataset, load_outlier_source
-from flowclas_ros.data.validation_set import build_validation_set, default_outlier_split, main
+from flowclas_ros.data.validation_set import build_validation_set, default_outlier_split
+from flowclas_ros.tools.build_validation_set import main
 from test_datasets import make_camvid
 from test_outliers import make_yolo
 

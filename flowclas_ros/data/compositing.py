@@ -12,7 +12,9 @@ and touch the ground with a shadow. :class:`Compositor` does each of these:
 2. **How big**: the object's height in pixels is ``k * (y_foot - y_horizon)`` with
    ``k = object height / camera height`` drawn from ``height_ratio`` (a flat-ground pinhole
    camera: everything standing on the road at depth d spans (y_foot - y_horizon) for the camera's
-   own height).
+   own height). With ``height_px`` set (small obstacles at camera resolution) the height is drawn
+   first, log-uniformly from that range, then ``k``, and the foot point is drawn on the road rows
+   where the perspective gives that height (so the distance follows from the two).
 3. **How it looks**: brightness, colour cast and contrast moved towards the scene around the
    foot point by a random fraction; a slight blur and sensor noise; an anti-aliased, feathered
    alpha matte; a soft contact shadow under the object.
@@ -38,6 +40,9 @@ class CompositeConfig:
 
     height_ratio: tuple[float, float] = (0.2, 1.4)  # object height / camera height
     min_height_px: int = 12  # smaller objects are redrawn closer to the camera
+    # (lo, hi) px: heights drawn log-uniformly in this range, the foot point on the road row
+    # that gives them (min_height_px is then unused); None: the foot point first (above)
+    height_px: tuple[float, float] | None = None
     max_height_fraction: float = 0.6  # of the frame height
     max_width_fraction: float = 0.5  # of the frame width
     light_match: tuple[float, float] = (0.3, 0.8)  # fraction of the scene's brightness/cast taken
@@ -145,6 +150,26 @@ def match_light(obj: np.ndarray, weight: np.ndarray, scene: np.ndarray, light: f
     return out
 
 
+def _foot_for_height(feet: np.ndarray, width: int, horizon: float, cfg: CompositeConfig,
+                     cap: float, rng: np.random.Generator) -> tuple[int, int, float] | None:
+    """(foot row, foot column, height) for a height drawn log-uniformly from ``cfg.height_px``:
+    the row is where ``k * (row - horizon)`` gives it (``k`` from ``height_ratio``), within
+    2 % of the distance below the horizon; None when the road has no pixel there."""
+    lo, hi = cfg.height_px
+    target = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+    k = float(rng.uniform(*cfg.height_ratio))
+    if target > cap:
+        return None
+    dy = target / k
+    rows = feet // width
+    near = np.flatnonzero(np.abs(rows - (horizon + dy)) <= max(1.0, 0.02 * dy))
+    if near.size == 0:
+        return None
+    fy, fx = divmod(int(feet[near[int(rng.integers(near.size))]]), width)
+    h = k * (fy - horizon)
+    return (fy, fx, h) if lo <= h <= min(hi, cap) else None
+
+
 class Compositor:
     """Composite outlier objects onto road frames (see the module docstring)."""
 
@@ -187,13 +212,20 @@ class Compositor:
         # camera are the ones a robot must see (and the road there is wider in the frame anyway).
         weight = feet // W - ground.horizon
         weight = weight / weight.sum()
+        cap = min(cfg.max_height_fraction * H, cfg.max_width_fraction * W / aspect)
         for _ in range(cfg.tries):
-            foot = int(feet[int(rng.choice(feet.size, p=weight))])
-            fy, fx = divmod(foot, W)
-            h = float(rng.uniform(*cfg.height_ratio)) * (fy - ground.horizon)
-            h = min(h, cfg.max_height_fraction * H, cfg.max_width_fraction * W / aspect)
-            if h < cfg.min_height_px:
-                continue
+            if cfg.height_px is None:
+                foot = int(feet[int(rng.choice(feet.size, p=weight))])
+                fy, fx = divmod(foot, W)
+                h = float(rng.uniform(*cfg.height_ratio)) * (fy - ground.horizon)
+                h = min(h, cap)
+                if h < cfg.min_height_px:
+                    continue
+            else:
+                drawn = _foot_for_height(feet, W, ground.horizon, cfg, cap, rng)
+                if drawn is None:
+                    continue
+                fy, fx, h = drawn
             oh, ow = max(int(round(h)), 2), max(int(round(h * aspect)), 2)
             y0, x0 = fy - oh + 1, fx - ow // 2
             if y0 < 0 or x0 < 0 or x0 + ow > W:

@@ -6,7 +6,8 @@ ANOMALY 1, VOID 255. A root that does not match the expected layout raises
 content), with a message that names what is missing and the layout expected.
 
 * inlier sets (:mod:`.inlier_sets`): ``cityscapes``, ``camvid``, ``idd_lite``, ``kitti_road``,
-  ``allo``, ``folder``;
+  ``allo``, ``folder``; ``hires_road`` (:mod:`.hires_road`: KITTI raw and nuScenes at camera
+  resolution, splits ``train`` / ``protocol`` by drive);
 * robot recordings (:mod:`.bags`): ``bag`` (a rosbag2 folder or an .mcap file, ``topic=``;
   splits ``train``, ``calibration``, ``test`` by time);
 * anomaly benchmarks (:mod:`.benchmarks`): ``road_anomaly``, ``fishyscapes_laf``,
@@ -21,15 +22,17 @@ from typing import Callable
 from .benchmarks import (fishyscapes_laf, fishyscapes_static, lost_and_found, road_anomaly,
                          smiyc_anomaly, smiyc_obstacle)
 from .frames import ImageDataset, Record, Sample, read_image, read_label
+from .hires_road import hires_road
 from .inlier_sets import allo, camvid, cityscapes, folder, idd_lite, kitti_road
 from .layout import IMAGE_EXTS
 
-TRAIN_DATASETS = ("cityscapes", "camvid", "idd_lite", "kitti_road", "allo", "folder", "bag")
+TRAIN_DATASETS = ("cityscapes", "camvid", "idd_lite", "kitti_road", "allo", "folder", "bag",
+                  "hires_road")
 EVAL_DATASETS = ("road_anomaly", "fishyscapes_laf", "fishyscapes_static", "smiyc_anomaly",
                  "smiyc_obstacle", "lost_and_found", "allo", "folder")
 
 def _bag(root, split=None, **kw) -> ImageDataset:
-    # Imported on use: importing .bags here would make `python -m flowclas_ros.data.bags` warn.
+    # Imported on use: rosbags is needed only by recordings.
     from .bags import bag_dataset
     return bag_dataset(root, split, **kw)
 
@@ -39,6 +42,7 @@ READERS: dict[str, Callable[..., ImageDataset]] = {
     "camvid": camvid,
     "idd_lite": idd_lite,
     "kitti_road": kitti_road,
+    "hires_road": hires_road,
     "bag": _bag,
     "allo": allo,
     "folder": folder,

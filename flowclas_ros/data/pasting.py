@@ -15,6 +15,12 @@ from ..labels import ANOMALY, INLIER, VOID
 from .outlier_sources import OutlierObject, OutlierSource
 
 
+AUX_BACKGROUNDS = ("inlier", "ignore")  # the auxiliary image's background label: INLIER or VOID
+# hardcopy: the authors' random place and scale (OutlierPaster); composite: on the estimated road,
+# at its perspective scale and light (flowclas_ros.data.compositing.Compositor)
+PASTE_MODES = ("hardcopy", "composite")
+
+
 @dataclass
 class PasteConfig:
     """How objects are mixed in (METHOD.md section 4; defaults are the authors' road setting).
@@ -22,21 +28,31 @@ class PasteConfig:
     ``scales``: rescale factors drawn uniformly (repeats weight them); ``paste_prob``: chance a
     frame gets an object; ``grey_prob``: chance the object is converted to grey (0.5 for ALLO);
     ``aux_background``: the auxiliary image's background is ``"inlier"`` (road) or ``"ignore"``
-    (ALLO).
+    (ALLO); ``mode``: one of :data:`PASTE_MODES`, for the caller that makes the mixed image
+    (:class:`OutlierPaster` itself always hard-copies; training composites instead with
+    ``"composite"``). Training's ``data.paste`` section is this class.
     """
 
-    scales: tuple = (0.1, 0.125, 0.25, 0.5, 0.5, 0.75)
+    scales: list[float] = field(default_factory=lambda: [0.1, 0.125, 0.25, 0.5, 0.5, 0.75])
     paste_prob: float = 1.0
     grey_prob: float = 0.0
     aux_background: str = "inlier"
+    mode: str = "hardcopy"
 
     def __post_init__(self):
-        self.scales = tuple(float(s) for s in self.scales)
+        self.scales = [float(s) for s in self.scales]
+        self.check()
+
+    def check(self) -> None:
+        """ValueError naming the field when a value is out of range (fields set after
+        construction, as a config loader does, are checked here too)."""
         if not self.scales or any(s <= 0 for s in self.scales):
             raise ValueError(f"scales must be positive, got {self.scales}")
-        if self.aux_background not in ("inlier", "ignore"):
-            raise ValueError("aux_background must be 'inlier' or 'ignore', "
+        if self.aux_background not in AUX_BACKGROUNDS:
+            raise ValueError(f"aux_background must be one of {AUX_BACKGROUNDS}, "
                              f"got {self.aux_background!r}")
+        if self.mode not in PASTE_MODES:
+            raise ValueError(f"mode must be one of {PASTE_MODES}, got {self.mode!r}")
         for k in ("paste_prob", "grey_prob"):
             if not 0.0 <= getattr(self, k) <= 1.0:
                 raise ValueError(f"{k} must be in [0, 1]")
@@ -162,5 +178,5 @@ class OutlierPaster:
         return PastedSample(out_img, out_lab, aux_img, aux_lab, info)
 
 
-__all__ = ["OutlierPaster", "PasteConfig", "PastedSample", "fit_to_size", "mask_bbox",
-           "rescale_object", "to_grey"]
+__all__ = ["AUX_BACKGROUNDS", "PASTE_MODES", "OutlierPaster", "PasteConfig", "PastedSample",
+           "fit_to_size", "mask_bbox", "rescale_object", "to_grey"]

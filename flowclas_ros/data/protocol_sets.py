@@ -24,6 +24,13 @@ part                      what it measures
                           CamVid val + test), kept to show how much it overstates
 ========================  =========================================================================
 
+These seven (:data:`LEGACY_PARTS`, the default of :class:`ProtocolConfig`) are built exactly as
+they always were. The second protocol (:data:`FULL_PARTS`, ``protocol.json`` version 2) adds the
+small-obstacle parts at camera resolution (:mod:`.obstacle_sets`: :data:`~.obstacle_sets.
+HIRES_PARTS`), which need a road segmentation for their unlabelled frames: ``road_fn`` here, or
+:func:`flowclas_ros.evaluation.protocol_build.build_protocol`, which passes the Cityscapes
+ESPNetv2's.
+
 The outlier source is split twice, both deterministically: by image (``default_outlier_split``,
 the held-out quarter of the photographs) and by class (:data:`HELD_OUT_CLASSES`). Composited
 parts use held-out images of the other classes; ``kitti_classes`` the held-out classes from any
@@ -32,14 +39,12 @@ image. Training pastes only training images of the other classes (``data.outlier
 
 CLI::
 
-    python -m flowclas_ros.data.protocol_sets --data ../shared/data --out runs/protocol
+    python -m flowclas_ros.tools.build_protocol --data ../shared/data --out runs/protocol
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
-import sys
 import time
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -49,15 +54,18 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 from PIL import Image
 
+from .. import jsonio
 from ..labels import ANOMALY, INLIER, VOID
 from .compositing import CompositeConfig, Compositor, Ground, estimate_ground, ground_from_mask
 from .frames import read_label
 from .inlier_sets import camvid, cityscapes, idd_lite, kitti_road
+from .obstacle_sets import (HIRES_PARTS, OBSTACLE_PARTS, ObstacleConfig, RoadFn,
+                            build_hires_part, cargo_source)
 from .outlier_sources import (DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION, OutlierSource,
                               default_outlier_split, load_outlier_source)
 
 FORMAT = "flowclas_ros.validation_protocol"
-VERSION = 1
+VERSION = 2  # 1: the seven legacy parts; 2: with the small-obstacle parts
 PROTOCOL_FILE = "protocol.json"
 # COCO classes that training never pastes, so ``kitti_classes`` measures generalisation beyond
 # the pasted classes: roadside and lost-cargo-like objects; animals stay in training (they are
@@ -65,11 +73,15 @@ PROTOCOL_FILE = "protocol.json"
 HELD_OUT_CLASSES = ("umbrella", "potted plant", "clock", "suitcase", "backpack", "handbag")
 ROAD_IDS = {"camvid": (3,), "idd_lite": (0,), "cityscapes": (0,)}  # raw ids of the road surface
 KITTI_ASPECT = 16 / 9  # web photographs and most robot cameras, not KITTI's 3.3:1 stereo crop
+LEGACY_PARTS = ("kitti_pasted", "idd_pasted", "camvid_pasted", "kitti_classes", "kitti_clean",
+                "cityscapes_clean", "camvid_hardcopy")
+FULL_PARTS = LEGACY_PARTS + HIRES_PARTS
 
 
 @dataclass
 class ProtocolConfig:
-    """What the protocol is built from; the defaults are the documented protocol."""
+    """What the protocol is built from; the defaults are the documented protocol (``parts``:
+    the legacy seven; :data:`FULL_PARTS` with the small-obstacle parts)."""
 
     seed: int = 0
     outliers: str = "coco128-seg"  # relative to the data root
@@ -78,9 +90,9 @@ class ProtocolConfig:
     val_fraction: float = DEFAULT_VAL_FRACTION
     held_out_classes: tuple[str, ...] = HELD_OUT_CLASSES
     composite: CompositeConfig = field(default_factory=CompositeConfig)
-    parts: tuple[str, ...] = ("kitti_pasted", "idd_pasted", "camvid_pasted", "kitti_classes",
-                              "kitti_clean", "cityscapes_clean", "camvid_hardcopy")
+    parts: tuple[str, ...] = LEGACY_PARTS
     limit: int | None = None  # frames per part (tests)
+    obstacles: ObstacleConfig = field(default_factory=ObstacleConfig)  # the small-obstacle parts
 
 
 def frame_rng(seed: int, part: str, name: str) -> np.random.Generator:
@@ -184,23 +196,36 @@ def _write_part(out: Path, part: str, frames: Iterator[Frame],
         rows.append({"name": name, "size": list(label.shape), "objects": objects})
     manifest = {"part": part, "frames": len(rows), "pixels": px,
                 "frames_with_anomaly": sum(bool(r["objects"]) for r in rows), "rows": rows}
-    (d / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    jsonio.write(d / "manifest.json", manifest)
     return {k: v for k, v in manifest.items() if k != "rows"}
 
 
 def build_protocol(data_root: str | Path, out: str | Path, cfg: ProtocolConfig | None = None,
-                   log: Callable[[str], None] = print) -> dict:
-    """Write every part of ``cfg.parts`` under ``out`` and return the protocol description."""
+                   log: Callable[[str], None] = print, road_fn: RoadFn | None = None) -> dict:
+    """Write every part of ``cfg.parts`` under ``out`` and return the protocol description.
+
+    ``road_fn(image) -> (H, W) bool``: the drivable surface of an unlabelled frame, needed by
+    the small-obstacle parts of KITTI and nuScenes frames (:mod:`.obstacle_sets`).
+    """
     cfg = cfg or ProtocolConfig()
     root, out = Path(data_root), Path(out)
+    unknown = [p for p in cfg.parts if p not in FULL_PARTS]
+    if unknown:
+        raise ValueError(f"unknown protocol parts {unknown}; known: {FULL_PARTS}")
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     (out / PROTOCOL_FILE).unlink(missing_ok=True)  # written last: marks a complete build
     sources = outlier_parts(cfg, root)
+    obstacles = None
+    if any(p in OBSTACLE_PARTS for p in cfg.parts):
+        obstacles = cargo_source(sources["held_out"], sources["held_out_classes"], cfg.obstacles)
     summary = {}
     for part in cfg.parts:
         t = time.perf_counter()
-        if part == "camvid_hardcopy":
+        if part in HIRES_PARTS:
+            summary[part] = build_hires_part(part, root, out, cfg.obstacles, cfg.seed, obstacles,
+                                             road_fn, cfg.limit)
+        elif part == "camvid_hardcopy":
             from .validation_set import build_validation_set
 
             # exactly the previous validation set: image-level objects, its own seeds
@@ -217,15 +242,15 @@ def build_protocol(data_root: str | Path, out: str | Path, cfg: ProtocolConfig |
             summary[part] = _write_part(out, part, _frames(part, root, cfg), compose, cfg.limit)
         log(f"protocol part {part}: {summary[part]['frames']} frames in "
             f"{time.perf_counter() - t:.1f} s")
-    desc = {"format": FORMAT, "version": VERSION, "config": _jsonable(asdict(cfg)),
-            "data_root": str(root), "outliers": {k: len(v) for k, v in sources.items()},
+    version = VERSION if any(p in HIRES_PARTS for p in cfg.parts) else 1
+    outliers = {k: len(v) for k, v in sources.items()}
+    if obstacles is not None:
+        outliers["obstacles"] = dict(obstacles.info)
+    desc = {"format": FORMAT, "version": version, "config": jsonio.to_json(asdict(cfg)),
+            "data_root": str(root), "outliers": outliers,
             "parts": summary, "seconds": round(time.perf_counter() - t0, 1)}
-    (out / PROTOCOL_FILE).write_text(json.dumps(desc, indent=1))
+    jsonio.write(out / PROTOCOL_FILE, desc)
     return desc
-
-
-def _jsonable(obj):
-    return json.loads(json.dumps(obj, default=list))
 
 
 def load_protocol(path: str | Path) -> dict:
@@ -233,7 +258,7 @@ def load_protocol(path: str | Path) -> dict:
     f = Path(path) / PROTOCOL_FILE
     if not f.is_file():
         raise FileNotFoundError(f"{path} is not a built validation protocol (no {PROTOCOL_FILE}): "
-                                f"build it with python -m flowclas_ros.data.protocol_sets "
+                                f"build it with python -m flowclas_ros.tools.build_protocol "
                                 f"--data ../shared/data --out {path}")
     desc = json.loads(f.read_text())
     if desc.get("format") != FORMAT or desc.get("version", 0) > VERSION:
@@ -241,31 +266,5 @@ def load_protocol(path: str | Path) -> dict:
     return desc
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m flowclas_ros.data.protocol_sets",
-                                description="Build the frames of the validation protocol from "
-                                            "the shared data (KITTI Road, IDD Lite, CamVid, "
-                                            "Cityscapes sample, COCO).")
-    p.add_argument("--data", required=True, help="the data root (../shared/data)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--parts", nargs="+", default=None, help="build only these parts")
-    p.add_argument("--limit", type=int, default=None, help="at most N frames per part")
-    args = p.parse_args(argv)
-    cfg = ProtocolConfig(seed=args.seed, limit=args.limit)
-    if args.parts:
-        cfg.parts = tuple(args.parts)
-    try:
-        desc = build_protocol(args.data, args.out, cfg)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps({k: desc[k] for k in ("parts", "outliers", "seconds")}, indent=1))
-    return 0
-
-
-__all__ = ["HELD_OUT_CLASSES", "ProtocolConfig", "build_protocol", "crop_aspect", "frame_rng",
-           "load_protocol", "outlier_parts"]
-
-if __name__ == "__main__":
-    sys.exit(main())
+__all__ = ["FULL_PARTS", "HELD_OUT_CLASSES", "LEGACY_PARTS", "ProtocolConfig", "build_protocol",
+           "crop_aspect", "frame_rng", "load_protocol", "outlier_parts"]

@@ -1,79 +1,36 @@
-"""Benchmark evaluation (METHOD.md section 8).
+"""Benchmark evaluation (METHOD.md section 8): the metrics of a score source on a dataset.
 
-    evaluate --dataset NAME --root DIR (--model PATH | --scores DIR) --out DIR
-             [--split test] [--streaming] [--components auto|anomaly|obstacle|none]
-             [--limit N] [--device cpu] [--backend auto] [--examples 4] [--save-scores]
-
-writes OUT/metrics.json (auprc, fpr95, auroc as fractions; siou, ppv, mean_f1 when component
-metrics are computed; dataset, n_images, n_pixels, mode, elapsed_s, peak_rss_mb, ...), and beside
-it curves.png (PR and ROC) and examples.png (image, label, score of a few frames).
-
-Score sources, all producing one (H, W) float map per image at the label's resolution:
-* ``--scores DIR``: saved anomaly maps named after the images, DIR/<sample name>.npy (float) or
-  DIR/<sample name>.png (16-bit, read as value / 65535; 8-bit is accepted with a warning since
-  its 256 levels tie most pixels). Any method's outputs are compared on equal terms.
-* ``--model FILE``: a training checkpoint; the model runs per image at native resolution.
-* ``--model DIR``: an exported bundle, run through the runtime (flowclas_ros.runtime).
-
-Component metrics need the dataset's best-F1 threshold before the first component can be
-formed, so they take a second pass: the first pass caches each frame's score and label as .npy in
-a temporary folder (or keeps the scores in OUT/scores with ``--save-scores``). ``auto`` picks the
-Obstacle track for smiyc_obstacle and lost_and_found and the Anomaly track otherwise.
-
-Library use: evaluate_scores (score maps) and evaluate_model (a model or a runtime backend).
+:func:`run_evaluation` scores every frame (a :data:`~.scoring.Scorer` or an iterable of maps in
+dataset order) and computes AUPRC, FPR95 and AUROC (exact, or streaming with fixed memory) and,
+with a track, SMIYC's component metrics (sIoU, PPV, mean F1). Component metrics need the
+dataset's best-F1 threshold before the first component can be formed, so they take a second
+pass over maps cached in a temporary folder (or kept with ``save_scores``).
+:func:`evaluate_model` is what training's checkpoint selection calls. The ``evaluate`` command
+is :mod:`flowclas_ros.tools.evaluate`.
 """
 from __future__ import annotations
 
-import argparse
-import itertools
-import json
-import logging
 import math
-import resource
-import sys
 import tempfile
-import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import numpy as np
 
 from .components import ComponentConfig, ComponentMetrics, track_config
-from .metrics import ExactPixelMetrics, PixelResult, StreamingPixelMetrics
-from .plots import Example, plot_curves, plot_examples
+from .metrics import ExactPixelMetrics, PixelResult
+from .plots import Example
+from .streaming_metrics import StreamingPixelMetrics
+from .scoring import EvaluationError, Scorer, backend_scorer, model_scorer, module_device
 
-CLI_DESCRIPTION = """\
-Score a benchmark with the benchmark's own metric definitions (METHOD.md section 8).
-
-Writes OUT/metrics.json (auprc, fpr95, auroc as fractions; siou, ppv, mean_f1 when component
-metrics are computed), OUT/curves.png (PR and ROC) and OUT/examples.png.
-
-Score sources, one (H, W) float map per image at the label's resolution:
-  --scores DIR   saved maps named after the images: DIR/<name>.npy (float) or DIR/<name>.png
-                 (16-bit, read as value / 65535), so any method is compared on equal terms
-  --model FILE   a training checkpoint, run per image at native resolution
-  --model DIR    an exported bundle, run through the runtime backends
-
-Component metrics take a second pass over cached maps; --components auto picks the Obstacle
-track for smiyc_obstacle and lost_and_found, the Anomaly track otherwise."""
 OBSTACLE_DATASETS = ("smiyc_obstacle", "lost_and_found")
 COMPONENT_CHOICES = ("auto", "anomaly", "obstacle", "none")
-Scorer = Callable[[Any], np.ndarray]  # Sample -> (H, W) float score map
-
-
-class EvaluationError(ValueError):
-    """A problem with the inputs of an evaluation; the message says which file and what to do."""
-
-
 def default_track(dataset: str) -> str:
     return "obstacle" if dataset in OBSTACLE_DATASETS else "anomaly"
 
 
-# ---------------------------------------------------------------------------------------------
-# inputs
-# ---------------------------------------------------------------------------------------------
 def load_dataset(name: str, root: str | Path, split: str = "test"):
     """The dataset reader of flowclas_ros.data (imported here: evaluation does not need it)."""
     from flowclas_ros.data.datasets import build_dataset
@@ -81,123 +38,6 @@ def load_dataset(name: str, root: str | Path, split: str = "test"):
     return build_dataset(name, root, split)
 
 
-def read_score_map(path: str | Path) -> np.ndarray:
-    """A saved anomaly map -> (H, W) float32. .npy (any real dtype) or 16-bit / 8-bit PNG."""
-    path = Path(path)
-    if path.suffix == ".npy":
-        arr = np.load(path, allow_pickle=False)
-        if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-            raise EvaluationError(f"{path}: dtype {arr.dtype} is not a real-valued score map")
-        arr = arr.astype(np.float32, copy=False)
-    elif path.suffix == ".png":
-        from PIL import Image
-
-        with Image.open(path) as img:
-            mode = img.mode
-            arr = np.array(img)
-        if mode.startswith("I;16") or (mode == "I" and arr.max(initial=0) <= 65535):
-            arr = arr.astype(np.float32) / 65535.0
-        elif mode == "L":
-            warnings.warn(f"{path} is an 8-bit PNG: only 256 score levels, most pixels tie; save "
-                          f"16-bit PNG or .npy for a faithful evaluation", stacklevel=2)
-            arr = arr.astype(np.float32) / 255.0
-        else:
-            raise EvaluationError(f"{path}: PNG mode {mode} is not a single-channel score map; "
-                                  f"save the raw score as 16-bit grey PNG or .npy, not colours")
-    else:
-        raise EvaluationError(f"{path}: score maps must be .npy or .png")
-    arr = np.squeeze(arr)
-    if arr.ndim != 2:
-        raise EvaluationError(f"{path}: score map has shape {arr.shape}, expected (H, W)")
-    return arr
-
-
-class ScoreFolder:
-    """Scorer reading DIR/<sample.name>.npy (preferred) or DIR/<sample.name>.png."""
-
-    SUFFIXES = (".npy", ".png")
-
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"score folder {self.root} does not exist")
-
-    def path(self, name: str) -> Path:
-        for suffix in self.SUFFIXES:
-            p = self.root / f"{name}{suffix}"
-            if p.is_file():
-                return p
-        raise FileNotFoundError(
-            f"no score map for image {name!r}: expected {self.root / name}.npy or .png "
-            f"(maps are named after the dataset's sample names)")
-
-    def __call__(self, sample) -> np.ndarray:
-        return read_score_map(self.path(sample.name))
-
-
-def module_device(model) -> str:
-    """The device of a module's first parameter or buffer (cpu when it has none)."""
-    for t in itertools.chain(model.parameters(), model.buffers()):
-        return str(t.device)
-    return "cpu"
-
-
-def model_scorer(model, device: str | None = None, autocast: bool = False,
-                 input_size: tuple[int, int] | None = None) -> Scorer:
-    """FlowCLAS (or any images -> (B, H, W) module), one image at a time.
-
-    ``input_size`` None: at the image's native resolution; (h, w): as the runtime runs a bundle
-    of that input size (the frame resized to it, the score resized back; runtime.pipeline).
-    device: where to run; None keeps the module where it is. autocast: bf16 autocast (what
-    training uses on CUDA). Puts the module in eval mode.
-    """
-    import torch
-
-    from flowclas_ros.runtime.pipeline import TorchPipeline, resize_torch
-
-    device = device or module_device(model)
-    model = model.to(device).eval()
-    device_type = torch.device(device).type
-
-    def score(sample) -> np.ndarray:
-        img = torch.from_numpy(np.ascontiguousarray(sample.image)).to(device)
-        size = input_size or tuple(img.shape[:2])
-        x = TorchPipeline.prepare_input(img, size)
-        with torch.no_grad(), torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast):
-            s = model(x)[0].float()
-        return resize_torch(s[None, None], tuple(img.shape[:2]))[0, 0].cpu().numpy()
-
-    return score
-
-
-def backend_scorer(backend) -> Scorer:
-    """A runtime Backend: its raw heatmap at input resolution."""
-
-    def score(sample) -> np.ndarray:
-        return backend.infer(sample.image, heatmap=True, mask=False, overlay=False).heatmap
-
-    return score
-
-
-def load_scorer(path: str | Path, device: str = "cpu",
-                backend: str = "auto") -> tuple[Scorer, Callable[[], None]]:
-    """--model PATH: a checkpoint file or a bundle directory -> (scorer, close)."""
-    path = Path(path)
-    if path.is_file():
-        from flowclas_ros.model.checkpoint import load_model
-
-        return model_scorer(load_model(path), device), (lambda: None)
-    if path.is_dir():
-        from flowclas_ros.runtime import create_backend
-
-        b = create_backend(path, backend=backend, device=device)
-        return backend_scorer(b), b.close
-    raise FileNotFoundError(f"--model {path} does not exist (a checkpoint file or a bundle folder)")
-
-
-# ---------------------------------------------------------------------------------------------
-# the evaluation loop
-# ---------------------------------------------------------------------------------------------
 @dataclass
 class Evaluation:
     metrics: dict  # what metrics.json holds (metric values as fractions; NaN where undefined)
@@ -316,100 +156,6 @@ def evaluate_model(model_or_backend, dataset, *, device: str | None = None,
         model.to(was_on).train(was_training)
 
 
-# ---------------------------------------------------------------------------------------------
-# CLI
-# ---------------------------------------------------------------------------------------------
-def _jsonable(v):
-    """NaN / inf -> null (strict JSON); numpy scalars -> Python."""
-    if isinstance(v, dict):
-        return {k: _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="evaluate", description=CLI_DESCRIPTION,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", required=True,
-                   help="dataset name (road_anomaly, fishyscapes_laf, fishyscapes_static, "
-                   "smiyc_anomaly, smiyc_obstacle, lost_and_found, allo, folder)")
-    p.add_argument("--root", required=True, help="the dataset's folder")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", help="training checkpoint (.pt) or exported bundle folder")
-    src.add_argument("--scores", help="folder of saved maps <name>.npy or 16-bit <name>.png")
-    p.add_argument("--out", required=True, help="output folder for metrics.json and the plots")
-    p.add_argument("--split", default="test", help="dataset split (default test; single-split "
-                   "benchmarks ignore it)")
-    p.add_argument("--streaming", action="store_true",
-                   help="fixed-memory binned metrics instead of the exact sort")
-    p.add_argument("--bins", type=int, default=2 ** 20, help="streaming bins (default 2^20)")
-    p.add_argument("--components", choices=COMPONENT_CHOICES, default="auto",
-                   help="SMIYC component metrics track; auto: obstacle for smiyc_obstacle and "
-                   "lost_and_found, anomaly otherwise")
-    p.add_argument("--limit", type=int, default=None, help="evaluate the first N images only")
-    p.add_argument("--device", default="cpu", help="torch device for --model (cpu, cuda, ...)")
-    p.add_argument("--backend", default="auto", help="runtime backend for a bundle --model")
-    p.add_argument("--examples", type=int, default=4, help="frames in examples.png (0: none)")
-    p.add_argument("--no-plots", action="store_true")
-    p.add_argument("--save-scores", action="store_true", help="keep every map in OUT/scores")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    t0 = time.perf_counter()
-    out = Path(args.out)
-    track = default_track(args.dataset) if args.components == "auto" else args.components
-    close = lambda: None  # noqa: E731
-    try:
-        dataset = load_dataset(args.dataset, args.root, args.split)
-        if args.scores is not None:
-            scorer: Scorer = ScoreFolder(args.scores)
-        else:
-            scorer, close = load_scorer(args.model, device=args.device, backend=args.backend)
-        ev = run_evaluation(scorer, dataset, streaming=args.streaming, bins=args.bins,
-                            components=None if track == "none" else track, limit=args.limit,
-                            n_examples=0 if args.no_plots else args.examples,
-                            save_scores=out / "scores" if args.save_scores else None,
-                            progress=not args.quiet)
-    except (EvaluationError, FileNotFoundError, ValueError) as e:
-        parser.exit(1, f"evaluate: error: {e}\n")
-    finally:
-        close()
-    metrics = {**ev.metrics, "dataset": args.dataset, "split": args.split,
-               "source": str(args.model if args.model is not None else args.scores),
-               "components": track}
-    out.mkdir(parents=True, exist_ok=True)
-    if not args.no_plots:
-        title = f"{args.dataset} ({metrics['n_images']} images)"
-        if ev.pixel.n_pos and ev.pixel.n_neg:
-            plot_curves(ev.pixel, out / "curves.png", title=title)
-        if ev.examples:
-            plot_examples(ev.examples, out / "examples.png", threshold=ev.pixel.best_f1_threshold)
-    metrics.update(elapsed_s=round(time.perf_counter() - t0, 3),
-                   peak_rss_mb=round(peak_rss_mb(), 1))
-    (out / "metrics.json").write_text(json.dumps(_jsonable(metrics), indent=2) + "\n")
-    summary = ", ".join(f"{k} {100 * metrics[k]:.2f}" for k in ("auprc", "fpr95", "auroc", "siou",
-                                                                 "ppv", "mean_f1")
-                        if isinstance(metrics.get(k), float) and math.isfinite(metrics[k]))
-    print(f"{args.dataset}: {summary} ({metrics['n_images']} images, {metrics['n_pixels']} pixels, "
-          f"{metrics['mode']}, {metrics['elapsed_s']:.1f} s, peak {metrics['peak_rss_mb']:.0f} MB) "
-          f"-> {out / 'metrics.json'}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+__all__ = ["COMPONENT_CHOICES", "Evaluation", "EvaluationError", "OBSTACLE_DATASETS",
+           "default_track", "evaluate_model", "evaluate_scores", "load_dataset",
+           "run_evaluation"]

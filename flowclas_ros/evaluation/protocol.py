@@ -14,24 +14,29 @@ Per part:
 
 The selection score (higher is better), documented in README "Validation protocol"::
 
-    score = mean over SELECTION_PARTS of (AUPRC - FPR95) / 2 + 0.5
+    legacy = mean over SELECTION_PARTS of (AUPRC - FPR95) / 2 + 0.5
+
+and, on a protocol built with the small-obstacle parts (``protocol.json`` version 2, scored by
+:mod:`.obstacle_scoring` with their own threshold, calibrated on ``hires_clean``)::
+
+    score = 0.5 * legacy + 0.5 * obstacles
+    obstacles = mean over OBSTACLE_SELECTION_PARTS of the mean of the anomaly way's and the
+                obstacle way's (AUPRC - FPR95) / 2 + 0.5
+
+so small obstacles on the road at camera resolution weigh as much as today's parts together.
+Where the small-obstacle parts are not all scored (an old protocol folder, or ``parts`` without
+them: :data:`SCORE_PARTS` lists every part the full score needs), ``score`` is ``legacy``,
+exactly as before; ``score_legacy`` and ``score_obstacles`` are reported beside it otherwise.
 
 SELECTION_PARTS are the composited parts from domains the demo model never trains on
 (``kitti_pasted``, ``idd_pasted``) and its own domain (``camvid_pasted``). AUPRC rewards ranking
 the anomaly above everything; FPR95 punishes a foreign scene that lights up when the anomaly is
 found, which is what the old pasted-CamVid yardstick did not see. The score lies in [0, 1].
 
-CLI (any checkpoint or bundle)::
-
-    python -m flowclas_ros.evaluation.protocol --protocol runs/protocol --model BUNDLE_OR_CKPT \\
-        [--out report.json] [--components]
+The command for any checkpoint or bundle: ``python -m flowclas_ros.tools.protocol``.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import math
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -39,20 +44,48 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..labels import ANOMALY, INLIER
-from .evaluate import Scorer, load_scorer, model_scorer, run_evaluation
+from flowclas_ros.data.obstacle_sets import HIRES_CALIBRATION_PART, HIRES_PARTS
+
+from .evaluate import run_evaluation
 from .metrics import threshold_at_fpr
+from .obstacle_scoring import OBSTACLE_SELECTION_PARTS, evaluate_hires_parts, obstacle_score
+from .scoring import Scorer, model_scorer, module_device
 
 SELECTION_PARTS = ("kitti_pasted", "idd_pasted", "camvid_pasted")
 CALIBRATION_PART = "kitti_clean"
 PASTED_PARTS = ("kitti_pasted", "idd_pasted", "camvid_pasted", "kitti_classes", "camvid_hardcopy")
 CLEAN_PARTS = ("kitti_clean", "cityscapes_clean")
 DEFAULT_FPR = 0.05
+SCORE_PARTS = SELECTION_PARTS + (CALIBRATION_PART,) + OBSTACLE_SELECTION_PARTS + \
+    (HIRES_CALIBRATION_PART,)
 
 
 def selection_score(results: dict[str, dict], parts: Sequence[str] = SELECTION_PARTS) -> float:
-    """mean over ``parts`` of (AUPRC - FPR95) / 2 + 0.5 (see the module docstring)."""
+    """mean over ``parts`` of (AUPRC - FPR95) / 2 + 0.5: the legacy half of the score (see the
+    module docstring)."""
     vals = [(results[p]["auprc"] - results[p]["fpr95"]) / 2 + 0.5 for p in parts]
     return float(np.mean(vals))
+
+
+def _has(results: dict, parts, key: str = "auprc") -> bool:
+    return all(p in results and key in results[p] for p in parts)
+
+
+def combined_score(results: dict[str, dict]) -> dict:
+    """{"score"} from the legacy parts, or with every small-obstacle part scored, {"score",
+    "score_legacy", "score_obstacles"} (see the module docstring); {} or only the obstacle
+    half where the selection parts are missing."""
+    out: dict = {}
+    legacy = selection_score(results) if _has(results, SELECTION_PARTS) else None
+    if _has(results, OBSTACLE_SELECTION_PARTS) and _has(results, OBSTACLE_SELECTION_PARTS,
+                                                        "road_auprc"):
+        obstacles = obstacle_score(results)
+        out["score_obstacles"] = obstacles
+        if legacy is not None:
+            out.update(score=0.5 * legacy + 0.5 * obstacles, score_legacy=legacy)
+    elif legacy is not None:
+        out["score"] = legacy
+    return out
 
 
 def _part_scores(scorer: Scorer, part_dir: Path, limit: int | None):
@@ -77,9 +110,11 @@ def evaluate_protocol(scorer: Scorer, protocol: str | Path, *, fpr: float = DEFA
                       log: Callable[[str], None] | None = None) -> dict:
     """Every part's figures for ``scorer`` (Sample -> (H, W) score map) and the selection score.
 
-    ``threshold``: use this mask threshold instead of calibrating one on kitti_clean at ``fpr``
-    (a bundle's own). ``parts``: a subset (the selection parts are always included when the
-    score is wanted). Returns {"parts": {part: figures}, "threshold", "fpr", "score"}.
+    ``threshold``: use this mask threshold instead of calibrating one on kitti_clean (and
+    hires_clean) at ``fpr`` (a bundle's own). ``parts``: a subset (:data:`SCORE_PARTS` for the
+    full score). Returns {"parts": {part: figures}, "threshold", "fpr", "score"}, with
+    "hires_threshold" (and "score_legacy", "score_obstacles") when small-obstacle parts are
+    scored.
     """
     from flowclas_ros.data.protocol_sets import load_protocol
 
@@ -87,9 +122,12 @@ def evaluate_protocol(scorer: Scorer, protocol: str | Path, *, fpr: float = DEFA
     desc = load_protocol(root)
     built = list(desc["parts"])
     wanted = [p for p in (parts or built) if p in built]
+    hires = [p for p in wanted if p in HIRES_PARTS]
+    wanted = [p for p in wanted if p not in HIRES_PARTS]
+    given = threshold
     t0 = time.perf_counter()
     cache: dict[str, tuple] = {}
-    if threshold is None:
+    if threshold is None and wanted:
         if CALIBRATION_PART not in built:
             raise ValueError(f"{root} lacks {CALIBRATION_PART}: cannot calibrate a threshold")
         s, lab, _, _ = cache.setdefault(CALIBRATION_PART,
@@ -120,10 +158,14 @@ def evaluate_protocol(scorer: Scorer, protocol: str | Path, *, fpr: float = DEFA
             log(f"protocol {part}: " + ", ".join(f"{k} {v:.4f}" for k, v in results[part].items()
                                                  if isinstance(v, float)))
         del s, lab
-    out = {"parts": results, "threshold": threshold, "fpr": fpr,
-           "seconds": round(time.perf_counter() - t0, 1)}
-    if all(p in results and "auprc" in results[p] for p in SELECTION_PARTS):
-        out["score"] = selection_score(results)
+    out = {"parts": results, "threshold": threshold, "fpr": fpr}
+    if hires:
+        h = evaluate_hires_parts(scorer, root, hires, fpr=fpr, threshold=given, limit=limit,
+                                 log=log)
+        results.update(h["parts"])
+        out["hires_threshold"] = h["threshold"]
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    out.update(combined_score(results))
     return out
 
 
@@ -132,8 +174,6 @@ def evaluate_model_on_protocol(model, protocol: str | Path, input_size: tuple[in
                                **kwargs) -> dict:
     """:func:`evaluate_protocol` for a torch FlowCLAS model run as a bundle of ``input_size``
     would be; the model's train/eval mode and device are restored afterwards."""
-    from .evaluate import module_device
-
     was_training, was_on = model.training, module_device(model)
     try:
         return evaluate_protocol(model_scorer(model, device, autocast, input_size), protocol,
@@ -142,68 +182,5 @@ def evaluate_model_on_protocol(model, protocol: str | Path, input_size: tuple[in
         model.to(was_on).train(was_training)
 
 
-def _jsonable(v):
-    if isinstance(v, dict):
-        return {k: _jsonable(x) for k, x in v.items()}
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m flowclas_ros.evaluation.protocol",
-        description="Score a checkpoint or bundle on every part of the validation protocol and "
-                    "print its selection score (higher is better).")
-    p.add_argument("--protocol", required=True, help="a folder built by "
-                   "python -m flowclas_ros.data.protocol_sets")
-    p.add_argument("--model", required=True, help="training checkpoint (.pt) or bundle folder")
-    p.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"),
-                   help="input size for a checkpoint (a bundle brings its own); default 360 480")
-    p.add_argument("--fpr", type=float, default=DEFAULT_FPR,
-                   help="inlier FPR of the threshold calibrated on kitti_clean (default 0.05)")
-    p.add_argument("--bundle-threshold", action="store_true",
-                   help="use the bundle's own threshold instead of calibrating one")
-    p.add_argument("--parts", nargs="+", default=None)
-    p.add_argument("--limit", type=int, default=None, help="frames per part (quick looks)")
-    p.add_argument("--components", action="store_true", help="also sIoU, PPV, mean F1")
-    p.add_argument("--backend", default="onnxruntime", help="runtime backend for a bundle")
-    p.add_argument("--out", help="write the report as JSON here")
-    args = p.parse_args(argv)
-    path = Path(args.model)
-    threshold = None
-    try:
-        if path.is_dir():
-            scorer, close = load_scorer(path, device="cpu", backend=args.backend)
-            if args.bundle_threshold:
-                from flowclas_ros.export.bundle import load_bundle
-
-                threshold = load_bundle(path).threshold
-        else:
-            from flowclas_ros.model.checkpoint import load_model
-
-            size = tuple(args.input_size) if args.input_size else (360, 480)
-            scorer, close = model_scorer(load_model(path), "cpu", input_size=size), (lambda: None)
-        try:
-            report = evaluate_protocol(scorer, args.protocol, fpr=args.fpr, parts=args.parts,
-                                       limit=args.limit, components=args.components,
-                                       threshold=threshold, log=print)
-        finally:
-            close()
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    report["model"] = str(path)
-    text = json.dumps(_jsonable(report), indent=1)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    print(f"selection score {report.get('score', float('nan')):.4f} "
-          f"(threshold {report['threshold']:.4g} at FPR {args.fpr} on kitti_clean)")
-    return 0
-
-
-__all__ = ["CALIBRATION_PART", "SELECTION_PARTS", "evaluate_model_on_protocol",
-           "evaluate_protocol", "selection_score"]
-
-if __name__ == "__main__":
-    sys.exit(main())
+__all__ = ["CALIBRATION_PART", "OBSTACLE_SELECTION_PARTS", "SCORE_PARTS", "SELECTION_PARTS",
+           "combined_score", "evaluate_model_on_protocol", "evaluate_protocol", "selection_score"]

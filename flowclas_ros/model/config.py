@@ -19,10 +19,13 @@ SUBNETS = ("residual", "simple", "conv")  # flow.FlowStep couplings
 class BackboneConfig:
     """Which backbone and how to build it.
 
-    name: ``tiny``, ``efficientnet_lite{0,1,2}`` or ``dinov2_vit{s,b,l,g}14`` (``_reg`` suffix for
-    the register variants). stages: feature stages to use (EfficientNet: 0..4 at strides
-    2, 4, 8, 16, 32; several are resized to the finest and concatenated). weights: a local file
-    (DINOv2; EfficientNet-Lite reads its package unless a file is given); ``None`` = random.
+    name: ``tiny``, ``efficientnet_lite{0,1,2}``, ``espnetv2`` or ``dinov2_vit{s,b,l,g}14``
+    (``_reg`` suffix for the register variants). stages: feature stages to use (EfficientNet:
+    0..4 at strides 2, 4, 8, 16, 32; ESPNetv2: encoder levels 1..4 at strides 2, 4, 8, 16 with
+    32, 128, 256, 512 channels, e.g. [3] = level3, [4] = level4, [3, 4] both; several are
+    resized to the finest and concatenated). weights: a local file (DINOv2; ESPNetv2: the
+    Cityscapes ``espnetv2_s_2.0_city_1024x512.pth``; EfficientNet-Lite reads its package unless
+    a file is given); ``None`` = random.
     """
 
     name: str = "efficientnet_lite0"

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .backbones import build_backbone
-from .config import SCORES, BackboneConfig, FlowConfig, ModelConfig
+from .config import SCORES, ModelConfig
 from .flow import Flow
 from .losses import gaussian_nll_map
 

@@ -128,6 +128,10 @@ def supervised_contrastive(
     return per_anchor[valid].mean()
 
 
+# nll: the likelihood of the inliers only; flowclas: alpha * nll + the contrastive loss
+OBJECTIVES = ("nll", "flowclas")
+
+
 class FlowCLASLoss(nn.Module):
     """The FlowCLAS objective around a model, as one module (what DDP needs to wrap).
 
@@ -141,6 +145,8 @@ class FlowCLASLoss(nn.Module):
     def __init__(self, model: nn.Module, objective: str, alpha: float = 1.0,
                  temperature: float = 0.13, max_views: int = 512, aux_contrast: bool = True):
         super().__init__()
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
         self.model = model
         self.objective, self.alpha = objective, alpha
         self.temperature, self.max_views = temperature, max_views

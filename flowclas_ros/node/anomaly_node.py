@@ -8,7 +8,8 @@ Lifecycle::
          ^  (load + validate the bundle, create the backend, one warm-up inference,
          |   create the lifecycle publishers and the inference worker thread)
          +--cleanup-- inactive <--deactivate-- active
-    shutdown from any primary state -> finalized (everything released; ``main`` then exits)
+    shutdown from any primary state -> finalized (everything released; the ``anomaly_node``
+    command, :mod:`flowclas_ros.tools.anomaly_node`, then exits)
 
 A failed configure (missing bundle, bad manifest, backend unavailable, warm-up error) returns
 FAILURE with one error line saying what to fix; the node stays unconfigured and a later configure,
@@ -19,15 +20,16 @@ Data path (one frame in flight)::
     image (sub, executor thread): validate sizes O(1) -> single-slot mailbox (a newer frame
         replaces the waiting one: never a queue); or image/compressed (image_transport:
         compressed): the format field only
-    worker thread: mailbox -> numpy RGB (jpeg/png decoded here) -> backend.infer(only the
-        outputs someone subscribes to) -> anomaly/heatmap (32FC1), anomaly/mask (mono8), anomaly/overlay (bgr8), each with
-        the input header unchanged
+    worker thread: mailbox -> numpy RGB (jpeg/png decoded here, flowclas_ros.image_codec) ->
+        backend.infer(only the outputs someone subscribes to) -> anomaly/heatmap (32FC1),
+        anomaly/mask (mono8), anomaly/overlay (bgr8), each with the input header unchanged
 
 Inference runs on the worker thread (:mod:`.mailbox`), so the lifecycle and parameter services
 keep answering during a slow frame. The parameters are one table in :mod:`.parameters`, the
-/diagnostics status is built in :mod:`.diagnostics`, messages convert in
-:mod:`.image_conversion`; this file is the lifecycle and the data path. Topics are relative (``image``, ``anomaly/...``): they follow the node's
-namespace and can be remapped. ``/diagnostics`` gets a DiagnosticArray every
+/diagnostics status is built in :mod:`.diagnostics`, output messages in
+:mod:`.image_conversion`, rclpy's quirks handled in :mod:`.rclpy_workarounds`; this file is the
+lifecycle and the data path. Topics are relative (``image``, ``anomaly/...``): they follow the
+node's namespace and can be remapped. ``/diagnostics`` gets a DiagnosticArray every
 ``diagnostics_period`` seconds in every state.
 """
 from __future__ import annotations
@@ -36,44 +38,34 @@ import math
 import threading
 import time
 import traceback
-import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
-from rclpy._rclpy_pybind11 import RCLError
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import QoSProfile, ReliabilityPolicy, HistoryPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image
 
+from ..image_codec import (ImageFormatError, ImageLayout, ImageTooLarge, compressed_format,
+                           compressed_to_rgb, image_to_rgb, validate_image)
 from ..paths import package_file
 from . import parameters
 from .diagnostics import node_status
-from .image_conversion import (ImageFormatError, ImageLayout, ImageTooLarge, bgr_to_msg,
-                               compressed_format, compressed_to_rgb, heatmap_to_msg,
-                               image_to_rgb, mask_to_msg, validate_image)
+from .image_conversion import bgr_to_msg, heatmap_to_msg, mask_to_msg
 from .mailbox import InferenceWorker
+from .rclpy_workarounds import (answer_queries_during_transitions, guard_change_state_service,
+                                no_event_handlers)
 from .stats import Counters, LatencyWindow, RateMeter
 
 NODE_NAME = "flowclas_anomaly"
-PACKAGE = "flowclas_ros"
 DEMO_BUNDLE = "flowclas_lite2_camvid"
 
 OUTPUT_QOS = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE,
                         history=HistoryPolicy.KEEP_LAST)
 RELIABLE_INPUT_QOS = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE,
                                 history=HistoryPolicy.KEEP_LAST)
-
-
-def _no_event_handlers(cls):
-    """No QoS event handlers for entities created and destroyed at transitions: in rclpy an
-    event handler destroyed while a multi-threaded executor builds its wait set raises
-    InvalidHandle in the executor (ros2/rclpy#1142, #1206, #1284) and stops the spin."""
-    return cls(use_default_callbacks=False)
 
 
 def default_model_path() -> str:
@@ -85,7 +77,7 @@ def default_model_path() -> str:
 
 
 def _default_backend_factory(bundle, backend: str, device: str, precision: str, **options):
-    from flowclas_ros.runtime import create_backend
+    from flowclas_ros.runtime.registry import create_backend
 
     return create_backend(bundle, backend=backend, device=device, precision=precision,
                           **options)
@@ -102,7 +94,7 @@ class AnomalyNode(LifecycleNode):
     """The FlowCLAS lifecycle node (see the module docstring).
 
     ``backend_factory(bundle, backend, device, precision, **options) -> Backend`` (``bundle``:
-    the loaded :class:`~flowclas_ros.export.bundle.Bundle`, which create_backend also takes;
+    the loaded :class:`~flowclas_ros.bundle.reader.Bundle`, which create_backend also takes;
     options: cpu_threads, cpu_spinning, torch_compile, cuda_graphs) replaces :func:`flowclas_ros.runtime.create_backend` (tests wrap
     it); other kwargs go to ``Node`` (``namespace``, ``context``, ``parameter_overrides``, ...).
     """
@@ -111,8 +103,8 @@ class AnomalyNode(LifecycleNode):
                  backend_factory: Callable[..., Any] | None = None, **kwargs):
         super().__init__(node_name, **kwargs)
         self._backend_factory = backend_factory or _default_backend_factory
-        self._guard_change_state_service()
-        self._answer_queries_during_transitions()
+        guard_change_state_service(self)
+        answer_queries_during_transitions(self)
         self._declare_parameters()
         self.add_on_set_parameters_callback(self._validate_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
@@ -140,42 +132,6 @@ class AnomalyNode(LifecycleNode):
         self.get_logger().info(
             f"{self.get_fully_qualified_name()} created (unconfigured); configure it to load "
             f"{self.get_parameter('model_path').value or default_model_path()}")
-
-    def _guard_change_state_service(self) -> None:
-        """Answer an invalid transition request (e.g. activate while unconfigured) with
-        success=False. rclpy's own handler raises RCLError there, which would end the executor's
-        spin (and with it the node) instead of answering the caller."""
-        srv = getattr(self, "_service_change_state", None)
-        if srv is None:
-            return
-        handler = srv.callback
-
-        def change_state(request, response):
-            try:
-                return handler(request, response)
-            except Exception as exc:
-                self.get_logger().warning(
-                    f"transition {request.transition.id} {request.transition.label!r} refused in "
-                    f"state {self.state_label}: {exc}")
-                response.success = False
-                return response
-
-        srv.callback = change_state
-
-    def _answer_queries_during_transitions(self) -> None:
-        """get_state and the other read-only lifecycle services in a reentrant group of their
-        own: a configure that builds an engine for minutes runs in the default group, and
-        get_state must still answer (with "configuring") meanwhile. With a multi-threaded
-        executor (``main`` uses one) they run beside the transition."""
-        group = ReentrantCallbackGroup()
-        for attr in ("_service_get_state", "_service_get_available_states",
-                     "_service_get_available_transitions", "_service_get_transition_graph"):
-            srv = getattr(self, attr, None)
-            if srv is None:
-                continue
-            srv.callback_group.entities.discard(weakref.ref(srv))
-            srv.callback_group = group
-            group.add_entity(srv)
 
     # parameters --------------------------------------------------------------------------------
     def _declare_parameters(self) -> None:
@@ -211,8 +167,8 @@ class AnomalyNode(LifecycleNode):
                    "torch_compile": bool(g("torch_compile")), "cuda_graphs": bool(g("cuda_graphs"))}
         set_path = f"ros2 param set {fqn} model_path /path/to/bundle"
         try:
-            from flowclas_ros.export.bundle import BundleError, load_bundle
-            from flowclas_ros.runtime import BackendUnavailable
+            from flowclas_ros.bundle.reader import BundleError, load_bundle
+            from flowclas_ros.runtime.backend import BackendUnavailable
         except Exception as exc:  # a broken install, not a parameter problem
             return self._fail(f"cannot import the runtime ({exc!r}); reinstall flowclas_ros")
         self.state_label = f"configuring: loading the bundle {path}"
@@ -259,12 +215,12 @@ class AnomalyNode(LifecycleNode):
         self._pubs = {
             name: self.create_lifecycle_publisher(
                 Image, f"anomaly/{name}", OUTPUT_QOS,
-                event_callbacks=_no_event_handlers(PublisherEventCallbacks))
+                event_callbacks=no_event_handlers(PublisherEventCallbacks))
             for name in ("heatmap", "mask", "overlay")}
         self._worker = InferenceWorker(self._process, self._on_inference_error)
         self.last_error = ""
         self.state_label = "inactive"
-        thr = self._threshold if self._threshold is not None else bundle.threshold
+        thr = bundle.mask_threshold(self._threshold)
         reason = getattr(be, "selection_reason", "")
         built = getattr(be, "built", None)  # TensorRT engines and torch-tensorrt programs
         engine = ("" if built is None else
@@ -294,7 +250,7 @@ class AnomalyNode(LifecycleNode):
             msg_type, topic, callback = Image, "image", self._on_image
         self._sub = self.create_subscription(
             msg_type, topic, callback, qos, callback_group=self._sub_group,
-            event_callbacks=_no_event_handlers(SubscriptionEventCallbacks))
+            event_callbacks=no_event_handlers(SubscriptionEventCallbacks))
         ret = super().on_activate(state)  # enables the lifecycle publishers
         self.state_label = "active"
         self.get_logger().info(f"active: subscribed to {self._sub.topic_name} ({qos_name})")
@@ -473,9 +429,7 @@ class AnomalyNode(LifecycleNode):
 
     def _publish_diagnostics(self) -> None:
         be, bundle = self._backend, self._bundle
-        thr = self._threshold
-        if thr is None and bundle is not None:
-            thr = bundle.threshold
+        thr = bundle.mask_threshold(self._threshold) if bundle is not None else self._threshold
         # the bundle loaded, not the parameter (whose "" means the demo bundle)
         model_path = str(bundle.path) if bundle is not None else str(
             self.get_parameter("model_path").value)
@@ -487,33 +441,3 @@ class AnomalyNode(LifecycleNode):
                                   self._diag_previous)]
         self._diag_previous = stats
         self._diag_pub.publish(arr)
-
-
-def main(args=None) -> int:
-    """``anomaly_node`` executable: spin until Ctrl-C or the shutdown transition."""
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = AnomalyNode()
-        # several threads: get_state and /diagnostics answer during a long configure
-        executor = MultiThreadedExecutor(num_threads=3)
-        executor.add_node(node)
-        while rclpy.ok() and not node.finalized.is_set():
-            executor.spin_once(timeout_sec=0.25)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except RCLError:
-        # Ctrl-C between rclpy.ok() and the next wait: the context is gone, so the wait set
-        # cannot be built; that is a shutdown, anything else is a real error
-        if rclpy.ok():
-            raise
-    finally:
-        if node is not None:
-            node.release()
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

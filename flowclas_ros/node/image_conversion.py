@@ -1,7 +1,6 @@
 """sensor_msgs/Image <-> numpy, written here so the node needs no cv_bridge.
 
-Input: the ROS-free decoder of :mod:`flowclas_ros.image_codec` (re-exported here:
-:func:`validate_image`, :func:`image_to_rgb`, :func:`compressed_to_rgb`), which checks every
+Input images are decoded by the ROS-free :mod:`flowclas_ros.image_codec`, which checks every
 field before any byte is indexed.
 
 Output: :func:`heatmap_to_msg` (``32FC1``, non-finite values replaced so the message is always
@@ -16,15 +15,14 @@ import sys
 import numpy as np
 from sensor_msgs.msg import Image
 
-from ..image_codec import (COMPRESSED_FORMATS, ENCODINGS, SUPPORTED_ENCODINGS,
-                           ImageFormatError, ImageLayout, ImageTooLarge, compressed_format,
-                           compressed_to_rgb, image_to_rgb, rgb_to_compressed, validate_image)
+from ..image_codec import ENCODINGS, ImageFormatError, rgb_to_compressed
 
 # output-only encodings written by numpy_to_msg
 _OUTPUT_ENCODINGS: dict[str, tuple[int, int, str]] = {
     "32FC1": (1, 4, "float32"),
 }
 _HOST_BIG_ENDIAN = int(sys.byteorder == "big")
+
 
 def _to_msg(data: np.ndarray, encoding: str, header, big_endian: int) -> Image:
     """(H, W[, C]) contiguous array -> Image with step = W * C * itemsize (no padding)."""
@@ -127,8 +125,4 @@ def numpy_to_msg(array_: np.ndarray, encoding: str, header=None, *, step: int | 
     return msg
 
 
-__all__ = ["COMPRESSED_FORMATS", "ENCODINGS", "SUPPORTED_ENCODINGS", "ImageFormatError",
-           "ImageLayout", "ImageTooLarge", "bgr_to_msg", "compressed_format", "compressed_to_msg",
-           "compressed_to_rgb",
-           "heatmap_to_msg", "image_to_rgb", "mask_to_msg", "numpy_to_msg", "rgb_to_compressed",
-           "validate_image"]
+__all__ = ["bgr_to_msg", "compressed_to_msg", "heatmap_to_msg", "mask_to_msg", "numpy_to_msg"]

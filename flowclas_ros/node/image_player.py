@@ -22,8 +22,6 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
@@ -168,23 +166,3 @@ class ImagePlayer(Node):
         if self._thread is not None:
             self._thread.join(timeout=5.0)
         super().destroy_node()
-
-
-def main(args=None) -> int:
-    rclpy.init(args=args)
-    node = ImagePlayer()
-    try:
-        node.start()
-        while rclpy.ok() and not node.finished:
-            rclpy.spin_once(node, timeout_sec=0.1)
-        node.get_logger().info(f"published {node.sent} frames")
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

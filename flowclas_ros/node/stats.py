@@ -91,14 +91,3 @@ class LatencyWindow:
     def __len__(self) -> int:
         with self._lock:
             return len(self._samples)
-
-
-def percentile_summary(samples, qs=(50, 99)) -> dict[str, float]:
-    """{"p50": .., "p99": .., "mean": .., "n": ..} of a list of ms values (bench output)."""
-    data = np.asarray(list(samples), dtype=np.float64)
-    if data.size == 0:
-        return {f"p{q:g}": float("nan") for q in qs} | {"mean": float("nan"), "n": 0}
-    out = {f"p{q:g}": float(np.percentile(data, q)) for q in qs}
-    out["mean"] = float(data.mean())
-    out["n"] = int(data.size)
-    return out

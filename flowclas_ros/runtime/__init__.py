@@ -6,12 +6,15 @@
     result = be.infer(rgb)          # FrameResult(heatmap, mask, overlay, inference_ms)
     be.close()
 
-One module per concept: backend (the interface and ``auto``), torch_backend, onnx_backend,
-tensorrt_backend, pipeline (frame -> model input, score -> outputs, on the backend's device),
-visualisation (mask, colour maps, overlay). No ROS imports.
+One module per concept: backend (the interface), registry (which backends exist, ``auto``),
+torch_backend, onnx_backend, tensorrt_backend, torch_tensorrt_backend, cuda (the GPU checks),
+numpy_pipeline / torch_pipeline (frame -> model input, score -> outputs, on the backend's
+device), visualisation (mask, colour maps, overlay), bag_outputs (the outputs of a recording).
+No ROS imports; importing this package imports no torch.
 """
-from .backend import (BACKENDS, COLORMAPS, PRECISIONS, Backend, BackendUnavailable,
-                      FrameResult, create_backend, resolve_device)
+from ..options import BACKENDS, COLORMAPS, PRECISIONS
+from .backend import Backend, BackendUnavailable, FrameResult
+from .registry import create_backend, resolve_device
 
 __all__ = ["BACKENDS", "COLORMAPS", "PRECISIONS", "Backend", "BackendUnavailable", "FrameResult",
            "create_backend", "resolve_device"]

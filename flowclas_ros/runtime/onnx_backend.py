@@ -20,27 +20,21 @@ raised as :class:`BackendUnavailable`.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from flowclas_ros.export.bundle import Bundle
+from flowclas_ros.bundle.reader import Bundle
 
+from .. import paths
 from .backend import Backend, BackendUnavailable
-from .pipeline import NumpyPipeline, TorchPipeline
+from .cuda import cuda_available
+from .numpy_pipeline import NumpyPipeline
 
 log = logging.getLogger("flowclas_ros.runtime")
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
              "tensorrt": "TensorrtExecutionProvider"}
-
-
-def default_cache_dir(kind: str) -> Path:
-    """$FLOWCLAS_CACHE/<kind>, else ~/.cache/flowclas_ros/<kind>."""
-    root = os.environ.get("FLOWCLAS_CACHE") or Path.home() / ".cache" / "flowclas_ros"
-    return Path(root) / kind
 
 
 class OnnxRuntimeBackend(Backend):
@@ -55,12 +49,12 @@ class OnnxRuntimeBackend(Backend):
             import onnxruntime as ort
         except ImportError as exc:
             raise BackendUnavailable(f"onnxruntime is not installed ({exc})") from exc
-        dev = torch.device(device)
+        on_cpu = str(device) == "cpu"
         if provider == "auto":
-            provider = "cpu" if dev.type == "cpu" else "cuda"
+            provider = "cpu" if on_cpu else "cuda"
         if provider not in PROVIDERS:
             raise BackendUnavailable(f"provider must be auto, cpu, cuda or tensorrt, got {provider!r}")
-        if (provider == "cpu") != (dev.type == "cpu"):
+        if (provider == "cpu") != on_cpu:
             raise BackendUnavailable(f"provider {provider} does not run on device {device}")
         ep = PROVIDERS[provider]
         available = ort.get_available_providers()
@@ -81,10 +75,10 @@ class OnnxRuntimeBackend(Backend):
                     f"ONNX Runtime runs the graph's precision ({graph_precision}); for {precision} "
                     f"export the bundle with --fp16, or use provider tensorrt (fp16) or the torch "
                     f"backend")
-        device_id = dev.index or 0
+        device_id = int(str(device).partition(":")[2] or 0)
         providers: list = []
         if provider == "tensorrt":
-            cache = Path(trt_engine_cache_path or default_cache_dir("ort_tensorrt"))
+            cache = Path(trt_engine_cache_path or paths.cache_dir("ort_tensorrt"))
             cache.mkdir(parents=True, exist_ok=True)
             providers.append((ep, {"device_id": device_id,
                                    "trt_engine_cache_enable": bool(trt_engine_cache_enable),
@@ -92,7 +86,13 @@ class OnnxRuntimeBackend(Backend):
                                    "trt_timing_cache_enable": True,
                                    "trt_timing_cache_path": str(cache),
                                    "trt_fp16_enable": trt_fp16}))
-        self._torch_io = provider != "cpu" and torch.cuda.is_available()
+        # a GPU provider reads and writes torch's device memory when torch sees the GPU (CPU
+        # ONNX Runtime never imports torch)
+        self._torch_io = provider != "cpu" and cuda_available()
+        if self._torch_io:
+            import torch
+
+            dev = torch.device(device)
         if provider in ("cuda", "tensorrt"):
             cuda_opts: dict = {"device_id": device_id}
             if self._torch_io:  # run on torch's stream: ordering with the pre/post-processing
@@ -129,13 +129,15 @@ class OnnxRuntimeBackend(Backend):
         self._out = bundle.manifest["onnx"]["output_name"]
         self._device_id = device_id
         if self._torch_io:
-            pipeline = TorchPipeline(dev, bundle.input_size, bundle.score_range)
+            from .torch_pipeline import TorchPipeline
+
+            pipeline = TorchPipeline(dev, bundle.resolution, bundle.score_range)
             dev_str = str(dev)
         else:
-            pipeline = NumpyPipeline(bundle.input_size, bundle.score_range)
-            dev_str = "cpu" if provider == "cpu" else str(dev)
+            pipeline = NumpyPipeline(bundle.resolution, bundle.score_range)
+            dev_str = "cpu" if provider == "cpu" else str(device)
         super().__init__(bundle, dev_str, precision, pipeline)
-        self._out_buf: torch.Tensor | None = None
+        self._out_buf = None  # a torch tensor on the GPU, with I/O binding
 
     def describe(self) -> dict:
         d = super().describe()
@@ -146,6 +148,8 @@ class OnnxRuntimeBackend(Backend):
         if not self._torch_io:
             return self.session.run([self._out], {self._in: x})[0][0]
         # I/O binding on device memory owned by torch
+        import torch
+
         x = x.contiguous()
         shape = (1, x.shape[2], x.shape[3])
         if self._out_buf is None or tuple(self._out_buf.shape) != shape:
@@ -162,6 +166,8 @@ class OnnxRuntimeBackend(Backend):
 
     def _sync(self) -> None:
         if self._torch_io:
+            import torch
+
             torch.cuda.synchronize(self.pipeline.device)
 
     def _release(self) -> None:

@@ -34,11 +34,12 @@ from typing import Callable
 
 import torch
 
-from flowclas_ros.export.bundle import Bundle
+from flowclas_ros.bundle.reader import Bundle
 
+from .. import paths
 from .backend import Backend, BackendUnavailable
-from .onnx_backend import default_cache_dir
-from .pipeline import TorchPipeline
+from .cuda import require_cuda
+from .torch_pipeline import TorchPipeline
 
 log = logging.getLogger("flowclas_ros.runtime")
 
@@ -214,8 +215,9 @@ def graph_for_precision(bundle: Bundle, precision: str, cache_dir: Path) -> tupl
     else one derived from its weights (backbone float16; flow, score, input and output float32)
     and cached in ``cache_dir``. bf16 has no exported graph yet: BackendUnavailable.
     """
-    from flowclas_ros.export.bundle import build_torch_model, sha256_file
-    from flowclas_ros.export.onnx_export import export_onnx
+    from flowclas_ros.bundle.hashing import sha256_file
+    from flowclas_ros.bundle.onnx_export import export_onnx
+    from flowclas_ros.bundle.torch_model import build_torch_model
 
     graph = "fp16" if bundle.fp16 else "fp32"
     if precision == graph:
@@ -233,85 +235,105 @@ def graph_for_precision(bundle: Bundle, precision: str, cache_dir: Path) -> tupl
     if not path.is_file():
         log.info("deriving an fp16 graph (float16 backbone, float32 flow) from %s", bundle.path)
         tmp = path.with_suffix(".tmp.onnx")
-        export_onnx(build_torch_model(bundle), tmp, bundle.input_size, fp16=True)
+        export_onnx(build_torch_model(bundle), tmp, bundle.input_size, fp16=True,
+                    dynamic=bundle.dynamic)
         os.replace(tmp, path)
     return path, sha256_file(path), "fp16"
 
 
 class TensorRTBackend(Backend):
+    """One engine per model input shape: a bundle with a fixed input size has one; an
+    aspect-keeping bundle (format 3) one per camera resolution, built (or loaded from the
+    cache) at the first frame of that shape and kept."""
+
     name = "tensorrt"
 
     def __init__(self, bundle: Bundle, device: str = "cuda", precision: str = "fp32", *,
                  engine_cache_dir: str | Path | None = None, workspace_gb: float = 4.0):
         trt = import_tensorrt()
-        if not torch.cuda.is_available():
-            raise BackendUnavailable("the tensorrt backend needs a CUDA GPU visible to torch "
-                                     "(torch.cuda.is_available() is False)")
-        if not str(device).startswith("cuda"):
-            raise BackendUnavailable(f"the tensorrt backend runs on a GPU, not on {device}")
-        dev = torch.device(device)
-        if dev.index is None:
-            dev = torch.device("cuda", torch.cuda.current_device())
+        dev = require_cuda(device, "tensorrt")
         check_api(trt)
-        props = torch.cuda.get_device_properties(dev)
-        h, w = bundle.input_size
-        cache_root = Path(engine_cache_dir or default_cache_dir("tensorrt"))
-        onnx_path, onnx_sha, precision = graph_for_precision(bundle, precision, cache_root)
-        self.key = EngineKey(trt.__version__, props.name, f"{props.major}.{props.minor}",
-                             precision, (1, 3, h, w), onnx_sha)
+        self._trt = trt
+        self._props = torch.cuda.get_device_properties(dev)
+        self._dev = dev
+        self._workspace = int(workspace_gb * (1 << 30))
+        cache_root = Path(engine_cache_dir or paths.cache_dir("tensorrt"))
+        self._onnx_path, self._onnx_sha, precision = graph_for_precision(bundle, precision,
+                                                                         cache_root)
+        self._precision = precision
         self.cache = EngineCache(cache_root)
-        in_name = bundle.manifest["onnx"]["input_name"]
-        self._in, self._out = in_name, bundle.manifest["onnx"]["output_name"]
+        self._in = bundle.manifest["onnx"]["input_name"]
+        self._out = bundle.manifest["onnx"]["output_name"]
+        self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self._engines: dict[tuple[int, ...], tuple] = {}  # shape -> (engine, context, output)
+        h, w = bundle.input_size
+        self.key = self._key((1, 3, h, w))
+        t0 = time.perf_counter()
+        self.built = self._engine_for(self.key.input_shape)  # the reference shape, at configure
+        self.engine_seconds = time.perf_counter() - t0  # building, or reading the cache
+        super().__init__(bundle, str(dev), precision, TorchPipeline(dev, bundle.resolution,
+                                                                   bundle.score_range))
+
+    def _key(self, shape: tuple[int, ...]) -> EngineKey:
+        p = self._props
+        return EngineKey(self._trt.__version__, p.name, f"{p.major}.{p.minor}", self._precision,
+                         tuple(int(v) for v in shape), self._onnx_sha)
+
+    def _engine_for(self, shape: tuple[int, ...]) -> bool:
+        """Make the engine of ``shape`` ready; True when it had to be built."""
+        if shape in self._engines:
+            return False
+        key = self._key(shape)
 
         def build() -> bytes:
-            with torch.cuda.device(dev):
-                return build_engine(trt, onnx_path, self.key.input_shape, in_name,
-                                    int(workspace_gb * (1 << 30)))
+            with torch.cuda.device(self._dev):
+                return build_engine(self._trt, self._onnx_path, key.input_shape, self._in,
+                                    self._workspace)
 
-        t0 = time.perf_counter()
-        data, self.built = self.cache.get_or_build(self.key, build)
-        self.engine_seconds = time.perf_counter() - t0  # building, or reading the cache
-        self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        with torch.cuda.device(dev):
+        data, built = self.cache.get_or_build(key, build)
+        with torch.cuda.device(self._dev):
             engine = self._runtime.deserialize_cuda_engine(data)
-            if engine is None and not self.built:  # stale despite its key: rebuild once
+            if engine is None and not built:  # stale despite its key: rebuild once
                 log.warning("cached engine %s did not deserialize: rebuilding",
-                            self.cache.paths(self.key)[0])
+                            self.cache.paths(key)[0])
                 data = build()
-                self.cache.store(self.key, data, 0.0)
+                self.cache.store(key, data, 0.0)
                 engine = self._runtime.deserialize_cuda_engine(data)
             if engine is None:
                 raise RuntimeError("TensorRT could not deserialize the engine it built")
-            self._engine = engine
-            self._context = engine.create_execution_context()
-            self._context.set_input_shape(in_name, self.key.input_shape)
-            out_shape = tuple(self._context.get_tensor_shape(self._out))
-            self._out_buf = torch.empty(out_shape, dtype=torch.float32, device=dev)
-        self._dev = dev
-        super().__init__(bundle, str(dev), precision, TorchPipeline(dev, bundle.input_size,
-                                                                   bundle.score_range))
+            context = engine.create_execution_context()
+            context.set_input_shape(self._in, key.input_shape)
+            out = torch.empty(tuple(context.get_tensor_shape(self._out)), dtype=torch.float32,
+                              device=self._dev)
+        self._engines[shape] = (engine, context, out)
+        return built
 
     def describe(self) -> dict:
         d = super().describe()
         d.update(engine=str(self.cache.paths(self.key)[0]), built=self.built,
                  engine_seconds=round(self.engine_seconds, 2), gpu=self.key.gpu_name,
-                 trt=self.key.trt_version)
+                 trt=self.key.trt_version, shapes=[list(s) for s in self._engines])
         return d
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         # runs inside device_guard(): the engine's device is current on this thread
         x = x.contiguous()
-        self._context.set_tensor_address(self._in, x.data_ptr())
-        self._context.set_tensor_address(self._out, self._out_buf.data_ptr())
+        shape = tuple(x.shape)
+        if shape not in self._engines:
+            log.info("new input shape %s: preparing its TensorRT engine", shape)
+            self._engine_for(shape)
+        _, context, out = self._engines[shape]
+        context.set_tensor_address(self._in, x.data_ptr())
+        context.set_tensor_address(self._out, out.data_ptr())
         stream = torch.cuda.current_stream(self._dev)
-        if not self._context.execute_async_v3(stream.cuda_stream):
+        if not context.execute_async_v3(stream.cuda_stream):
             raise RuntimeError("TensorRT execution failed")
-        return self._out_buf[0]
+        return out[0]
 
     def _sync(self) -> None:
         torch.cuda.synchronize(self._dev)
 
     def _release(self) -> None:
-        self._context = self._engine = self._runtime = None
-        self._out_buf = None
+        self._engines.clear()
+        self._runtime = None
         torch.cuda.empty_cache()

@@ -17,11 +17,13 @@ import logging
 import torch
 from torch import Tensor
 
-from flowclas_ros.export.bundle import Bundle, build_torch_model
-from flowclas_ros.model import FlowCLAS
+from flowclas_ros.bundle.reader import Bundle
+from flowclas_ros.bundle.torch_model import build_torch_model
+from flowclas_ros.model.flowclas import FlowCLAS
 
-from .backend import TORCH_DTYPES, Backend, BackendUnavailable
-from .pipeline import TorchPipeline
+from .backend import Backend, BackendUnavailable
+from .cuda import require_cuda, torch_dtype
+from .torch_pipeline import TorchPipeline
 
 log = logging.getLogger("flowclas_ros.runtime")
 
@@ -32,18 +34,14 @@ class TorchBackend(Backend):
     def __init__(self, bundle: Bundle, device: str = "cpu", precision: str = "fp32", *,
                  compile: bool = False, cuda_graphs: bool = False, compile_mode: str | None = None,
                  num_threads: int | None = None, model: FlowCLAS | None = None):
-        dev = torch.device(device)
-        if dev.type == "cuda":
-            if not torch.cuda.is_available():
-                raise BackendUnavailable(
-                    f"torch CUDA asked for but torch.cuda.is_available() is False (torch "
-                    f"{torch.__version__}, built for CUDA {torch.version.cuda})")
-            if dev.index is not None and dev.index >= torch.cuda.device_count():
-                raise BackendUnavailable(f"{device}: only {torch.cuda.device_count()} GPU(s)")
-        elif dev.type != "cpu":
+        if str(device) == "cpu":
+            dev = torch.device("cpu")
+        elif str(device).startswith("cuda"):
+            dev = torch.device(device)  # as given: "cuda" stays the current device at each call
+            require_cuda(device, "torch")
+        else:
             raise BackendUnavailable(f"the torch backend runs on cpu or cuda, not {device}")
-        if precision not in TORCH_DTYPES:
-            raise BackendUnavailable(f"precision must be one of {list(TORCH_DTYPES)}")
+        self.dtype = torch_dtype(precision)
         if precision == "bf16" and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise BackendUnavailable(f"{torch.cuda.get_device_name(dev)} has no bf16 support")
         if cuda_graphs and dev.type != "cuda":
@@ -52,7 +50,6 @@ class TorchBackend(Backend):
             log.warning("torch %s on the CPU is emulated and usually slower than fp32", precision)
         if num_threads:
             torch.set_num_threads(int(num_threads))
-        self.dtype = TORCH_DTYPES[precision]
         model = (model if model is not None else build_torch_model(bundle)).eval()
         for p in model.parameters():
             p.requires_grad_(False)
@@ -60,7 +57,7 @@ class TorchBackend(Backend):
             model.backbone.to(self.dtype)
         self.model = model.to(dev)
         super().__init__(bundle, str(dev), precision,
-                         TorchPipeline(dev, bundle.input_size, bundle.score_range))
+                         TorchPipeline(dev, bundle.resolution, bundle.score_range))
         self._dev = dev
         self.cuda_graphs = cuda_graphs
         self.compiled = False

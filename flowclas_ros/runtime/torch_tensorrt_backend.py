@@ -22,11 +22,14 @@ from pathlib import Path
 
 import torch
 
-from flowclas_ros.export.bundle import WEIGHTS_FILE, Bundle, build_torch_model
+from flowclas_ros.bundle.graph import ScoreGraph
+from flowclas_ros.bundle.reader import WEIGHTS_FILE, Bundle
+from flowclas_ros.bundle.torch_model import build_torch_model
 
-from .backend import TORCH_DTYPES, Backend, BackendUnavailable
-from .onnx_backend import default_cache_dir
-from .pipeline import TorchPipeline
+from .. import paths
+from .backend import Backend, BackendUnavailable
+from .cuda import require_cuda, torch_dtype
+from .torch_pipeline import TorchPipeline
 
 log = logging.getLogger("flowclas_ros.runtime")
 
@@ -76,78 +79,93 @@ def compile_program(tt, graph: torch.nn.Module, example: torch.Tensor, workspace
 
 
 class TorchTensorRTBackend(Backend):
+    """One compiled program per model input shape (an aspect-keeping bundle: one per camera
+    resolution, compiled or loaded at its first frame), each cached on disk."""
+
     name = "torch_tensorrt"
 
     def __init__(self, bundle: Bundle, device: str = "cuda", precision: str = "fp32", *,
                  cache_dir: str | Path | None = None, workspace_gb: float = 4.0):
-        tt = import_torch_tensorrt()
-        if not torch.cuda.is_available():
-            raise BackendUnavailable("the torch_tensorrt backend needs a CUDA GPU visible to "
-                                     "torch (torch.cuda.is_available() is False)")
-        if not str(device).startswith("cuda"):
-            raise BackendUnavailable(f"the torch_tensorrt backend runs on a GPU, not on {device}")
-        if precision not in TORCH_DTYPES:
-            raise BackendUnavailable(f"precision must be one of {list(TORCH_DTYPES)}")
-        dev = torch.device(device)
-        if dev.index is None:
-            dev = torch.device("cuda", torch.cuda.current_device())
+        self._tt = import_torch_tensorrt()
+        self._dev = dev = require_cuda(device, "torch_tensorrt")
+        self._dtype = torch_dtype(precision)
+        self._precision = precision
+        self._root = Path(cache_dir or paths.cache_dir("torch_tensorrt"))
+        self._workspace = int(workspace_gb * (1 << 30))
+        self._weights_sha = bundle.manifest["files"][WEIGHTS_FILE]["sha256"]
+        self._bundle_for_build = bundle
+        self._programs: dict[tuple[int, ...], torch.nn.Module] = {}
         h, w = bundle.input_size
         shape = (1, 3, h, w)
-        key = program_key(tt, precision, shape, bundle.manifest["files"][WEIGHTS_FILE]["sha256"],
-                          dev)
-        root = Path(cache_dir or default_cache_dir("torch_tensorrt"))
-        path, meta = root / f"{key_digest(key)}.ep", root / f"{key_digest(key)}.json"
-        self.key, self.program_path = key, path
+        self.key = program_key(self._tt, precision, shape, self._weights_sha, dev)
+        self.program_path = self._root / f"{key_digest(self.key)}.ep"
         t0 = time.perf_counter()
-        with torch.cuda.device(dev):
-            program = None
-            if path.is_file() and meta.is_file() and json.loads(meta.read_text()).get("key") == key:
-                try:
-                    program = tt.load(str(path)).module()
-                    self.built = False
-                    log.info("torch-tensorrt program cache hit: %s", path)
-                except Exception as exc:  # a damaged file: compile again
-                    log.warning("torch-tensorrt program %s did not load (%s): recompiling", path,
-                                exc)
-            if program is None:
-                from flowclas_ros.export.onnx_export import ScoreGraph
-
-                model = build_torch_model(bundle).eval()
-                if precision != "fp32":
-                    model.backbone.to(TORCH_DTYPES[precision])
-                graph = ScoreGraph(model, half=TORCH_DTYPES[precision]
-                                   if precision != "fp32" else None).to(dev).eval()
-                example = torch.rand(shape, device=dev)
-                log.info("compiling with torch-tensorrt for %s (this takes a while)", key)
-                program = compile_program(tt, graph, example, int(workspace_gb * (1 << 30)))
-                root.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(".tmp.ep")
-                tt.save(program, str(tmp), inputs=[example])
-                os.replace(tmp, path)
-                meta.write_text(json.dumps({"key": key, "seconds": time.perf_counter() - t0},
-                                           indent=1))
-                self.built = True
+        self.built = self._program_for(shape)
         self.engine_seconds = time.perf_counter() - t0
         log.info("torch-tensorrt program %s in %.1f s", "built" if self.built else "loaded",
                  self.engine_seconds)
-        self.program = program
-        self._dev = dev
-        super().__init__(bundle, str(dev), precision, TorchPipeline(dev, bundle.input_size,
+        super().__init__(bundle, str(dev), precision, TorchPipeline(dev, bundle.resolution,
                                                                    bundle.score_range))
+
+    @property
+    def program(self):
+        """The program of the reference shape (the bundle's input size)."""
+        return next(iter(self._programs.values()), None)
+
+    def _program_for(self, shape: tuple[int, ...]) -> bool:
+        """Make the program of ``shape`` ready (cache or compile); True when compiled."""
+        if shape in self._programs:
+            return False
+        tt, dev = self._tt, self._dev
+        key = program_key(tt, self._precision, shape, self._weights_sha, dev)
+        path = self._root / f"{key_digest(key)}.ep"
+        meta = path.with_suffix(".json")
+        t0 = time.perf_counter()
+        with torch.cuda.device(dev):
+            if path.is_file() and meta.is_file() and json.loads(meta.read_text()).get("key") == key:
+                try:
+                    self._programs[shape] = tt.load(str(path)).module()
+                    log.info("torch-tensorrt program cache hit: %s", path)
+                    return False
+                except Exception as exc:  # a damaged file: compile again
+                    log.warning("torch-tensorrt program %s did not load (%s): recompiling", path,
+                                exc)
+            model = build_torch_model(self._bundle_for_build).eval()
+            half = self._dtype if self._precision != "fp32" else None
+            if half is not None:
+                model.backbone.to(half)
+            graph = ScoreGraph(model, half=half).to(dev).eval()
+            example = torch.rand(shape, device=dev)
+            log.info("compiling with torch-tensorrt for %s (this takes a while)", key)
+            program = compile_program(tt, graph, example, self._workspace)
+            self._root.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp.ep")
+            tt.save(program, str(tmp), inputs=[example])
+            os.replace(tmp, path)
+            meta.write_text(json.dumps({"key": key, "seconds": time.perf_counter() - t0},
+                                       indent=1))
+            self._programs[shape] = program
+        return True
 
     def describe(self) -> dict:
         d = super().describe()
         d.update(program=str(self.program_path), built=self.built,
-                 engine_seconds=round(self.engine_seconds, 2))
+                 engine_seconds=round(self.engine_seconds, 2),
+                 shapes=[list(s) for s in self._programs])
         return d
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = tuple(x.shape)
+        if shape not in self._programs:
+            log.info("new input shape %s: preparing its torch-tensorrt program", shape)
+            self._program_for(shape)
         with torch.inference_mode():
-            return self.program(x.contiguous())[0].float()
+            return self._programs[shape](x.contiguous())[0].float()
 
     def _sync(self) -> None:
         torch.cuda.synchronize(self._dev)
 
     def _release(self) -> None:
-        self.program = None
+        self._programs.clear()
+        self._bundle_for_build = None
         torch.cuda.empty_cache()

@@ -8,7 +8,8 @@
   different colour-table entry (at most 1 step, from float arithmetic order).
 
 Each has a numpy version (host, ONNX Runtime on the CPU) and a torch version (on the backend's
-device); :mod:`.pipeline` calls the one that matches where the score is.
+device); the pipelines call the one that matches where the score is. The torch versions use
+tensor methods only, so this module imports no torch: the CPU node never loads it.
 """
 from __future__ import annotations
 
@@ -16,8 +17,6 @@ import logging
 from functools import lru_cache
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from ..options import COLORMAPS
 
@@ -89,20 +88,19 @@ def overlay_np(score: np.ndarray, frame: np.ndarray, score_range: tuple[float, f
 
 # --- torch (on the backend's device) ---------------------------------------------------------
 
-def mask_torch(score: Tensor, threshold: float) -> Tensor:
-    """(H, W) float32 on any device -> (H, W) uint8 0/255 on the same device."""
-    return (score >= threshold).to(torch.uint8) * 255
+def mask_torch(score, threshold: float):
+    """(H, W) float32 tensor on any device -> (H, W) uint8 0/255 on the same device."""
+    return (score >= threshold).byte() * 255
 
 
-def overlay_torch(score: Tensor, frame: Tensor, score_range: tuple[float, float], alpha: float,
-                  lut: Tensor) -> Tensor:
+def overlay_torch(score, frame, score_range: tuple[float, float], alpha: float, lut):
     """score (H, W) float32, frame (H, W, 3) uint8 RGB, lut (256, 3) uint8 BGR, one device ->
     (H, W, 3) uint8 BGR overlay on that device."""
     lo, hi = score_range
     idx = ((score - lo) * (255.0 / (hi - lo))).clamp_(0, 255).round_().long()
     a = blend_weight(alpha)
     mix = frame.flip(-1).int() * (256 - a) + lut[idx].int() * a + 128
-    return (mix >> 8).to(torch.uint8)
+    return (mix >> 8).byte()
 
 
 __all__ = ["COLORMAPS", "blend_weight", "check_alpha", "check_colormap", "colormap_lut",

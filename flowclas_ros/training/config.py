@@ -1,10 +1,11 @@
-"""Training configuration: dataclasses, YAML loading and ``key=value`` overrides.
+"""Training configuration: the schema (one dataclass per section), its checks, loading.
 
 A YAML file gives any subset of the fields below (missing ones keep their defaults); overrides on
 the command line use dotted paths (``train.lr=1e-4``, ``model.flow.steps=4``,
-``data.image_size=[360,480]``) and are parsed as YAML, then checked against the field's type.
-Unknown keys and wrongly typed values raise :class:`ConfigError` naming the key, the expected type
-and, for a misspelt key, the closest known one.
+``data.image_size=[360,480]``) and are parsed as YAML, then checked against the field's type
+(:mod:`.typed_yaml`). Unknown keys and wrongly typed values raise :class:`ConfigError` naming the
+key, the expected type and, for a misspelt key, the closest known one; :func:`validate` checks
+each choice against the tuple of the module whose behaviour it names.
 
 Path fields (``data.root``, ``data.outliers``, ``cache.dir``, ``eval.val_dir``, ``out``,
 ``model.backbone.weights``) expand ``~``, ``${VAR}`` and ``${VAR:-default}``; relative paths are
@@ -13,55 +14,35 @@ relative to the working directory.
 Layout::
 
     model:  ModelConfig (backbone, flow, proj_dim, score, mean, std)
-    data:   inlier set, outlier source, resizing, cropping, flips, pasting
-    cache:  the frozen-feature cache
-    train:  objective, optimiser, schedule, precision, checkpoints, logging
-    eval:   the validation folder used to select best.pt
+    data:   DataConfig: inlier set(s) (InlierSetConfig, BagConfig), outlier source, resizing,
+            cropping, PhotometricConfig, flips, pasting (flowclas_ros.data.pasting.PasteConfig)
+    cache:  CacheConfig, the frozen-feature cache
+    train:  TrainLoopConfig: objective, optimiser, schedule, precision, checkpoints, logging
+    eval:   EvalConfig, the validation set or protocol that selects best.pt
     out:    output folder (default runs/<config name>-<objective>)
 """
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import os
-import re
-import types
-import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ..model.backbones import BackboneConfig
-from ..model.flow import FlowConfig
-from ..model.flowclas import ModelConfig
-
-OBJECTIVES = ("nll", "flowclas")
-SCHEDULES = ("one_cycle", "constant")
-PRECISIONS = ("auto", "fp32", "bf16")
-DEVICES = ("auto", "cpu", "cuda")
-
-
-class ConfigError(ValueError):
-    """A configuration file or override that does not fit :class:`TrainConfig`."""
+from ..data.coco import FILTERS
+from ..data.outlier_sources import GRANULARITIES
+from ..data.pasting import PasteConfig
+from ..model.config import SCORES, BackboneConfig, FlowConfig, ModelConfig
+from ..model.losses import OBJECTIVES
+from ..options import DEVICE_PATTERN
+from .features import GRID_LABELS
+from .precision import TRAINING_PRECISIONS
+from .schedule import SCHEDULES
+from .typed_yaml import (ConfigError, expand_path, expand_path_fields, merge, parse_override,
+                         read_mapping, set_key, to_plain)
 
 
 @dataclass
-class PasteSettings:
-    """Outlier pasting (METHOD.md section 4); mirrors flowclas_ros.data.PasteConfig."""
-
-    scales: list[float] = field(default_factory=lambda: [0.1, 0.125, 0.25, 0.5, 0.5, 0.75])
-    paste_prob: float = 1.0
-    grey_prob: float = 0.0  # ALLO: COCO converted to grey with probability 0.5
-    aux_background: str = "inlier"  # "inlier" (road scenes) or "ignore" (ALLO)
-    # hardcopy (the authors': random place and scale) or composite (on the estimated road, at
-    # its perspective scale and light: flowclas_ros.data.compositing)
-    mode: str = "hardcopy"
-
-
-@dataclass
-class InlierSet:
+class InlierSetConfig:
     """One more inlier training set beside ``data.dataset`` (same reader names)."""
 
     dataset: str = "idd_lite"
@@ -71,7 +52,7 @@ class InlierSet:
 
 
 @dataclass
-class BagSettings:
+class BagConfig:
     """For ``data.dataset: bag`` (``data.root`` = a rosbag2 folder or an .mcap file): which
     frames. They are split by time into train / calibration / test (flowclas_ros.data.bags);
     training reads ``data.split`` (train)."""
@@ -113,26 +94,26 @@ class DataConfig:
     root: str = ""
     split: str = "train"
     limit: int | None = None  # use only the first N training images (tests, quick runs)
-    extra: list[InlierSet] = field(default_factory=list)  # more inlier sets
-    bag: BagSettings = field(default_factory=BagSettings)  # dataset "bag" only
+    extra: list[InlierSetConfig] = field(default_factory=list)  # more inlier sets
+    bag: BagConfig = field(default_factory=BagConfig)  # dataset "bag" only
     image_size: list[int] | None = None  # [H, W] resize before cropping
     scale_range: list[float] | None = None  # [lo, hi] random rescale factor
     crop: list[int] | None = None  # [H, W] random crop
     photometric: PhotometricConfig = field(default_factory=PhotometricConfig)
-    label_mode: str = "nearest"  # feature-grid labels: nearest (authors') or area
+    label_mode: str = "nearest"  # feature-grid labels: .features.GRID_LABELS (nearest, area)
     hflip: bool = True
     vflip: bool = False  # ALLO
     outliers: str = ""  # COCO json / YOLO-seg folder / mask PNG folder
-    outlier_filter: str = "road"  # COCO class filter: road, allo or none
+    outlier_filter: str = "road"  # COCO class filter: data.coco.FILTERS (road, allo, none)
     outlier_split: str | None = None  # sub-folder / split of the outlier source (e.g. train2017)
-    outlier_granularity: str = "image"  # image (authors': one union mask per photo) or instance
+    outlier_granularity: str = "image"  # data.outlier_sources.GRANULARITIES (image, instance)
     held_out_classes: list[str] = field(default_factory=list)  # never pasted (the protocol's)
     # Exclude the held-out part (flowclas_ros.data.default_outlier_split with this seed and
     # fraction), which the validation set pastes: same values on both sides keep them disjoint.
     outlier_holdout: bool = True
     outlier_val_fraction: float = 0.25
     outlier_split_seed: int = 0
-    paste: PasteSettings = field(default_factory=PasteSettings)
+    paste: PasteConfig = field(default_factory=PasteConfig)  # data.pasting's own
     num_workers: int = 0  # DataLoader worker processes
 
 
@@ -142,7 +123,7 @@ class CacheConfig:
 
     Each variant is an independent draw of crop, paste and flips whose backbone features are
     stored (fp16); an epoch uses one variant of each image. ``dir`` defaults to
-    $FLOWCLAS_CACHE or ~/.cache/flowclas_ros/features.
+    $FLOWCLAS_CACHE/features or ~/.cache/flowclas_ros/features (flowclas_ros.paths.cache_dir).
     """
 
     enabled: bool = True
@@ -152,8 +133,11 @@ class CacheConfig:
 
 
 @dataclass
-class TrainSettings:
-    objective: str = "flowclas"  # "nll" (likelihood only) or "flowclas" (alpha * nll + con)
+class TrainLoopConfig:
+    """The ``train:`` section: objective, optimiser, schedule, device and precision, and the
+    checkpoints and logs of the loop."""
+
+    objective: str = "flowclas"  # model.losses.OBJECTIVES: nll, or flowclas (alpha * nll + con)
     epochs: int = 10
     max_steps: int | None = None  # stop (and end the schedule) after this many steps
     batch_size: int = 8  # per process; global batch = batch_size * world size
@@ -165,14 +149,14 @@ class TrainSettings:
     warmup_start_factor: float = 0.01
     final_lr_factor: float = 0.01  # cosine decay ends at lr * this
     grad_clip: float = 1.0  # max global gradient norm; 0 disables
-    schedule: str = "one_cycle"  # one_cycle (warm-up + cosine, the authors') or constant
+    schedule: str = "one_cycle"  # .schedule.SCHEDULES: one_cycle (the authors') or constant
     alpha: float = 1.0  # weight of the NLL term (per pixel and channel; METHOD.md section 3)
     temperature: float = 0.13  # contrastive temperature (0.10 for ALLO)
     max_views: int = 512
     aux_contrast: bool = True  # the auxiliary image's cells join the contrast set (authors')
     seed: int = 0
-    device: str = "auto"  # auto: cuda if available
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    device: str = "auto"  # auto (cuda if available), cpu, cuda or cuda:N
+    precision: str = "auto"  # .precision.TRAINING_PRECISIONS; auto: bf16 on CUDA, fp32 on CPU
     cpu_threads: int = 0  # torch intra-op threads; 0 = torch's default (1 helps on a busy CPU)
     checkpoint_every: int = 500  # steps; a checkpoint is also written at the end
     log_every: int = 10  # steps between CSV / TensorBoard rows
@@ -202,18 +186,18 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
-    train: TrainSettings = field(default_factory=TrainSettings)
+    train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     out: str | None = None
     name: str = "train"  # set from the config file name; names the default output folder
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return to_plain(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         cfg = cls()
-        _merge(cfg, d, "")
+        merge(cfg, d, "")
         expand_paths(cfg)
         validate(cfg)
         return cfg
@@ -226,128 +210,11 @@ PATH_FIELDS = ("data.root", "data.outliers", "cache.dir", "eval.val_dir", "eval.
                "eval.protocol_data", "out", "model.backbone.weights")
 
 
-# --- type checking ---------------------------------------------------------------------------
-
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _type_name(tp: Any) -> str:
-    if isinstance(tp, type):
-        return tp.__name__
-    return str(tp).replace("typing.", "")
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """``value`` checked against (and converted to) the annotation ``tp``; ConfigError if not."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None:
-            if type(None) in args:
-                return None
-            raise ConfigError(f"{key}: must not be null (expected {_type_name(tp)})")
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if len(errors) == 1 else
-                          f"{key}: expected {_type_name(tp)}, got {value!r}")
-    if value is None and tp is not Any:
-        raise ConfigError(f"{key}: must not be null (expected {_type_name(tp)})")
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
-        obj = tp()
-        _merge(obj, value, key + ".")
-        return obj
-    if origin in (list, tuple) or tp in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        args = typing.get_args(tp)
-        item_tp = args[0] if args else Any
-        items = [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if (origin is tuple or tp is tuple) else items
-    if tp is Any:
-        return value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
-    raise ConfigError(f"{key}: unsupported field type {_type_name(tp)}")
-
-
-def _unknown(key: str, name: str, known: list[str]) -> ConfigError:
-    close = difflib.get_close_matches(name, known, n=1)
-    hint = f" (did you mean '{key}{close[0]}'?)" if close else ""
-    return ConfigError(f"unknown config key '{key}{name}'{hint}; known keys here: {', '.join(known)}")
-
-
-def _merge(obj: Any, d: Any, prefix: str) -> None:
-    """Set the fields of dataclass ``obj`` from mapping ``d``, recursively, checking types."""
-    if not isinstance(d, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {d!r}")
-    hints = _hints(type(obj))
-    known = [f.name for f in dataclasses.fields(obj)]
-    for name, value in d.items():
-        if name not in known:
-            raise _unknown(prefix, str(name), known)
-        tp = hints[name]
-        current = getattr(obj, name)
-        if dataclasses.is_dataclass(current) and isinstance(value, dict):
-            _merge(current, value, f"{prefix}{name}.")
-        else:
-            setattr(obj, name, _coerce(value, tp, f"{prefix}{name}"))
-
-
-def set_key(cfg: TrainConfig, key: str, value: Any) -> None:
-    """Set the dotted ``key`` of ``cfg`` to ``value`` (already parsed), checking its type."""
-    parts = key.split(".")
-    obj, prefix = cfg, ""
-    for part in parts[:-1]:
-        known = [f.name for f in dataclasses.fields(obj)]
-        if part not in known or not dataclasses.is_dataclass(getattr(obj, part)):
-            raise _unknown(prefix, part, [k for k in known
-                                          if dataclasses.is_dataclass(getattr(obj, k))] or known)
-        obj, prefix = getattr(obj, part), f"{prefix}{part}."
-    _merge(obj, {parts[-1]: value}, prefix)
-
-
-_OVERRIDE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)=(.*)$", re.S)
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """``"train.lr=1e-4"`` -> ``("train.lr", "1e-4")`` with the value parsed as YAML."""
-    m = _OVERRIDE.match(text)
-    if not m:
-        raise ConfigError(f"override {text!r} is not of the form key=value (e.g. train.lr=1e-4)")
-    key, raw = m.groups()
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from exc
-    return key, value
+def expand_paths(cfg: TrainConfig) -> None:
+    expand_path_fields(cfg, PATH_FIELDS)
+    for extra in cfg.data.extra:
+        if extra.root:
+            extra.root = expand_path(extra.root)
 
 
 def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
@@ -359,50 +226,19 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
     return cfg
 
 
-# --- paths and validation --------------------------------------------------------------------
-
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-def expand_path(text: str) -> str:
-    """``~``, ``${VAR}`` and ``${VAR:-default}`` expanded (an unset VAR without default raises)."""
-
-    def repl(m: re.Match) -> str:
-        name, default = m.group(1), m.group(2)
-        if name in os.environ and os.environ[name] != "":
-            return os.environ[name]
-        if default is not None:
-            return default
-        raise ConfigError(f"path {text!r} uses ${{{name}}}, which is not set")
-
-    return os.path.expanduser(_VAR.sub(repl, text))
-
-
-def _get(cfg: Any, key: str) -> Any:
-    for part in key.split("."):
-        cfg = getattr(cfg, part)
-    return cfg
-
-
-def expand_paths(cfg: TrainConfig) -> None:
-    for key in PATH_FIELDS:
-        value = _get(cfg, key)
-        if isinstance(value, str) and value:
-            parent, _, leaf = key.rpartition(".")
-            setattr(_get(cfg, parent) if parent else cfg, leaf, expand_path(value))
-    for extra in cfg.data.extra:
-        if extra.root:
-            extra.root = expand_path(extra.root)
+def _one_of(key: str, value: Any, choices) -> tuple[bool, str]:
+    choices = tuple(choices)
+    return value in choices, f"{key} must be one of {choices}, got {value!r}"
 
 
 def validate(cfg: TrainConfig) -> None:
     """Cross-field checks that types alone do not catch."""
     t, d = cfg.train, cfg.data
     checks = [
-        (t.objective in OBJECTIVES, f"train.objective must be one of {OBJECTIVES}, got {t.objective!r}"),
-        (t.precision in PRECISIONS, f"train.precision must be one of {PRECISIONS}, got {t.precision!r}"),
-        (t.device in DEVICES or t.device.startswith("cuda:"),
-         f"train.device must be one of {DEVICES} or cuda:N, got {t.device!r}"),
+        _one_of("train.objective", t.objective, OBJECTIVES),
+        _one_of("train.precision", t.precision, TRAINING_PRECISIONS),
+        (bool(DEVICE_PATTERN.match(t.device)),
+         f"train.device must be auto, cpu, cuda or cuda:N, got {t.device!r}"),
         (t.epochs >= 1, "train.epochs must be >= 1"),
         (t.max_steps is None or t.max_steps >= 1, "train.max_steps must be >= 1 or null"),
         (t.batch_size >= 1, "train.batch_size must be >= 1"),
@@ -419,29 +255,27 @@ def validate(cfg: TrainConfig) -> None:
         (d.image_size is None or len(d.image_size) == 2, "data.image_size must be [H, W]"),
         (d.crop is None or len(d.crop) == 2, "data.crop must be [H, W]"),
         (0 <= d.outlier_val_fraction < 1, "data.outlier_val_fraction must be in [0, 1)"),
-        (d.outlier_filter in ("road", "allo", "none"),
-         "data.outlier_filter must be 'road', 'allo' or 'none'"),
-        (d.paste.aux_background in ("inlier", "ignore"),
-         "data.paste.aux_background must be 'inlier' or 'ignore'"),
-        (d.paste.mode in ("hardcopy", "composite"),
-         "data.paste.mode must be 'hardcopy' or 'composite'"),
+        _one_of("data.outlier_filter", d.outlier_filter, FILTERS),
         (cfg.eval.every >= 0, "eval.every must be >= 0"),
-        (t.schedule in SCHEDULES, f"train.schedule must be one of {SCHEDULES}, got {t.schedule!r}"),
+        _one_of("train.schedule", t.schedule, SCHEDULES),
         (d.dataset != "bag" or bool(d.bag.topic),
          "data.dataset bag needs data.bag.topic (train --topic NAME): the camera topic to read"),
         (d.bag.stride >= 1, "data.bag.stride must be >= 1"),
-        (d.label_mode in ("nearest", "area"), "data.label_mode must be 'nearest' or 'area'"),
-        (d.outlier_granularity in ("image", "instance"),
-         "data.outlier_granularity must be 'image' or 'instance'"),
+        _one_of("data.label_mode", d.label_mode, GRID_LABELS),
+        _one_of("data.outlier_granularity", d.outlier_granularity, GRANULARITIES),
         (d.scale_range is None or (len(d.scale_range) == 2 and 0 < d.scale_range[0] <= d.scale_range[1]),
          "data.scale_range must be [lo, hi] with 0 < lo <= hi"),
         (len(cfg.eval.input_size) == 2, "eval.input_size must be [H, W]"),
         (0 <= cfg.eval.fpr < 1, "eval.fpr must be in [0, 1)"),
-        (cfg.model.score in ("nll", "latent"), "model.score must be 'nll' or 'latent'"),
+        _one_of("model.score", cfg.model.score, SCORES),
     ]
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
+    try:
+        d.paste.check()  # its own ranges and choices (aux backgrounds, modes)
+    except ValueError as exc:
+        raise ConfigError(f"data.paste.{exc}") from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
@@ -449,24 +283,31 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     cfg = TrainConfig()
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {path} does not exist")
-        try:
-            d = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-        if not isinstance(d, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of config sections")
+        d = read_mapping(path)
         d.setdefault("name", path.stem)
         try:
-            _merge(cfg, d, "")
+            merge(cfg, d, "")
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
     return apply_overrides(cfg, list(overrides or []))
 
 
-__all__ = ["BackboneConfig", "CacheConfig", "ConfigError", "DataConfig", "EvalConfig",
-           "BagSettings", "FlowConfig", "InlierSet", "ModelConfig", "PasteSettings", "PhotometricConfig",
-           "TrainConfig", "TrainSettings",
-           "apply_overrides", "expand_path", "load_config", "parse_override", "set_key",
-           "validate"]
+# Old names of the section types, importable for a while.
+_RENAMED = {"TrainSettings": "TrainLoopConfig", "PasteSettings": "PasteConfig",
+            "BagSettings": "BagConfig", "InlierSet": "InlierSetConfig",
+            "PRECISIONS": "TRAINING_PRECISIONS"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _RENAMED:
+        new = _RENAMED[name]
+        warnings.warn(f"flowclas_ros.training.config.{name} is now {new}; the old name will go",
+                      FutureWarning, stacklevel=2)
+        return globals()[new]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["BackboneConfig", "BagConfig", "CacheConfig", "ConfigError", "DataConfig",
+           "EvalConfig", "FlowConfig", "InlierSetConfig", "ModelConfig", "PasteConfig",
+           "PhotometricConfig", "TrainConfig", "TrainLoopConfig", "apply_overrides",
+           "expand_path", "expand_paths", "load_config", "parse_override", "set_key", "validate"]

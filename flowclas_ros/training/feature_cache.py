@@ -22,6 +22,12 @@ input normalisation, data roots, dataset, resize/crop/flips, paste config, outli
 variants): change any and a new cache is built beside the old one. A build goes to
 ``<key>.partial`` and is renamed when complete, so a killed build is never mistaken for a cache.
 Under torch.distributed every rank computes its share of the rows into the same files.
+
+A killed build resumes: ``<key>.partial/progress.json`` says what the build is for (key, spec,
+shapes, batch size, world size) and ``done.<rank>`` lists the rows already on disk, one line per
+backbone batch. The next build for the same header keeps those rows and computes the other
+batches, exactly as an uninterrupted build would have; a partial folder made for anything else
+is started afresh. The features and grid labels themselves come from :mod:`.features`.
 """
 from __future__ import annotations
 
@@ -34,25 +40,25 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import Tensor
 
-from ..labels import ANOMALY, INLIER, VOID
+from ..paths import cache_dir
+# grid_labels and to_image_batch: importable from here, as before they moved to .features
+from .features import GRID_LABELS, encode, grid_labels, to_image_batch  # noqa: F401
 
 if TYPE_CHECKING:
     from .samples import Pair
-from ..model.losses import downsample_labels
 
 CACHE_FORMAT = 1
 ARRAYS = ("mixed", "mixed_labels", "aux", "aux_labels")
+PROGRESS_FILE = "progress.json"  # a partial build's header: what its rows are being built for
 
 # make_pair(image_index, variant) -> a training.samples.Pair (image, label, aux_image, aux_label)
 PairFn = Callable[[int, int], "Pair"]
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("FLOWCLAS_CACHE") or Path.home() / ".cache" / "flowclas_ros" / "features")
+    """$FLOWCLAS_CACHE/features, else ~/.cache/flowclas_ros/features."""
+    return cache_dir("features")
 
 
 def cache_key(spec: dict[str, Any]) -> str:
@@ -70,61 +76,6 @@ def file_fingerprint(path: str | None) -> dict[str, Any] | None:
         return {"path": str(p)}
     st = p.stat()
     return {"path": str(p.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
-# --- features and labels on the feature grid ------------------------------------------------
-
-GRID_LABELS = ("nearest", "area")
-
-
-def grid_labels(labels: Tensor, grid: tuple[int, int], pad_multiple: int,
-                mode: str = "nearest") -> Tensor:
-    """Pixel labels (B, H, W) -> labels on the feature grid (B, h, w), uint8.
-
-    The backbone sees the image zero-padded at the bottom and right to ``pad_multiple``; the
-    labels are padded the same way with VOID. ``nearest``: feature position (y, x) takes the
-    label of the pixel it is aligned with (the authors'). ``area``: a cell is ANOMALY when at
-    least half of its pixels are, VOID when at least half are void or when it is partly
-    anomalous (a mixed cell is neither a clean inlier nor a clean outlier), else INLIER.
-    """
-    h, w = labels.shape[-2:]
-    padded = F.pad(labels.to(torch.int16), (0, (-w) % pad_multiple, 0, (-h) % pad_multiple),
-                   value=VOID)
-    if mode == "nearest":
-        return downsample_labels(padded, grid).to(torch.uint8)
-    if mode != "area":
-        raise ValueError(f"grid label mode must be one of {GRID_LABELS}, got {mode!r}")
-    ph, pw = padded.shape[-2:]
-    ky, kx = ph // grid[0], pw // grid[1]
-    frac = lambda v: F.avg_pool2d((padded == v).float()[:, None], (ky, kx))[:, 0]  # noqa: E731
-    anomaly, void = frac(ANOMALY), frac(VOID)
-    out = torch.full_like(anomaly, INLIER, dtype=torch.uint8)
-    out[(anomaly > 0) | (void >= 0.5)] = VOID
-    out[anomaly >= 0.5] = ANOMALY
-    return out
-
-
-def to_image_batch(images: np.ndarray | Tensor, device: torch.device | str) -> Tensor:
-    """(B, H, W, 3) uint8 -> (B, 3, H, W) float in [0, 1] on ``device``."""
-    t = torch.as_tensor(images).to(device, non_blocking=True)
-    return t.permute(0, 3, 1, 2).float().div_(255.0)
-
-
-@torch.no_grad()
-def encode(model, images: Tensor, labels: Tensor, autocast: bool = False,
-           label_mode: str = "nearest") -> tuple[Tensor, Tensor]:
-    """Frozen features and grid labels (:func:`grid_labels` ``label_mode``) of a batch.
-
-    images (B, H, W, 3) uint8, labels (B, H, W) uint8 -> features (B, C, h, w) float (fp32, or
-    bf16 under ``autocast`` on CUDA), labels (B, h, w) uint8 on the model's device.
-    """
-    device = model.mean.device
-    x = to_image_batch(images, device)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-        feats = model.features(x)
-    lab = grid_labels(torch.as_tensor(labels).to(device), feats.shape[-2:],
-                      model.backbone.pad_multiple, label_mode)
-    return feats, lab
 
 
 # --- the cache ----------------------------------------------------------------------------
@@ -172,6 +123,59 @@ def _noop() -> None:
     pass
 
 
+def _layout(rows: int, feat_shape: tuple, lab_shape: tuple) -> list[tuple[str, tuple, type]]:
+    return [("mixed", (rows, *feat_shape), np.float16),
+            ("mixed_labels", (rows, *lab_shape), np.uint8),
+            ("aux", (rows, *feat_shape), np.float16),
+            ("aux_labels", (rows, *lab_shape), np.uint8)]
+
+
+def _jsonable(d: dict[str, Any]) -> Any:
+    return json.loads(json.dumps(d, sort_keys=True, default=str))
+
+
+def done_rows(partial: str | Path, rank: int | None = None) -> set[int]:
+    """The rows a partial build has on disk: every rank's (``rank`` None) or one rank's.
+
+    ``done.<rank>`` holds one line per backbone batch, appended once the batch's rows are
+    flushed; a line a kill cut short has no newline and does not count.
+    """
+    partial = Path(partial)
+    files = sorted(partial.glob("done.*")) if rank is None else [partial / f"done.{rank}"]
+    rows: set[int] = set()
+    for f in files:
+        if f.is_file():
+            for line in f.read_text().splitlines(keepends=True):
+                if line.endswith("\n"):
+                    rows.update(int(r) for r in line.split())
+    return rows
+
+
+def _resumable_rows(partial: Path, header: dict[str, Any], layout) -> set[int] | None:
+    """The done rows of a partial build made for ``header`` with ``layout``'s arrays; None when
+    there is none or it was made for anything else (then it is rebuilt)."""
+    try:
+        if json.loads((partial / PROGRESS_FILE).read_text()) != _jsonable(header):
+            return None
+        for name, shape, dtype in layout:
+            a = np.load(partial / f"{name}.npy", mmap_mode="r")
+            if a.shape != shape or a.dtype != dtype:
+                return None
+        return done_rows(partial)
+    except (OSError, ValueError):  # missing or unreadable files, a garbled line
+        return None
+
+
+def _start_partial(partial: Path, header: dict[str, Any], layout) -> None:
+    shutil.rmtree(partial, ignore_errors=True)  # leftovers of a build for anything else
+    partial.mkdir(parents=True)
+    for name, shape, dtype in layout:
+        np.lib.format.open_memmap(partial / f"{name}.npy", mode="w+", dtype=dtype,
+                                  shape=shape).flush()
+    # Last: a folder without its header (killed while being laid out) is started afresh.
+    (partial / PROGRESS_FILE).write_text(json.dumps(_jsonable(header), indent=1))
+
+
 def build_feature_cache(
     root: str | Path,
     spec: dict[str, Any],
@@ -191,7 +195,9 @@ def build_feature_cache(
     """Open the cache for ``spec`` under ``root``, building it first if needed.
 
     Returns (cache, built): ``built`` is False when an existing complete cache was reused. All
-    ranks must call this together; each computes rows ``r`` with ``r % world == rank``.
+    ranks must call this together; each computes rows ``r`` with ``r % world == rank``, in
+    batches of ``batch_size``. A partial build for the same key, batch size and world size (a
+    killed one) is resumed: its done rows are kept and only the other batches are computed.
     """
     root = Path(root)
     key = cache_key(spec)
@@ -211,59 +217,75 @@ def build_feature_cache(
     f0, l0 = encode(model, probe.image[None], probe.label[None], autocast, label_mode)
     feat_shape, lab_shape = tuple(f0.shape[1:]), tuple(l0.shape[1:])
     image_shape = probe.image.shape
+    layout = _layout(rows, feat_shape, lab_shape)
+    # Batches are part of the header: a row's features may differ in the last bits with the
+    # batch it was computed in, and a resumed build must equal an uninterrupted one.
+    header = {"format": CACHE_FORMAT, "key": key, "spec": spec, "n_images": n_images,
+              "variants": variants, "feature_shape": list(feat_shape),
+              "label_shape": list(lab_shape), "image_shape": list(image_shape),
+              "batch_size": batch_size, "world_size": world}
     if rank == 0:
-        need = rows * (2 * int(np.prod(feat_shape)) * 2 + 2 * int(np.prod(lab_shape)))
         root.mkdir(parents=True, exist_ok=True)
+        kept = _resumable_rows(partial, header, layout)
+        row_bytes = 2 * int(np.prod(feat_shape)) * 2 + 2 * int(np.prod(lab_shape))
+        need = (rows - len(kept or ())) * row_bytes
         free = shutil.disk_usage(root).free
         if need * 1.05 > free:
             raise OSError(f"feature cache needs {need / 2**30:.1f} GiB in {root} but only "
                           f"{free / 2**30:.1f} GiB are free: lower cache.variants, set "
                           f"cache.dir elsewhere or cache.enabled=false")
-        log(f"feature cache: building {final} ({n_images} images x {variants} variants, "
-            f"features {feat_shape}, {need / 2**20:.0f} MiB)")
-        shutil.rmtree(partial, ignore_errors=True)  # leftovers of a killed build
-        partial.mkdir(parents=True)
-        for name, shape, dtype in (("mixed", feat_shape, np.float16),
-                                   ("mixed_labels", lab_shape, np.uint8),
-                                   ("aux", feat_shape, np.float16),
-                                   ("aux_labels", lab_shape, np.uint8)):
-            np.lib.format.open_memmap(partial / f"{name}.npy", mode="w+", dtype=dtype,
-                                      shape=(rows, *shape)).flush()
+        what = (f"({n_images} images x {variants} variants, features {feat_shape}, "
+                f"{need / 2**20:.0f} MiB)")
+        if kept is None:
+            log(f"feature cache: building {final} {what}")
+            _start_partial(partial, header, layout)
+        else:
+            log(f"feature cache: resuming the build of {final}: {len(kept)} of {rows} rows "
+                f"were done {what}")
     barrier()
 
-    out = {a: np.load(partial / f"{a}.npy", mmap_mode="r+") for a in ARRAYS}
+    done = done_rows(partial, rank)
     mine = list(range(rank, rows, world))
+    batches = [mine[s:s + batch_size] for s in range(0, len(mine), batch_size)]
+    todo = [b for b in batches if not done.issuperset(b)]
+    out = {a: np.load(partial / f"{a}.npy", mmap_mode="r+") for a in ARRAYS}
     bar = None
     if progress and rank == 0:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(mine), desc="feature cache", unit="img", dynamic_ncols=True)
-    for start in range(0, len(mine), batch_size):
-        chunk = mine[start:start + batch_size]
-        pairs = [make_pair(r // variants, r % variants) for r in chunk]
-        for p in pairs:
-            if p.image.shape != image_shape or p.aux_image.shape != image_shape:
-                raise ValueError(
-                    f"feature cache needs every training image at one size; got {p.image.shape} "
-                    f"and {image_shape}: set data.image_size (and/or data.crop)")
-        mixed = np.stack([p.image for p in pairs])
-        aux = np.stack([p.aux_image for p in pairs])
-        labels = np.stack([p.label for p in pairs] + [p.aux_label for p in pairs])
-        feats, lab = encode(model, np.concatenate([mixed, aux]), labels, autocast, label_mode)
-        feats = feats.float().cpu().numpy().astype(np.float16)
-        lab = lab.cpu().numpy()
-        n = len(chunk)
-        idx = np.asarray(chunk)
-        out["mixed"][idx] = feats[:n]
-        out["aux"][idx] = feats[n:]
-        out["mixed_labels"][idx] = lab[:n]
-        out["aux_labels"][idx] = lab[n:]
-        if bar is not None:
-            bar.update(n)
+        bar = tqdm(total=len(mine), initial=len(mine) - sum(map(len, todo)),
+                   desc="feature cache", unit="img", dynamic_ncols=True)
+    with (partial / f"done.{rank}").open("a") as done_file:
+        for chunk in todo:
+            pairs = [make_pair(r // variants, r % variants) for r in chunk]
+            for p in pairs:
+                if p.image.shape != image_shape or p.aux_image.shape != image_shape:
+                    raise ValueError(
+                        f"feature cache needs every training image at one size; got "
+                        f"{p.image.shape} and {image_shape}: set data.image_size (and/or "
+                        f"data.crop)")
+            mixed = np.stack([p.image for p in pairs])
+            aux = np.stack([p.aux_image for p in pairs])
+            labels = np.stack([p.label for p in pairs] + [p.aux_label for p in pairs])
+            feats, lab = encode(model, np.concatenate([mixed, aux]), labels, autocast, label_mode)
+            feats = feats.float().cpu().numpy().astype(np.float16)
+            lab = lab.cpu().numpy()
+            n = len(chunk)
+            idx = np.asarray(chunk)
+            out["mixed"][idx] = feats[:n]
+            out["aux"][idx] = feats[n:]
+            out["mixed_labels"][idx] = lab[:n]
+            out["aux_labels"][idx] = lab[n:]
+            # The rows are on disk before they are recorded as done, so a kill at any point
+            # leaves no row recorded that was not written.
+            for a in out.values():
+                a.flush()
+            done_file.write(" ".join(map(str, chunk)) + "\n")
+            done_file.flush()
+            if bar is not None:
+                bar.update(n)
     if bar is not None:
         bar.close()
-    for a in out.values():
-        a.flush()
     del out
     barrier()
 
@@ -279,6 +301,13 @@ def build_feature_cache(
         else:
             shutil.rmtree(final, ignore_errors=True)
             os.replace(partial, final)
+            for f in [final / PROGRESS_FILE, *final.glob("done.*")]:  # the build's bookkeeping
+                f.unlink(missing_ok=True)
         log(f"feature cache: built in {time.perf_counter() - t0:.1f} s")
     barrier()
     return FeatureCache(final), True
+
+
+__all__ = ["ARRAYS", "CACHE_FORMAT", "FeatureCache", "PROGRESS_FILE", "build_feature_cache",
+           "cache_key", "default_cache_dir", "done_rows", "encode", "file_fingerprint",
+           "grid_labels"]

@@ -5,6 +5,7 @@ outlier image's objects (the paster also returns the auxiliary outlier image at 
 ``paste.mode: composite`` composites them on the estimated road instead) -> photometric changes
 (:mod:`.augment`) -> flips, drawn independently for the mixed and the aux pair and applied to
 image and label together. Several inlier sets are one sequence of frames (:class:`Frames`).
+What the loader reads for each of them (a raw pair or its cached features) is in :mod:`.items`.
 
 Determinism: every random choice is derived from the seed and *where* it is made, never from a
 running generator: image i of epoch e is pasted with ``default_rng([seed, 0, e, i])``
@@ -19,12 +20,10 @@ import math
 from typing import NamedTuple
 
 import numpy as np
-from torch.utils.data import Dataset
 
 from ..labels import VOID
 from .augment import photometric
 from .config import DataConfig
-from .feature_cache import FeatureCache
 
 
 class Frames:
@@ -152,35 +151,6 @@ def cache_variant(seed: int, epoch: int, i: int, variants: int) -> int:
     return (epoch + offset) % variants
 
 
-class OnlineItems(Dataset):
-    """(epoch, i) -> raw pasted pair (uint8 arrays); the backbone runs in the training step."""
-
-    def __init__(self, pairs: PairMaker, seed: int):
-        self.pairs, self.seed = pairs, seed
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def __getitem__(self, key: tuple[int, int]) -> dict[str, np.ndarray]:
-        epoch, i = key
-        return self.pairs(i, online_rng(self.seed, epoch, i))._asdict()
-
-
-class CachedItems(Dataset):
-    """(epoch, i) -> cached features and grid labels of one variant of image i."""
-
-    def __init__(self, cache: FeatureCache, seed: int, aux: bool):
-        self.cache, self.seed, self.aux = cache, seed, aux
-
-    def __len__(self) -> int:
-        return self.cache.n_images
-
-    def __getitem__(self, key: tuple[int, int]) -> dict[str, np.ndarray]:
-        epoch, i = key
-        v = cache_variant(self.seed, epoch, i, self.cache.variants)
-        return self.cache.item(i, v, aux=self.aux)
-
-
 class EpochOrder:
     """The batches of one rank in one epoch; depends only on (seed, epoch, rank, world).
 
@@ -203,5 +173,5 @@ class EpochOrder:
                 for k in range(start, self.steps_per_epoch)]
 
 
-__all__ = ["CachedItems", "EpochOrder", "Frames", "OnlineItems", "Pair", "PairMaker", "cache_variant",
-           "online_rng", "random_crop", "random_flip", "resize", "variant_rng"]
+__all__ = ["EpochOrder", "Frames", "Pair", "PairMaker", "cache_variant", "online_rng",
+           "random_crop", "random_flip", "resize", "variant_rng"]

@@ -4,7 +4,8 @@ factor(s) for step s of T with W warm-up steps:
 * s < W:       linear from ``start_factor`` to 1 (reaching 1 at s = W);
 * W <= s <= T: cosine from 1 down to ``final_factor``;
 * s > T:       ``final_factor``.
-The learning rate of every parameter group is its base lr times factor(s).
+The learning rate of every parameter group is its base lr times factor(s). ``constant`` is the
+same schedule with the factor held at 1 (no warm-up, no decay).
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import math
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
+
+SCHEDULES = ("one_cycle", "constant")  # one_cycle: warm-up + cosine, the authors'
 
 
 def one_cycle_factor(step: int, total_steps: int, warmup_steps: int,
@@ -47,3 +50,18 @@ class OneCycleSchedule(LRScheduler):
 
 def warmup_steps_for(total_steps: int, warmup_fraction: float) -> int:
     return int(round(total_steps * warmup_fraction))
+
+
+def build_schedule(optimizer: Optimizer, schedule: str, total_steps: int, warmup_fraction: float,
+                   start_factor: float, final_factor: float) -> OneCycleSchedule:
+    """The :data:`SCHEDULES` entry ``schedule`` over ``total_steps`` optimiser steps."""
+    if schedule == "constant":
+        return OneCycleSchedule(optimizer, total_steps, 0, 1.0, 1.0)
+    if schedule != "one_cycle":
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    return OneCycleSchedule(optimizer, total_steps, warmup_steps_for(total_steps, warmup_fraction),
+                            start_factor, final_factor)
+
+
+__all__ = ["SCHEDULES", "OneCycleSchedule", "build_schedule", "one_cycle_factor",
+           "warmup_steps_for"]

@@ -10,12 +10,13 @@ One step, per process:
 3. :class:`~flowclas_ros.model.losses.FlowCLASLoss`: L = alpha * L_nll [+ L_con];
 4. AdamW (no weight decay on flow, bias and norm parameters), gradient clipping, one-cycle lr.
 
-Where the rest lives: the samples and epoch order in :mod:`.samples`, seeds and RNG state in
-:mod:`.rng`, torchrun in :mod:`.distributed`, the CSV/TensorBoard logs in :mod:`.run_log`, the
-feature cache in :mod:`.feature_cache`; checkpoint selection scores the validation set with
-:func:`flowclas_ros.evaluation.evaluate_model`. Determinism: see :mod:`.samples`; the
-contrastive sampling of step s on rank r uses :func:`~.rng.step_generator` (seed, s, r), so a
-run killed after a checkpoint and resumed replays exactly the same steps.
+Where the rest lives: what is trained on in :mod:`.inputs`, the samples and epoch order in
+:mod:`.samples` and :mod:`.items`, the feature cache in :mod:`.feature_cache`, checkpoint
+selection in :mod:`.selection`, the run folder and checkpoints in :mod:`.checkpointing`, seeds
+and RNG state in :mod:`.rng`, torchrun in :mod:`.distributed`, the CSV/TensorBoard logs in
+:mod:`.run_log`. Determinism: see :mod:`.samples`; the contrastive sampling of step s on rank r
+uses :func:`~.rng.step_generator` (seed, s, r), so a run killed after a checkpoint and resumed
+replays exactly the same steps.
 """
 from __future__ import annotations
 
@@ -23,30 +24,31 @@ import hashlib
 import json
 import logging
 import math
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..model.checkpoint import load_checkpoint, model_payload, save_checkpoint
 from ..model.flowclas import FlowCLAS
 from ..model.losses import FlowCLASLoss
+from .checkpointing import RunFolder, restore, sections_differing, training_payload
 from .config import ConfigError, TrainConfig
 from .distributed import DistInfo, all_equal, wrap_ddp
-from .feature_cache import FeatureCache, build_feature_cache, default_cache_dir, encode, file_fingerprint
-from .rng import rng_state, seed_everything, set_rng_state, step_generator
+from .feature_cache import FeatureCache, build_feature_cache, default_cache_dir
+from .features import encode
+from .inputs import build_inputs, cache_spec
+from .items import CachedItems, OnlineItems
+from .precision import precision_name, uses_autocast
+from .rng import seed_everything, step_generator
 from .run_log import RunLog
-from .samples import CachedItems, EpochOrder, Frames, OnlineItems, Pair, PairMaker, variant_rng
-from .schedule import OneCycleSchedule, warmup_steps_for
+from .samples import EpochOrder, Pair, variant_rng
+from .schedule import build_schedule
+from .selection import CheckpointSelection
 
 logger = logging.getLogger("flowclas_ros.training")
-
-SELECTION_METRICS = ("auprc", "fpr95", "auroc")
 
 
 def param_groups(model: FlowCLAS, weight_decay: float) -> list[dict[str, Any]]:
@@ -80,9 +82,9 @@ def params_sha256(model: FlowCLAS) -> str:
 class Trainer:
     """Builds model, data, optimiser and cache from a :class:`TrainConfig` and trains.
 
-    Writes to ``out``: checkpoints/last.pt (every ``train.checkpoint_every`` steps and at the
-    end), checkpoints/best.pt (best validation AUPRC), log.csv, tb/ (TensorBoard),
-    config.yaml and summary.json.
+    Writes to ``out``: config.yaml (first), checkpoints/last.pt (every
+    ``train.checkpoint_every`` steps and at the end), checkpoints/best.pt (best validation
+    score), log.csv, tb/ (TensorBoard) and summary.json.
     """
 
     def __init__(self, cfg: TrainConfig, out: str | Path | None = None, resume: bool = False,
@@ -95,22 +97,13 @@ class Trainer:
         t0 = time.perf_counter()
         t = cfg.train
         self.device = self._device()
-        self.autocast = (t.precision == "bf16" or
-                         (t.precision == "auto" and self.device.type == "cuda"))
-        self.ckpt_dir = self.out / "checkpoints"
-        last = self.ckpt_dir / "last.pt"
-        if resume and not last.is_file():
-            raise FileNotFoundError(
-                f"--resume: there is no checkpoint to resume from at {last} (the run was stopped "
-                f"before its first checkpoint, or it lives elsewhere: pass its folder with --out); "
-                f"to start this run afresh, leave out --resume")
-        if last.exists() and not resume and not overwrite:
-            raise FileExistsError(f"{self.out} already holds a run ({last}); pass --resume to "
-                                  f"continue it, --overwrite to start over, or choose another --out")
-        if overwrite and not resume and self.dist.is_main:
-            # Start over: no best.pt or summary of the previous run may survive.
-            shutil.rmtree(self.ckpt_dir, ignore_errors=True)
-            (self.out / "summary.json").unlink(missing_ok=True)
+        self.autocast = uses_autocast(t.precision, self.device.type)
+        self.run = RunFolder(self.out)
+        self.ckpt_dir = self.run.ckpt_dir
+        self.resume_from = self.run.open(resume, overwrite, self.dist.is_main)
+        if resume and self.resume_from is None:  # from step 0: compare with its config.yaml
+            self._note_config_changes(self.run.saved_config(),
+                                      {**cfg.to_dict(), "out": str(self.out)})
 
         if t.cpu_threads > 0:
             torch.set_num_threads(t.cpu_threads)
@@ -120,8 +113,11 @@ class Trainer:
             self.model.proj.requires_grad_(False)  # unused: DDP must not wait for its gradients
         self.loss_module = FlowCLASLoss(self.model, t.objective, t.alpha, t.temperature,
                                         t.max_views, aux_contrast=t.aux_contrast)
+        self.selection = CheckpointSelection(cfg, self.dist, self.log)
 
-        self._build_data()
+        inputs = build_inputs(cfg, self.log)
+        self.dataset, self.pairs = inputs.dataset, inputs.pairs
+        self.train_outliers, self.held_out_outliers = inputs.train_outliers, inputs.held_out_outliers
         self.order = EpochOrder(len(self.pairs), t.batch_size, t.seed, self.dist.rank, self.dist.world)
         if self.order.steps_per_epoch < 1:
             raise ConfigError(f"{len(self.pairs)} training images are fewer than train.batch_size "
@@ -131,14 +127,9 @@ class Trainer:
 
         self.optimizer = torch.optim.AdamW(param_groups(self.model, t.weight_decay), lr=t.lr,
                                            betas=tuple(t.betas), eps=t.eps)
-        if t.schedule == "constant":  # the factor stays 1: no warm-up, no decay
-            self.scheduler = OneCycleSchedule(self.optimizer, self.total_steps, 0, 1.0, 1.0)
-        else:
-            self.scheduler = OneCycleSchedule(self.optimizer, self.total_steps,
-                                              warmup_steps_for(self.total_steps, t.warmup_fraction),
-                                              t.warmup_start_factor, t.final_lr_factor)
+        self.scheduler = build_schedule(self.optimizer, t.schedule, self.total_steps,
+                                        t.warmup_fraction, t.warmup_start_factor, t.final_lr_factor)
         self.step = 0
-        self.best: dict[str, Any] = {"auprc": -1.0, "step": -1}
         self.cache: FeatureCache | None = None
         self.cache_built = False
         self.timing["setup_s"] = time.perf_counter() - t0
@@ -156,80 +147,22 @@ class Trainer:
         if self.dist.is_main:
             logger.info(msg)
 
-    def _build_data(self) -> None:
-        from ..data.datasets import build_dataset
+    @property
+    def best(self) -> dict[str, Any]:
+        """The best selection figures so far and their step (see :mod:`.selection`)."""
+        return self.selection.best
 
-        d = self.cfg.data
-        parts = []
-        for ds_name, root, split, limit in [(d.dataset, d.root, d.split, d.limit)] + [
-                (e.dataset, e.root, e.split, e.limit) for e in d.extra]:
-            kw = ({"topic": d.bag.topic, "start_s": d.bag.start_s, "end_s": d.bag.end_s,
-                   "stride": d.bag.stride, "log": self.log} if ds_name == "bag" else {})
-            ds = build_dataset(ds_name, root, split, **kw)
-            parts.append((ds, len(ds) if limit is None else min(limit, len(ds))))
-        self.dataset = parts[0][0] if len(parts) == 1 else Frames(parts)
-        n = sum(k for _, k in parts)
-        if n == 0:
-            raise ConfigError(f"no training images in {d.root} ({d.dataset}, split {d.split})")
-        self.train_outliers = self.held_out_outliers = None
-        paster = compositor = None
-        if d.outliers:
-            from ..data.compositing import Compositor
-            from ..data.outlier_sources import default_outlier_split, load_outlier_source
-            from ..data.pasting import OutlierPaster, PasteConfig
+    @best.setter
+    def best(self, value: dict[str, Any]) -> None:
+        self.selection.best = value
 
-            kw = {"filter": d.outlier_filter}
-            if d.outlier_split:
-                kw["split"] = d.outlier_split
-            if d.outlier_granularity != "image":
-                kw["granularity"] = d.outlier_granularity
-            source = load_outlier_source(d.outliers, **kw)
-            if d.held_out_classes:
-                source, _ = source.split_by_category(d.held_out_classes)
-            if d.outlier_holdout and d.outlier_val_fraction > 0:
-                self.train_outliers, self.held_out_outliers = default_outlier_split(
-                    source, seed=d.outlier_split_seed, val_fraction=d.outlier_val_fraction)
-            else:
-                self.train_outliers = source
-            if len(self.train_outliers) == 0:
-                raise ConfigError(f"no usable outlier objects in {d.outliers}")
-            p = d.paste
-            paster = OutlierPaster(self.train_outliers, PasteConfig(
-                scales=tuple(p.scales), paste_prob=p.paste_prob, grey_prob=p.grey_prob,
-                aux_background=p.aux_background))
-            if p.mode == "composite":
-                compositor = Compositor(self.train_outliers)
-        elif self.cfg.train.objective == "flowclas":
-            raise ConfigError("objective flowclas needs outliers: set data.outliers")
-        self.pairs = PairMaker(self.dataset, list(range(n)), paster, d, compositor)
+    @property
+    def selection_key(self) -> str:
+        return self.selection.key
 
     def cache_spec(self) -> dict[str, Any]:
         """Everything the cached features depend on (hashed into the cache key)."""
-        c = self.cfg
-        d = c.data
-        mean = self.model.mean.flatten().tolist()
-        std = self.model.std.flatten().tolist()
-        return {
-            "backbone": {**c.model.backbone.__dict__,
-                         "weights_file": file_fingerprint(c.model.backbone.weights)},
-            "normalisation": [mean, std],
-            "dataset": d.dataset, "root": str(Path(d.root).resolve()), "split": d.split,
-            "n_images": len(self.pairs), "image_size": d.image_size, "crop": d.crop,
-            "hflip": d.hflip, "vflip": d.vflip,
-            **({"extra": [[e.dataset, str(Path(e.root).resolve()), e.split, e.limit]
-                          for e in d.extra]} if d.extra else {}),
-            **({"scale_range": d.scale_range} if d.scale_range else {}),
-            **({"bag": d.bag.__dict__} if d.dataset == "bag" else {}),
-            **({"photometric": d.photometric.__dict__} if d.photometric.enabled else {}),
-            **({"label_mode": d.label_mode} if d.label_mode != "nearest" else {}),
-            **({"outliers_by": [d.outlier_granularity, d.held_out_classes]}
-               if d.outlier_granularity != "image" or d.held_out_classes else {}),
-            "outliers": str(Path(d.outliers).resolve()) if d.outliers else None,
-            "outlier_split": [d.outlier_filter, d.outlier_split, d.outlier_holdout,
-                              d.outlier_val_fraction, d.outlier_split_seed],
-            "paste": d.paste.__dict__, "seed": c.train.seed, "variants": c.cache.variants,
-            "precision": "bf16" if self.autocast else "fp32",
-        }
+        return cache_spec(self.cfg, self.model, len(self.pairs), self.autocast)
 
     def prepare_cache(self) -> None:
         c = self.cfg
@@ -310,158 +243,62 @@ class Trainer:
 
     # checkpoints ------------------------------------------------------------------------------
     def checkpoint_payload(self) -> dict[str, Any]:
-        return {**model_payload(self.model),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "step": self.step,
-                "epoch": self.step // self.steps_per_epoch,
-                "rng": rng_state(),
-                "best": dict(self.best),
-                "world_size": self.dist.world,
-                "train_config": self.cfg.to_dict()}
+        return training_payload(self.model, self.optimizer, self.scheduler, self.step,
+                                self.steps_per_epoch, self.best, self.dist.world, self.cfg)
 
     def save(self, name: str = "last.pt", extra: dict[str, Any] | None = None) -> None:
         if self.dist.is_main:
-            save_checkpoint(self.ckpt_dir / name, {**self.checkpoint_payload(), **(extra or {})})
+            self.run.save_checkpoint(name, {**self.checkpoint_payload(), **(extra or {})})
 
     def load(self, path: Path) -> None:
-        ck = load_checkpoint(path, map_location="cpu")
-        self.model.load_trainable_state_dict(ck["model"])
-        self.model.to(self.device)
-        self.optimizer.load_state_dict(ck["optimizer"])
-        self.scheduler.load_state_dict(ck["scheduler"])
+        ck = restore(path, self.model, self.optimizer, self.scheduler, self.device)
         self.step = int(ck["step"])
         self.best = dict(ck.get("best", self.best))
-        set_rng_state(ck["rng"])
         if ck.get("world_size", 1) != self.dist.world:
             self.log(f"warning: checkpoint was written with {ck.get('world_size')} processes, "
                      f"resuming with {self.dist.world}: the data order differs from then on")
-        saved = ck.get("train_config", {})
-        now = self.cfg.to_dict()
-        diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
-        if diff:
-            self.log(f"warning: config sections differ from the checkpoint's: {diff}")
+        self._note_config_changes(ck.get("train_config", {}), self.cfg.to_dict(), "checkpoint's")
         self.log(f"resumed from {path} at step {self.step}")
 
+    def _note_config_changes(self, saved: dict[str, Any], now: dict[str, Any],
+                             whose: str = "saved config's") -> None:
+        diff = sections_differing(saved, now)
+        if diff:
+            self.log(f"warning: config sections differ from the {whose}: {diff}")
+
     # validation -------------------------------------------------------------------------------
-    @property
-    def selection_key(self) -> str:
-        """What best.pt maximises: the protocol's selection score, else the folder's AUPRC."""
-        return "score" if self.cfg.eval.protocol else "auprc"
-
-    def _validation_set(self):
-        """The protocol folder, or the validation folder dataset, or None (built if asked)."""
-        e = self.cfg.eval
-        if e.protocol:
-            from ..data.protocol_sets import PROTOCOL_FILE, build_protocol
-
-            path = Path(e.protocol)
-            if not (path / PROTOCOL_FILE).is_file() and e.build_if_missing:
-                if self.dist.is_main:
-                    self.log(f"building the validation protocol {path}")
-                    build_protocol(e.protocol_data, path, log=self.log)
-                self.dist.barrier()
-            if not (path / PROTOCOL_FILE).is_file():
-                raise FileNotFoundError(
-                    f"eval.protocol {path} is not built: run python -m "
-                    f"flowclas_ros.data.protocol_sets --data ../shared/data --out {path}, set "
-                    f"eval.build_if_missing=true, or eval.protocol=null")
-            return path
-        if not e.val_dir:
-            return None
-        from ..data.datasets import build_dataset
-
-        val_dir = Path(e.val_dir)
-        if not val_dir.is_dir() and e.build_if_missing:
-            if self.dist.is_main:
-                self._build_validation_set(val_dir)
-            self.dist.barrier()
-        if not val_dir.is_dir():
-            raise FileNotFoundError(
-                f"eval.val_dir {val_dir} does not exist: build it with python -m "
-                f"flowclas_ros.data.validation_set, set eval.build_if_missing=true, or "
-                f"eval.val_dir=null")
-        return build_dataset("folder", val_dir)
-
-    def _build_validation_set(self, val_dir: Path) -> None:
-        from ..data.validation_set import build_validation_set
-
-        d, e = self.cfg.data, self.cfg.eval
-        if d.dataset != "camvid":
-            raise ConfigError("eval.build_if_missing builds from CamVid: data.dataset must be camvid")
-        if not d.outliers:
-            raise ConfigError("eval.build_if_missing needs data.outliers")
-        self.log(f"building the validation set {val_dir}")
-        kw = {"filter": d.outlier_filter}
-        if d.outlier_split:
-            kw["split"] = d.outlier_split
-        build_validation_set(d.root, d.outliers, val_dir, splits=tuple(e.build_splits),
-                             seed=e.build_seed, limit=e.build_limit,
-                             split_seed=d.outlier_split_seed,
-                             val_fraction=d.outlier_val_fraction, outlier_kw=kw)
-
-    def _score(self, val_set) -> dict[str, Any]:
-        """The selection figures of the current model on ``val_set`` (see _validation_set)."""
-        e = self.cfg.eval
-        if e.protocol:
-            from ..evaluation.protocol import (CALIBRATION_PART, SELECTION_PARTS,
-                                               evaluate_model_on_protocol)
-
-            r = evaluate_model_on_protocol(
-                self.model, val_set, tuple(e.input_size), autocast=self.autocast, fpr=e.fpr,
-                parts=SELECTION_PARTS + (CALIBRATION_PART,), limit=e.limit)
-            parts = [r["parts"][p] for p in SELECTION_PARTS]
-            return {"score": r["score"],
-                    **{k: float(np.mean([q[k] for q in parts])) for k in SELECTION_METRICS},
-                    "parts": {p: {k: r["parts"][p][k] for k in SELECTION_METRICS}
-                              for p in SELECTION_PARTS}}
-        from ..evaluation.evaluate import evaluate_model
-
-        result = evaluate_model(self.model, val_set, limit=e.limit, autocast=self.autocast,
-                                progress=self.cfg.train.progress)
-        return {k: float(result[k]) for k in SELECTION_METRICS}
-
     def validate(self, val_set) -> dict[str, float] | None:
         """Score the validation set on rank 0; keep best.pt by the selection key. Other ranks
         wait."""
         metrics = None
         if self.dist.is_main and val_set is not None:
             t0 = time.perf_counter()
-            metrics = self._score(val_set)
+            metrics = self.selection.score(self.model, val_set, self.autocast)
             self.timing["eval_s"] = self.timing.get("eval_s", 0.0) + time.perf_counter() - t0
-            key = self.selection_key
-            improved = metrics[key] > self.best.get(key, -1.0)
+            improved = self.selection.offer(self.step, metrics)
             if improved:
-                self.best = {"step": self.step, **metrics}
                 self.save("best.pt", {"metrics": metrics})
-            shown = f"score {metrics['score']:.4f} " if "score" in metrics else ""
-            self.log(f"step {self.step}: validation {shown}AUPRC {100 * metrics['auprc']:.2f} "
-                     f"FPR95 {100 * metrics['fpr95']:.2f} AUROC {100 * metrics['auroc']:.2f}"
-                     + ("  (new best, saved best.pt)" if improved else
-                        f"  (best {self.best[key]:.4f} at step {self.best['step']})"))
+            self.log(self.selection.report(self.step, metrics, improved))
         self.dist.barrier()
         return metrics
 
     # the loop -----------------------------------------------------------------------------------
     def _start_or_resume(self) -> None:
-        """Load last.pt when resuming; otherwise the data-dependent ActNorm initialisation."""
-        if self.resume:
-            self.load(self.ckpt_dir / "last.pt")
+        """Load the checkpoint when resuming from one; otherwise (a fresh run, or one resumed
+        from step 0) the data-dependent ActNorm initialisation."""
+        if self.resume_from is not None:
+            self.load(self.resume_from)
             return
+        if self.resume:
+            self.log(f"resuming {self.out} from step 0: it stopped before its first checkpoint")
         # From the first batch, before DDP wraps the module, so that rank 0's initialisation is
         # what DDP broadcasts.
         first = next(iter(self.loader(0)))
         self.model.initialize(self.batch_features(first)[0])
 
     def _save_config(self) -> None:
-        import yaml
-
         if self.dist.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            # The saved config says where the run lives, so `train --config OUT/config.yaml
-            # --resume` continues this run whatever --out it was started with.
-            saved = {**self.cfg.to_dict(), "out": str(self.out)}
-            (self.out / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+            self.run.save_config(self.cfg)
 
     def _progress_bar(self, end: int):
         if not (self.cfg.train.progress and self.dist.is_main):
@@ -480,10 +317,12 @@ class Trainer:
         checkpoint and validation are done.
         """
         t_start = time.perf_counter()
+        # First: from here on the folder is a run that --resume continues, from step 0 if it
+        # is killed before its first checkpoint (the feature cache build can take minutes).
+        self._save_config()
         self.prepare_cache()
         self._start_or_resume()
-        val_set = self._validation_set() if stop_after is None else None
-        self._save_config()
+        val_set = self.selection.validation_set() if stop_after is None else None
         module = wrap_ddp(self.loss_module, self.dist, self.device)
         self.model.train()
         end = self.total_steps if stop_after is None else min(self.total_steps, self.step + stop_after)
@@ -554,7 +393,7 @@ class Trainer:
             "steps_per_epoch": self.steps_per_epoch, "world_size": self.dist.world,
             "global_batch": self.cfg.train.batch_size * self.dist.world,
             "objective": self.cfg.train.objective, "device": str(self.device),
-            "precision": "bf16" if self.autocast else "fp32",
+            "precision": precision_name(self.autocast),
             "cache": ({"path": str(self.cache.path), "built": self.cache_built,
                        "bytes": self.cache.nbytes()} if self.cache is not None else None),
             "timing": dict(self.timing), "best": self.best,

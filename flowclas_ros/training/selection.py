@@ -1,0 +1,113 @@
+"""Checkpoint selection: the validation set or protocol a run is scored on, the scoring, and
+which step's checkpoint is kept as best.pt.
+
+``eval.protocol`` scores the validation protocol (:mod:`flowclas_ros.evaluation.protocol`) and
+keeps the best selection score; ``eval.val_dir`` scores a folder of pasted frames and keeps the
+best AUPRC. Either is built on rank 0 when missing and ``eval.build_if_missing`` is set.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..data.datasets import build_dataset
+from ..data.protocol_sets import PROTOCOL_FILE, build_protocol
+from ..data.validation_set import build_validation_set
+from ..evaluation import (CALIBRATION_PART, SELECTION_PARTS, evaluate_model,
+                          evaluate_model_on_protocol)
+from .config import ConfigError, TrainConfig
+from .distributed import DistInfo
+from .inputs import outlier_source_kw
+
+SELECTION_METRICS = ("auprc", "fpr95", "auroc")
+
+
+class CheckpointSelection:
+    """The validation set of ``cfg.eval``, its scores, and the best figures so far (``best``,
+    saved in every checkpoint so that a resumed run keeps selecting against them)."""
+
+    def __init__(self, cfg: TrainConfig, dist: DistInfo, log: Callable[[str], None]):
+        self.cfg, self.dist, self.log = cfg, dist, log
+        self.best: dict[str, Any] = {"auprc": -1.0, "step": -1}
+
+    @property
+    def key(self) -> str:
+        """What best.pt maximises: the protocol's selection score, else the folder's AUPRC."""
+        return "score" if self.cfg.eval.protocol else "auprc"
+
+    def validation_set(self):
+        """The protocol folder, or the validation folder dataset, or None (built if asked)."""
+        e = self.cfg.eval
+        if e.protocol:
+            path = Path(e.protocol)
+            if not (path / PROTOCOL_FILE).is_file() and e.build_if_missing:
+                if self.dist.is_main:
+                    self.log(f"building the validation protocol {path}")
+                    build_protocol(e.protocol_data, path, log=self.log)
+                self.dist.barrier()
+            if not (path / PROTOCOL_FILE).is_file():
+                raise FileNotFoundError(
+                    f"eval.protocol {path} is not built: run python -m "
+                    f"flowclas_ros.data.protocol_sets --data ../shared/data --out {path}, set "
+                    f"eval.build_if_missing=true, or eval.protocol=null")
+            return path
+        if not e.val_dir:
+            return None
+        val_dir = Path(e.val_dir)
+        if not val_dir.is_dir() and e.build_if_missing:
+            if self.dist.is_main:
+                self._build_validation_set(val_dir)
+            self.dist.barrier()
+        if not val_dir.is_dir():
+            raise FileNotFoundError(
+                f"eval.val_dir {val_dir} does not exist: build it with python -m "
+                f"flowclas_ros.data.validation_set, set eval.build_if_missing=true, or "
+                f"eval.val_dir=null")
+        return build_dataset("folder", val_dir)
+
+    def _build_validation_set(self, val_dir: Path) -> None:
+        d, e = self.cfg.data, self.cfg.eval
+        if d.dataset != "camvid":
+            raise ConfigError("eval.build_if_missing builds from CamVid: data.dataset must be camvid")
+        if not d.outliers:
+            raise ConfigError("eval.build_if_missing needs data.outliers")
+        self.log(f"building the validation set {val_dir}")
+        build_validation_set(d.root, d.outliers, val_dir, splits=tuple(e.build_splits),
+                             seed=e.build_seed, limit=e.build_limit,
+                             split_seed=d.outlier_split_seed,
+                             val_fraction=d.outlier_val_fraction, outlier_kw=outlier_source_kw(d))
+
+    def score(self, model, val_set, autocast: bool) -> dict[str, Any]:
+        """The selection figures of ``model`` on ``val_set`` (see :meth:`validation_set`)."""
+        e = self.cfg.eval
+        if e.protocol:
+            r = evaluate_model_on_protocol(
+                model, val_set, tuple(e.input_size), autocast=autocast, fpr=e.fpr,
+                parts=SELECTION_PARTS + (CALIBRATION_PART,), limit=e.limit)
+            parts = [r["parts"][p] for p in SELECTION_PARTS]
+            return {"score": r["score"],
+                    **{k: float(np.mean([q[k] for q in parts])) for k in SELECTION_METRICS},
+                    "parts": {p: {k: r["parts"][p][k] for k in SELECTION_METRICS}
+                              for p in SELECTION_PARTS}}
+        result = evaluate_model(model, val_set, limit=e.limit, autocast=autocast,
+                                progress=self.cfg.train.progress)
+        return {k: float(result[k]) for k in SELECTION_METRICS}
+
+    def offer(self, step: int, metrics: dict[str, Any]) -> bool:
+        """Whether ``metrics`` of ``step`` beat the best so far (then they are the best)."""
+        improved = metrics[self.key] > self.best.get(self.key, -1.0)
+        if improved:
+            self.best = {"step": step, **metrics}
+        return improved
+
+    def report(self, step: int, metrics: dict[str, Any], improved: bool) -> str:
+        shown = f"score {metrics['score']:.4f} " if "score" in metrics else ""
+        return (f"step {step}: validation {shown}AUPRC {100 * metrics['auprc']:.2f} "
+                f"FPR95 {100 * metrics['fpr95']:.2f} AUROC {100 * metrics['auroc']:.2f}"
+                + ("  (new best, saved best.pt)" if improved else
+                   f"  (best {self.best[self.key]:.4f} at step {self.best['step']})"))
+
+
+__all__ = ["SELECTION_METRICS", "CheckpointSelection"]
