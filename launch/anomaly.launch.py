@@ -8,13 +8,15 @@ fix the parameter (``ros2 param set``) and run ``ros2 lifecycle set <node> confi
 then activates it. Only that first ``inactive`` is activated: after a later ``deactivate`` /
 ``cleanup`` / ``configure`` the node stays where ``ros2 lifecycle set`` leaves it.
 
-Arguments: namespace, image_topic, params_file, model_path, backend, use_rviz, dds_profile.
-``model_path`` and ``backend`` left empty keep the value of the parameters file. ``use_rviz:=true``
-where rviz2 is not installed logs that and starts the node alone. ``dds_profile`` (default: the
-shipped config/fastdds_large_frames.xml; empty: Fast DDS's defaults) is given to the processes
-this file starts as FASTRTPS_DEFAULT_PROFILES_FILE: camera-sized best-effort frames need it on the
-*sending* side too, so start the camera driver with the same variable (README, "Large images
-and QoS").
+Arguments: namespace, image_topic, params_file, model_path, backend, depth_topic, ignore_mask,
+snapshot_dir, use_rviz, dds_profile. ``model_path``, ``backend``, ``depth_topic`` (an aligned
+depth image: anomaly/points), ``ignore_mask`` (a PNG of pixels never reported) and
+``snapshot_dir`` (anomaly snapshots) left empty keep the value of the parameters file.
+``use_rviz:=true`` where rviz2 is not installed logs that and starts the node alone.
+``dds_profile`` (default: the shipped config/fastdds_large_frames.xml; empty: Fast DDS's
+defaults) is given to the processes this file starts as FASTRTPS_DEFAULT_PROFILES_FILE:
+camera-sized best-effort frames need it on the *sending* side too, so start the camera driver
+with the same variable (README, "Large images and QoS").
 """
 import os
 
@@ -64,6 +66,8 @@ def _launch_setup(context, *args, **kwargs):
     params_file = LaunchConfiguration("params_file").perform(context)
     model_path = LaunchConfiguration("model_path").perform(context)
     backend = LaunchConfiguration("backend").perform(context)
+    optional = {name: LaunchConfiguration(name).perform(context)
+                for name in ("depth_topic", "ignore_mask", "snapshot_dir")}
     use_rviz = _truthy(LaunchConfiguration("use_rviz").perform(context))
     dds_profile = LaunchConfiguration("dds_profile").perform(context)
     env = {PROFILE_ENV: dds_profile} if dds_profile else {}
@@ -74,6 +78,7 @@ def _launch_setup(context, *args, **kwargs):
         overrides["model_path"] = model_path
     if backend:
         overrides["backend"] = backend
+    overrides.update({name: value for name, value in optional.items() if value})
     if overrides:
         parameters.append(overrides)  # later entries win over the file
 
@@ -150,8 +155,23 @@ def generate_launch_description() -> LaunchDescription:
             description="auto | torch | onnxruntime | tensorrt; empty keeps the parameters "
                         "file's backend"),
         DeclareLaunchArgument(
+            "depth_topic", default_value="",
+            description="Aligned depth image (16UC1 mm / 32FC1 m, registered to the camera) "
+                        "whose anomalous pixels go to anomaly/points, e.g. "
+                        "/camera/aligned_depth_to_color/image_raw; empty keeps the parameters "
+                        "file's depth_topic"),
+        DeclareLaunchArgument(
+            "ignore_mask", default_value="",
+            description="PNG of pixels never reported (non-zero = ignore: the robot's body, a "
+                        "hood); empty keeps the parameters file's ignore_mask"),
+        DeclareLaunchArgument(
+            "snapshot_dir", default_value="",
+            description="Folder for anomaly snapshots (one MCAP per event); empty keeps the "
+                        "parameters file's snapshot_dir"),
+        DeclareLaunchArgument(
             "use_rviz", default_value="false",
-            description="Start rviz2 with config/anomaly.rviz (camera, heatmap, mask, overlay)"),
+            description="Start rviz2 with config/anomaly.rviz (camera, heatmap, mask, overlay, "
+                        "anomaly points)"),
         DeclareLaunchArgument(
             "dds_profile", default_value=os.path.join(share, "config", "fastdds_large_frames.xml"),
             description="Fast DDS profile for the started processes (large shared-memory "

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_FILE = ROOT / "launch" / "anomaly.launch.py"
 RVIZ_FILE = ROOT / "config" / "anomaly.rviz"
 EXPECTED_ARGUMENTS = {"namespace", "image_topic", "params_file", "model_path", "backend",
-                      "use_rviz", "dds_profile"}
+                      "depth_topic", "ignore_mask", "snapshot_dir", "use_rviz", "dds_profile"}
 # The names the file may import, as the launch/launch_ros Jazzy packages spell them.
 JAZZY_API = {
     "launch": {"LaunchDescription"},
@@ -197,6 +197,14 @@ class TestLaunchFileStatic(unittest.TestCase):
         self.assertEqual([type(a).__name__ for a in actions][-1], "Node")
         self.assertEqual(actions[1].kwargs["parameters"][-1],
                          {"model_path": "/models/b", "backend": "onnxruntime"})
+        # the robot outputs' optional arguments override the file only when given
+        self.assertEqual((args["depth_topic"], args["ignore_mask"], args["snapshot_dir"]),
+                         ("", "", ""))
+        robot = run(depth_topic="/cam/depth/image_raw", ignore_mask="/hood.png",
+                    snapshot_dir="/var/events")[1]
+        self.assertEqual(robot.kwargs["parameters"][-1],
+                         {"depth_topic": "/cam/depth/image_raw", "ignore_mask": "/hood.png",
+                          "snapshot_dir": "/var/events"})
         rviz = actions[-1]
         self.assertEqual(rviz.kwargs["executable"], "rviz2")
         self.assertEqual(rviz.kwargs["arguments"][0], "-d")
@@ -220,6 +228,12 @@ class TestLaunchFileStatic(unittest.TestCase):
                          {"image", "anomaly/heatmap", "anomaly/mask", "anomaly/overlay"})
         for d in images:  # best effort subscribes to reliable and best-effort publishers alike
             self.assertEqual(d["Topic"]["Reliability Policy"], "Best Effort")
+        # the anomaly points (x y z score) as a point cloud coloured by score
+        (cloud,) = [d for d in displays if d["Class"] == "rviz_default_plugins/PointCloud2"]
+        self.assertEqual(cloud["Topic"]["Value"], "anomaly/points")
+        self.assertEqual(cloud["Topic"]["Reliability Policy"], "Best Effort")
+        self.assertEqual((cloud["Color Transformer"], cloud["Channel Name"]),
+                         ("Intensity", "score"))
 
     def test_installed_files(self):
         setup_py = (ROOT / "setup.py").read_text()

@@ -35,6 +35,7 @@ ROSDEP_KEYS = {
     "rosbags": "python3-rosbags-pip", "rclpy": "rclpy", "rcl_interfaces": "rcl_interfaces",
     "sensor_msgs": "sensor_msgs", "std_msgs": "std_msgs", "lifecycle_msgs": "lifecycle_msgs",
     "diagnostic_msgs": "diagnostic_msgs", "ament_index_python": "ament_index_python",
+    "vision_msgs": "vision_msgs",
 }
 GPU_ONLY = {"tensorrt", "torch_tensorrt"}
 

@@ -26,7 +26,9 @@ A bundle is a directory::
     weights: file, format "safetensors", content, layout (the state-dict layout of
              flowclas_ros.model.upgrade; format 1 and 2 bundles: their format version)
     score_range [lo, hi] + score_range_method: raw scores mapped to [0, 1] for display
-    threshold: {value, fpr (None = not calibrated), method}
+    threshold: {value, fpr (None = not calibrated), method, exceedance (optional: {levels,
+             scores, pixels, source}: quantiles of the calibration set's normal-pixel scores,
+             flowclas_ros.outputs.regions.exceedance_table; what a detection's score means)}
     metrics, train_config, train_config_sha256 (sha256 of the canonical JSON of train_config)
     versions: torch, onnx, onnxruntime, onnxscript, timm, flowclas_ros, python
     files:   {name: {sha256, bytes}} for every file the runtime reads
@@ -122,6 +124,23 @@ class Bundle:
         w = self.manifest["weights"]
         return int(w.get("layout", min(int(self.manifest["format_version"]), 2)))
 
+    @property
+    def exceedance_table(self):
+        """Return the calibration set's exceedance table, or None.
+
+        A (K, 2) float64 array ``[level, score]`` (:func:`flowclas_ros.outputs.regions.
+        exceedance`: the fraction of its normal pixels scoring below a value); None for a bundle
+        exported without calibration data, or before the table was recorded (validated by
+        :func:`load_bundle`).
+        """
+        spec = self.manifest["threshold"].get("exceedance")
+        if not spec:
+            return None
+        import numpy as np
+
+        return np.stack([np.asarray(spec["levels"], np.float64),
+                         np.asarray(spec["scores"], np.float64)], axis=1)
+
     def mask_threshold(self, override: float | None = None) -> float:
         """The mask threshold to use: ``override`` when it is a number, else (None or NaN, the
         node's "use the bundle's") the calibrated one."""
@@ -176,6 +195,25 @@ def _read_manifest(path: Path) -> dict:
     return manifest
 
 
+def _exceedance_problem(spec) -> str | None:
+    """Say why ``threshold.exceedance`` is unusable, or None.
+
+    The rules of flowclas_ros.outputs.regions.check_exceedance_table, without importing it.
+    """
+    if not isinstance(spec, dict):
+        return f"expected {{levels, scores}}, got {type(spec).__name__}"
+    lv, q = spec.get("levels"), spec.get("scores")
+    if not isinstance(lv, list) or not isinstance(q, list) or len(lv) != len(q) or len(lv) < 2:
+        return "levels and scores must be lists of the same length (>= 2)"
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in lv + q):
+        return "levels and scores must be finite numbers"
+    if lv[0] != 0 or lv[-1] != 1 or any(b <= a for a, b in zip(lv, lv[1:])):
+        return "levels must rise strictly from 0 to 1"
+    if any(b < a for a, b in zip(q, q[1:])):
+        return "scores must be non-decreasing"
+    return None
+
+
 def _check_values(path: Path, m: dict) -> tuple[tuple[int, int], float, tuple[float, float]]:
     size = m["input"]["size"]
     if (not isinstance(size, list) or len(size) != 2
@@ -196,6 +234,11 @@ def _check_values(path: Path, m: dict) -> tuple[tuple[int, int], float, tuple[fl
         ModelConfig.from_dict(m["model"]["config"])
     except (TypeError, ValueError) as exc:
         raise bundle_error(path, f"model.config does not describe a FlowCLAS model ({exc})") from exc
+    exc = m["threshold"].get("exceedance")
+    if exc:
+        problem = _exceedance_problem(exc)
+        if problem:
+            raise bundle_error(path, f"threshold.exceedance is not a valid table: {problem}")
     spec = m["input"].get("resolution")
     if spec is not None:
         try:

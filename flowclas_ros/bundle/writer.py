@@ -82,11 +82,13 @@ def make_manifest(model, *, input_size: tuple[int, int], threshold: float,
                   score_range: tuple[float, float], onnx: dict, threshold_fpr: float | None = None,
                   threshold_method: str | None = None, score_range_method: str | None = None,
                   metrics: dict | None = None, train_config: Any = None,
-                  resolution: Resolution | dict | None = None) -> dict:
+                  resolution: Resolution | dict | None = None,
+                  exceedance: dict | None = None) -> dict:
     """The manifest of ``model`` (a FlowCLAS) exported at ``input_size`` (see
     :mod:`.reader` for the fields); ``onnx`` is the graph's section (file aside).
     ``resolution``: frames keep their aspect ratio, scaled to it (the graph must be dynamic);
-    None: every frame is resized to ``input_size``."""
+    None: every frame is resized to ``input_size``. ``exceedance``: the calibration set's
+    exceedance table as ``{levels, scores, pixels, source}`` (:func:`exceedance_section`)."""
     h, w = (int(v) for v in input_size)
     lo, hi = (float(v) for v in score_range)
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
@@ -118,13 +120,26 @@ def make_manifest(model, *, input_size: tuple[int, int], threshold: float,
         "threshold": {"value": float(threshold), "fpr": threshold_fpr,
                       "method": threshold_method or (
                           "given" if threshold_fpr is None else
-                          f"smallest threshold with inlier-pixel FPR <= {threshold_fpr}")},
+                          f"smallest threshold with inlier-pixel FPR <= {threshold_fpr}"),
+                      **({"exceedance": exceedance} if exceedance else {})},
         "metrics": jsonio.to_json(metrics) if metrics is not None else None,
         "train_config": jsonio.to_json(train_config) if train_config is not None else None,
         "train_config_sha256": config_sha256(train_config) if train_config is not None else None,
         "versions": library_versions(),
         "files": {},
     }
+
+
+def exceedance_section(table, pixels: int | None = None, source: str = "") -> dict:
+    """Make the manifest's ``threshold.exceedance`` of a (K, 2) ``[level, score]`` table.
+
+    The table is flowclas_ros.outputs.regions.exceedance_table's; the section holds two flat
+    lists, the number of normal calibration pixels it was made of and where they came from.
+    """
+    rows = [[float(a), float(b)] for a, b in table]
+    return {"levels": [r[0] for r in rows], "scores": [r[1] for r in rows],
+            "pixels": None if pixels is None else int(pixels), "source": str(source),
+            "meaning": "fraction of the calibration set's normal pixels scoring below a value"}
 
 
 def finish(folder: Path, manifest: dict, card_notes: str | None = None) -> None:
@@ -141,5 +156,5 @@ def finish(folder: Path, manifest: dict, card_notes: str | None = None) -> None:
     (folder / MODEL_CARD).write_text(card)
 
 
-__all__ = ["finish", "library_versions", "load_train_config", "make_manifest", "save_weights",
-           "staged"]
+__all__ = ["exceedance_section", "finish", "library_versions", "load_train_config",
+           "make_manifest", "save_weights", "staged"]

@@ -9,6 +9,11 @@ A :data:`Scorer` is a callable Sample -> (H, W) float map at the sample's resolu
   input size runs it (the deployed resize, :mod:`flowclas_ros.bundle.preprocess_torch`);
 * :func:`backend_scorer`: a runtime Backend (a bundle as the node runs it);
 * :func:`load_scorer`: ``--model PATH``, a checkpoint file or a bundle folder.
+
+The ignore mask (the robot's hood or body, :mod:`flowclas_ros.outputs.ignore_mask`) applies to
+labels, not scores: :func:`void_ignored` turns ignored pixels VOID, :class:`IgnoringDataset`
+does it to every sample of a dataset, so calibration and evaluation leave them out as the node
+leaves them out of its mask.
 """
 from __future__ import annotations
 
@@ -143,5 +148,51 @@ def load_scorer(path: str | Path, device: str = "cpu",
     raise FileNotFoundError(f"--model {path} does not exist (a checkpoint file or a bundle folder)")
 
 
-__all__ = ["EvaluationError", "ScoreFolder", "Scorer", "backend_scorer", "load_scorer",
-           "model_scorer", "module_device", "read_score_map"]
+def void_ignored(label: np.ndarray, ignore) -> np.ndarray:
+    """Return ``label`` (H, W) with VOID where ``ignore`` is set (a new array).
+
+    ``ignore`` is an
+    :class:`~flowclas_ros.outputs.ignore_mask.IgnoreMask` (resized to the label's size,
+    nearest-neighbour; another aspect ratio raises its IgnoreMaskError) or an (H, W) bool
+    array; None returns ``label`` unchanged.
+    """
+    from flowclas_ros.labels import VOID
+
+    if ignore is None:
+        return label
+    h, w = label.shape[:2]
+    m = ignore.for_size(h, w) if hasattr(ignore, "for_size") else np.asarray(ignore, bool)
+    if m.shape != (h, w):
+        raise ValueError(f"ignore mask of shape {m.shape} for a label of shape {(h, w)}")
+    out = np.array(label, copy=True)
+    out[m] = VOID
+    return out
+
+
+class IgnoringDataset:
+    """A dataset of Samples whose ignored pixels are VOID (:func:`void_ignored`).
+
+    What calibration (``export --ignore-mask``) and the validation protocol score with a
+    robot's ignore mask. Indexable and iterable like the dataset it wraps.
+    """
+
+    def __init__(self, dataset, ignore):
+        self.dataset, self.ignore = dataset, ignore
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def _void(self, sample):
+        from dataclasses import replace
+
+        return replace(sample, label=void_ignored(sample.label, self.ignore))
+
+    def __getitem__(self, i):
+        return self._void(self.dataset[i])
+
+    def __iter__(self):
+        return (self._void(s) for s in self.dataset)
+
+
+__all__ = ["EvaluationError", "IgnoringDataset", "ScoreFolder", "Scorer", "backend_scorer",
+           "load_scorer", "model_scorer", "module_device", "read_score_map", "void_ignored"]

@@ -28,7 +28,8 @@ def write_bundle(model: FlowCLAS, out_dir: str | Path, *, input_size: tuple[int,
                  fp16: bool = False, threshold_method: str | None = None,
                  score_range_method: str | None = None, exporter: str = "auto",
                  verify: bool = True, card_notes: str | None = None,
-                 resolution: dict | None = None) -> _reader.Bundle:
+                 resolution: dict | None = None,
+                 exceedance: dict | None = None) -> _reader.Bundle:
     """Export ``model`` to a bundle directory ``out_dir`` and return it, loaded and validated.
 
     input_size (H, W): the graph's input size (and the size the runtime resizes frames to).
@@ -41,6 +42,8 @@ def write_bundle(model: FlowCLAS, out_dir: str | Path, *, input_size: tuple[int,
     resolution: ``{"long_side": L}`` and/or ``{"pixels": P}`` (and ``max_scale``): frames keep
     their aspect ratio, scaled to it, through a graph with dynamic H and W (``input_size`` is
     then the reference size the graph is verified at); None: frames are resized to input_size.
+    exceedance: the calibration set's exceedance table as the manifest's
+    ``threshold.exceedance`` (:func:`flowclas_ros.bundle.writer.exceedance_section`).
 
     A failed export never leaves a half-written bundle; an existing bundle at ``out_dir`` is
     replaced.
@@ -65,7 +68,7 @@ def write_bundle(model: FlowCLAS, out_dir: str | Path, *, input_size: tuple[int,
             model, input_size=(h, w), threshold=threshold, score_range=score_range, onnx=onnx,
             threshold_fpr=threshold_fpr, threshold_method=threshold_method,
             score_range_method=score_range_method, metrics=metrics, train_config=train_config,
-            resolution=resolution)
+            resolution=resolution, exceedance=exceedance)
         writer.finish(tmp, manifest, card_notes)
     bundle = _reader.load_bundle(out_dir)
     log.info("wrote bundle %s (%s exporter, opset %s)", out_dir, info["exporter"], info["opset"])

@@ -9,6 +9,14 @@
   AUPRC / FPR95 / AUROC on that set go into the manifest's metrics.
 * :func:`calibrate_on_bag`: the same on a robot's recording of normal operation (its
   calibration part by time), the rate then measured on its held-out test part.
+* ``ignore`` (an :class:`~flowclas_ros.outputs.ignore_mask.IgnoreMask`, ``export
+  --ignore-mask``): its pixels (a car's hood, the robot's body) are VOID in every calibration
+  and test frame, so they count neither as normal pixels nor towards the false-positive rate,
+  as the node never reports them.
+* Every calibration also records the **exceedance table** of its inlier scores
+  (:func:`flowclas_ros.outputs.regions.exceedance_table`, the manifest's
+  ``threshold.exceedance``): a detection's score in the node is the fraction of these normal
+  pixels that score below the region's peak.
 * :func:`photo_statistics`: without calibration data, the same percentiles over two real
   photographs (scikit-image's astronaut and coffee) and a placeholder threshold, recorded as
   uncalibrated.
@@ -22,9 +30,10 @@ import numpy as np
 
 from flowclas_ros.data.datasets import Sample, build_dataset
 from flowclas_ros.evaluation.metrics import pixel_metrics, threshold_at_fpr
-from flowclas_ros.evaluation.scoring import model_scorer
+from flowclas_ros.evaluation.scoring import IgnoringDataset, model_scorer
 from flowclas_ros.labels import ANOMALY, INLIER, VOID
 from flowclas_ros.model.flowclas import FlowCLAS
+from flowclas_ros.outputs.regions import exceedance_table
 
 from flowclas_ros.bundle.onnx_export import sample_images
 
@@ -51,11 +60,14 @@ def _valid_scores(model: FlowCLAS, dataset, input_size, device) -> tuple[np.ndar
 
 
 def calibrate(model: FlowCLAS, root, input_size: tuple[int, int], fpr: float,
-              device: str = "cpu", name: str | None = None) -> dict:
+              device: str = "cpu", name: str | None = None, ignore=None) -> dict:
     """Threshold at ``fpr`` and display range from a labelled folder dataset (see module doc);
-    ``root`` may also be an ImageDataset (``name`` then says what it is)."""
+    ``root`` may also be an ImageDataset (``name`` then says what it is); ``ignore``: an
+    IgnoreMask whose pixels are VOID."""
     dataset = build_dataset("folder", root) if isinstance(root, (str, Path)) else root
     name = name or Path(root).name
+    if ignore is not None:
+        dataset = IgnoringDataset(dataset, ignore)
     s, lab, n = _valid_scores(model, dataset, input_size, device)
     inl = s[lab == INLIER]
     if inl.size == 0:
@@ -69,9 +81,15 @@ def calibrate(model: FlowCLAS, root, input_size: tuple[int, int], fpr: float,
                "fpr_at_threshold": float((inl >= thr).mean())}
     if (lab == ANOMALY).any():
         metrics.update(pixel_metrics(s, lab))
+    if ignore is not None:
+        metrics["ignore_mask"] = {"file": getattr(ignore, "source", ""),
+                                  "fraction": float(getattr(ignore, "fraction", float("nan")))}
     log.info("calibrated on %d frames: threshold %.5g at FPR %.3g, score range (%.4g, %.4g)",
              n, thr, fpr, lo, hi)
     return {"threshold": thr, "score_range": (lo, hi), "metrics": metrics,
+            "exceedance": {"table": exceedance_table(inl), "pixels": int(inl.size),
+                           "source": f"inlier pixels of {n} frames of {name}"
+                                     + (" (ignore mask applied)" if ignore is not None else "")},
             "threshold_method": f"smallest threshold with inlier-pixel FPR <= {fpr} on {n} frames "
                                 f"of {name} (scored as the runtime does)",
             "score_range_method": f"({INLIER_LO_PCT}th percentile of inlier scores, "
@@ -79,10 +97,11 @@ def calibrate(model: FlowCLAS, root, input_size: tuple[int, int], fpr: float,
 
 
 def calibrate_on_bag(model: FlowCLAS, bag: str | Path, topic: str, input_size: tuple[int, int],
-                     fpr: float, device: str = "cpu", stride: int = 1) -> dict:
+                     fpr: float, device: str = "cpu", stride: int = 1, ignore=None) -> dict:
     """Threshold so that at most ``fpr`` of the pixels of the robot's own normal frames are
     flagged: calibrated on the bag's ``calibration`` part (every pixel an inlier: a recording of
-    normal operation), the rate then measured on its held-out ``test`` part (later in time)."""
+    normal operation), the rate then measured on its held-out ``test`` part (later in time).
+    ``ignore``: an IgnoreMask whose pixels are VOID in both parts."""
     from flowclas_ros.data.bags import bag_dataset
 
     cal_set = bag_dataset(bag, "calibration", topic=topic, stride=stride, log=log.info)
@@ -90,8 +109,10 @@ def calibrate_on_bag(model: FlowCLAS, bag: str | Path, topic: str, input_size: t
     if len(cal_set) == 0:
         raise ValueError(f"bag {bag}: its calibration part (by time) has no frames of {topic}")
     label = f"the calibration part of {Path(bag).name} ({topic})"
-    cal = calibrate(model, cal_set, input_size, fpr, device, name=label)
+    cal = calibrate(model, cal_set, input_size, fpr, device, name=label, ignore=ignore)
     if len(test_set):
+        if ignore is not None:
+            test_set = IgnoringDataset(test_set, ignore)
         s, lab, n = _valid_scores(model, test_set, input_size, device)
         cal["metrics"]["test_frames"] = n
         cal["metrics"]["test_fpr_at_threshold"] = float((s >= cal["threshold"]).mean())

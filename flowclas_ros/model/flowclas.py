@@ -12,6 +12,14 @@ Follow one batch through :meth:`FlowCLAS.forward`:
 Scores (higher = more anomalous):
 * ``latent`` (the authors'): -mean_c[-0.5 ((z_c - mu_c) / sigma_c)^2 - log sigma_c];
 * ``nll``: the full per-pixel negative log-likelihood per dimension, log-determinant included.
+
+A fused backbone (:mod:`.fused_backbone`) normalises the image per part: the model's ``mean`` /
+``std`` are then the identity and :meth:`FlowCLAS.normalize_and_pad` returns the parts' stacked
+inputs. With ``road_prior`` the backbone appends the road probability as one more channel to its
+features (never to :meth:`FlowCLAS.features`, what training sees); :meth:`FlowCLAS.latent` takes
+it off and folds ``weight * (road - 0.5)`` into the per-pixel log-determinant, the only term of
+the ``nll`` score that is per position alone, so the deployed graph (backbone -> latent ->
+score_map, :mod:`flowclas_ros.bundle.graph`) scores ``nll + weight * (road - 0.5)``.
 """
 from __future__ import annotations
 
@@ -37,6 +45,9 @@ class FlowCLAS(nn.Module):
             raise ValueError(f"score must be one of {SCORES}, got {cfg.score!r}")
         self.config = cfg
         self.backbone = build_backbone(cfg.backbone)
+        fused = bool(getattr(self.backbone, "fused", False))
+        if fused and (cfg.mean or cfg.std):
+            raise ValueError("a fused backbone normalises per part: leave model.mean/std unset")
         c = self.backbone.channels
         self.norm = nn.LayerNorm(c)
         self.flow = Flow(c, cfg.flow)
@@ -47,6 +58,16 @@ class FlowCLAS(nn.Module):
         std = cfg.std or self.backbone.std
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+        if cfg.road_prior.enabled:
+            if cfg.score != "nll":
+                raise ValueError("model.road_prior needs score nll")
+            from .road_prior import RoadPriorBackbone
+
+            b = self.backbone  # how the first 3 channels of its input are normalised:
+            first = ((b.part_mean.flatten()[:3].tolist(), b.part_std.flatten()[:3].tolist())
+                     if fused else (mean, std))
+            self.backbone = RoadPriorBackbone(self.backbone, cfg.road_prior, *first,
+                                              load=cfg.backbone.pretrained)
 
     @property
     def channels(self) -> int:
@@ -58,22 +79,38 @@ class FlowCLAS(nn.Module):
 
     # 1. frozen features ---------------------------------------------------------------------
     def normalize_and_pad(self, images: Tensor) -> Tensor:
-        """(B, 3, H, W) in [0, 1] -> normalised, zero-padded to the backbone's multiple."""
+        """(B, 3, H, W) in [0, 1] -> normalised, zero-padded to the backbone's multiple (a fused
+        backbone: its parts' inputs, each normalised and padded, stacked: (B, 3 x parts, ...))."""
         x = (images - self.mean) / self.std
+        if getattr(self.backbone, "fused", False):
+            return self.backbone.prepare(x)  # x is the image itself: mean 0, std 1
         m = self.backbone.pad_multiple
         h, w = x.shape[-2:]
         return F.pad(x, (0, (-w) % m, 0, (-h) % m))
 
+    @property
+    def feature_backbone(self) -> nn.Module:
+        """The backbone less the road prior's channel (what training and the cache see)."""
+        return getattr(self.backbone, "inner", self.backbone)
+
     @torch.no_grad()
     def features(self, images: Tensor) -> Tensor:
         """(B, 3, H, W) in [0, 1] -> frozen features (B, C, ceil(H/m)*m/stride, ...)."""
-        return self.backbone(self.normalize_and_pad(images))
+        return self.feature_backbone(self.normalize_and_pad(images))
 
     # 2. flow -------------------------------------------------------------------------------
     def latent(self, feats: Tensor) -> tuple[Tensor, Tensor]:
-        """features (B, C, h, w) -> z (B, C, h, w), per-pixel log-determinant (B, h, w)."""
-        x = self.norm(feats.float().permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        return self.flow(x)
+        """features (B, C, h, w) -> z (B, C, h, w), per-pixel log-determinant (B, h, w).
+
+        With the road prior's channel appended (B, C + 1, h, w: the backbone's own output),
+        ``weight * (road - 0.5)`` is folded into the log-determinant (module docstring)."""
+        c = self.channels
+        road = feats[:, c] if feats.shape[1] == c + 1 else None
+        x = self.norm(feats[:, :c].float().permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        z, logdet = self.flow(x)
+        if road is not None:
+            logdet = logdet - (c * self.config.road_prior.weight) * (road.float() - 0.5)
+        return z, logdet
 
     @torch.no_grad()
     def initialize(self, feats: Tensor) -> None:
@@ -109,8 +146,11 @@ class FlowCLAS(nn.Module):
         return up[:, 0, : size[0], : size[1]]
 
     def forward(self, images: Tensor) -> Tensor:
-        """(B, 3, H, W) RGB in [0, 1] -> anomaly score (B, H, W), float32."""
-        z, logdet = self.latent(self.features(images))
+        """(B, 3, H, W) RGB in [0, 1] -> anomaly score (B, H, W), float32 (as the deployed graph
+        computes it, the road prior included)."""
+        with torch.no_grad():
+            feats = self.backbone(self.normalize_and_pad(images))
+        z, logdet = self.latent(feats)
         return self.upsample(self.score_map(z, logdet), images.shape[-2:])
 
     # trainable part -----------------------------------------------------------------------

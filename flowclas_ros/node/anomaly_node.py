@@ -37,7 +37,6 @@ from __future__ import annotations
 import math
 import threading
 import time
-import traceback
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -52,11 +51,13 @@ from ..image_codec import (ImageFormatError, ImageLayout, ImageTooLarge, compres
                            compressed_to_rgb, image_to_rgb, validate_image)
 from ..paths import package_file
 from . import parameters
+from .backend_loading import ConfigureError, load_backend
 from .diagnostics import node_status
 from .image_conversion import bgr_to_msg, heatmap_to_msg, mask_to_msg
 from .mailbox import InferenceWorker
 from .rclpy_workarounds import (answer_queries_during_transitions, guard_change_state_service,
                                 no_event_handlers)
+from .robot_outputs import RobotOutputs
 from .stats import Counters, LatencyWindow, RateMeter
 
 NODE_NAME = "flowclas_anomaly"
@@ -105,6 +106,7 @@ class AnomalyNode(LifecycleNode):
         self._backend_factory = backend_factory or _default_backend_factory
         guard_change_state_service(self)
         answer_queries_during_transitions(self)
+        self._robot = RobotOutputs(self)  # detections, points, persistence, snapshots
         self._declare_parameters()
         self.add_on_set_parameters_callback(self._validate_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
@@ -149,88 +151,62 @@ class AnomalyNode(LifecycleNode):
         self._want = {"heatmap": bool(g("publish_heatmap")), "mask": bool(g("publish_mask")),
                       "overlay": bool(g("publish_overlay"))}
         self._max_pixels = int(g("max_image_pixels"))
+        self._robot.refresh(g)
 
     def _validate_parameters(self, params):
         """Reject invalid values, and structural changes while a backend is loaded."""
-        return parameters.check_changes(self._params, params, configured=self._backend is not None)
+        current = {n: self.get_parameter(n).value for pair in parameters.PAIRS for n in pair[:2]}
+        return parameters.check_changes(self._params, params, configured=self._backend is not None,
+                                        current=current)
 
     def _apply_parameters(self, params) -> None:
         self._refresh_live()
 
     # lifecycle ---------------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        fqn = self.get_fully_qualified_name()
         g = lambda n: self.get_parameter(n).value  # noqa: E731
         path = str(g("model_path")) or default_model_path()
-        backend, device, precision = str(g("backend")), str(g("device")), str(g("precision"))
-        options = {"cpu_threads": int(g("cpu_threads")), "cpu_spinning": bool(g("cpu_spinning")),
-                   "torch_compile": bool(g("torch_compile")), "cuda_graphs": bool(g("cuda_graphs"))}
-        set_path = f"ros2 param set {fqn} model_path /path/to/bundle"
+        options = {"cpu_threads": int(g("cpu_threads")),
+                   "cpu_spinning": bool(g("cpu_spinning")),
+                   "torch_compile": bool(g("torch_compile")),
+                   "cuda_graphs": bool(g("cuda_graphs"))}
+        set_path = f"ros2 param set {self.get_fully_qualified_name()} model_path /path/to/bundle"
         try:
-            from flowclas_ros.bundle.reader import BundleError, load_bundle
-            from flowclas_ros.runtime.backend import BackendUnavailable
-        except Exception as exc:  # a broken install, not a parameter problem
-            return self._fail(f"cannot import the runtime ({exc!r}); reinstall flowclas_ros")
-        self.state_label = f"configuring: loading the bundle {path}"
-        try:
-            bundle = load_bundle(path)
-        except FileNotFoundError as exc:  # "model bundle PATH does not exist"
-            return self._fail(f"{exc}: set model_path to a bundle folder written by `export` "
-                              f"({set_path}), then configure again")
-        except BundleError as exc:  # "bundle PATH: what is wrong; how to fix it"
-            return self._fail(f"{exc}, or use another bundle ({set_path}); then configure again")
-        except Exception as exc:
-            return self._fail(f"cannot read the model bundle at {path}: {exc!r}; set model_path "
-                              f"to another bundle ({set_path}), then configure again")
-        self.state_label = (f"configuring: starting the {backend} backend on {device} "
-                            f"({precision}; building a TensorRT engine or compiling can take "
-                            f"minutes, once: see build_engine)")
-        t_backend = time.monotonic()
-        try:
-            be = self._backend_factory(bundle, backend, device, precision, **options)
-        except BackendUnavailable as exc:
-            return self._fail(
-                f"backend={backend!r} device={device!r} precision={precision!r} is unavailable: "
-                f"{exc}; set backend to 'auto' (or an installed one), device to 'cpu' or "
-                f"precision to 'fp32', then configure again")
-        except (FileNotFoundError, BundleError) as exc:
-            return self._fail(f"{exc}, or use another bundle ({set_path}); then configure again")
-        except Exception as exc:
-            return self._fail(f"creating the {backend} backend failed: {exc!r}; check backend/"
-                              f"device/precision, then configure again",
-                              tb=traceback.format_exc())
-        backend_s = time.monotonic() - t_backend
-        self.state_label = f"configuring: warm-up of {be.name} on {be.device}"
-        try:
-            h, w = bundle.input_size
-            be.warmup(int(h), int(w))
-        except Exception as exc:
-            self._close_backend(be)
-            return self._fail(f"warm-up inference on {be.name}/{be.device} failed: {exc!r}; try "
-                              f"backend:=torch device:=cpu precision:=fp32, then configure again",
-                              tb=traceback.format_exc())
-
+            loaded = load_backend(path, str(g("backend")), str(g("device")), str(g("precision")),
+                                  options, self._backend_factory, set_path,
+                                  lambda text: setattr(self, "state_label", text),
+                                  self._close_backend)
+        except ConfigureError as exc:
+            return self._fail(str(exc), tb=exc.tb)
+        be, bundle = loaded.backend, loaded.bundle
         with self._backend_lock:
             self._backend, self._bundle = be, bundle
-        self._pubs = {
-            name: self.create_lifecycle_publisher(
-                Image, f"anomaly/{name}", OUTPUT_QOS,
-                event_callbacks=no_event_handlers(PublisherEventCallbacks))
-            for name in ("heatmap", "mask", "overlay")}
+        self._pubs = {name: self._make_publisher(Image, f"anomaly/{name}")
+                      for name in ("heatmap", "mask", "overlay")}
+        reason = self._robot.configure(g, bundle, self._make_publisher)
+        if reason is not None:
+            self._release()
+            return self._fail(reason)
         self._worker = InferenceWorker(self._process, self._on_inference_error)
         self.last_error = ""
         self.state_label = "inactive"
         thr = bundle.mask_threshold(self._threshold)
-        reason = getattr(be, "selection_reason", "")
+        h, w = bundle.input_size
+        why = getattr(be, "selection_reason", "")
         built = getattr(be, "built", None)  # TensorRT engines and torch-tensorrt programs
         engine = ("" if built is None else
                   f"; engine {'built' if built else 'loaded from the cache'} in "
-                  f"{getattr(be, 'engine_seconds', backend_s):.1f} s")
+                  f"{getattr(be, 'engine_seconds', loaded.backend_s):.1f} s")
         self.get_logger().info(
             f"configured: bundle {path} (input {w}x{h}), backend {be.name} on {be.device} "
-            f"({be.precision}){' [' + reason + ']' if reason else ''}, threshold {thr:.4g}; "
-            f"backend ready in {backend_s:.1f} s{engine}")
+            f"({be.precision}){' [' + why + ']' if why else ''}, threshold {thr:.4g}; "
+            f"backend ready in {loaded.backend_s:.1f} s{engine}")
         return TransitionCallbackReturn.SUCCESS
+
+    def _make_publisher(self, msg_type, topic: str):
+        return self.create_lifecycle_publisher(
+            msg_type, topic, OUTPUT_QOS,
+            event_callbacks=no_event_handlers(PublisherEventCallbacks))
 
     def _fail(self, message: str, tb: str | None = None) -> TransitionCallbackReturn:
         self.state_label = "unconfigured"
@@ -251,6 +227,7 @@ class AnomalyNode(LifecycleNode):
         self._sub = self.create_subscription(
             msg_type, topic, callback, qos, callback_group=self._sub_group,
             event_callbacks=no_event_handlers(SubscriptionEventCallbacks))
+        self._robot.activate()  # the depth and CameraInfo subscriptions, if any
         ret = super().on_activate(state)  # enables the lifecycle publishers
         self.state_label = "active"
         self.get_logger().info(f"active: subscribed to {self._sub.topic_name} ({qos_name})")
@@ -260,6 +237,7 @@ class AnomalyNode(LifecycleNode):
         self._drop_subscription()
         if self._worker is not None and self._worker.discard():
             self.counters.add("discarded")
+        self._robot.deactivate()
         ret = super().on_deactivate(state)
         self.state_label = "inactive"
         return ret
@@ -297,6 +275,7 @@ class AnomalyNode(LifecycleNode):
         with self._backend_lock:
             be, self._backend, self._bundle = self._backend, None, None
         self._close_backend(be)
+        self._robot.release(self.destroy_lifecycle_publisher)
         for pub in self._pubs.values():
             self.destroy_lifecycle_publisher(pub)
         self._pubs = {}
@@ -366,9 +345,10 @@ class AnomalyNode(LifecycleNode):
 
     def _process(self, frame: _Frame) -> None:
         """Worker thread: one frame from the mailbox to the published outputs."""
-        pubs = self._pubs
+        pubs, robot = self._pubs, self._robot
         want = {k: self._want[k] and pubs[k].get_subscription_count() > 0 for k in pubs}
-        if not any(want.values()):
+        plan = robot.plan()  # detections / points / snapshots: they need the regions
+        if not any(want.values()) and not plan.regions:
             self.counters.add("skipped")  # nobody listens: compute nothing
             return
         if frame.layout is None:  # compressed: decoded here, off the executor
@@ -383,17 +363,22 @@ class AnomalyNode(LifecycleNode):
             be = self._backend
             if be is None:  # released while the frame waited
                 return
-            result = be.infer(rgb, heatmap=want["heatmap"], mask=want["mask"],
-                              overlay=want["overlay"], threshold=self._threshold,
-                              overlay_alpha=self._overlay_alpha, colormap=self._colormap)
+            result = be.infer(rgb, heatmap=want["heatmap"] or plan.regions,
+                              mask=want["mask"] or plan.regions, overlay=want["overlay"],
+                              threshold=self._threshold, overlay_alpha=self._overlay_alpha,
+                              colormap=self._colormap)
         header = frame.msg.header
         published = False
-        if want["heatmap"] and result.heatmap is not None:
+        if want["heatmap"]:  # the raw score, ignored pixels included
             published |= self._publish(pubs["heatmap"], heatmap_to_msg(result.heatmap, header))
-        if want["mask"] and result.mask is not None:
-            published |= self._publish(pubs["mask"], mask_to_msg(result.mask, header))
+        mask = robot.mask_out_ignored(result.mask)
+        if want["mask"] and mask is not None:
+            published |= self._publish(pubs["mask"], mask_to_msg(mask, header))
+        found = robot.find(mask, result.heatmap, plan) if mask is not None else None
         if want["overlay"] and result.overlay is not None:
-            published |= self._publish(pubs["overlay"], bgr_to_msg(result.overlay, header))
+            overlay = robot.draw(result.overlay, found)  # the reported regions' boxes and ids
+            published |= self._publish(pubs["overlay"], bgr_to_msg(overlay, header))
+        published |= robot.publish(frame.msg, result.heatmap, found, plan)
         done = time.monotonic()
         if published:
             self.counters.add("published")
@@ -417,7 +402,7 @@ class AnomalyNode(LifecycleNode):
         inf50, inf99 = self._inference.percentiles(50, 99)
         c = self.counters.snapshot()
         mailbox = self._worker.mailbox if self._worker is not None else None
-        return c | {
+        return c | self._robot.refusals() | {
             "dropped": c["replaced"] + c["malformed"] + c["oversize"],
             "waiting": len(mailbox) if mailbox is not None else 0,
             "mailbox_high_water": mailbox.high_water if mailbox is not None else 0,
@@ -438,6 +423,6 @@ class AnomalyNode(LifecycleNode):
         arr.header.stamp = self.get_clock().now().to_msg()
         arr.status = [node_status(self.get_fully_qualified_name(), self.state_label,
                                   self.last_error, be, thr, model_path, stats,
-                                  self._diag_previous)]
+                                  self._diag_previous, self._robot.status())]
         self._diag_previous = stats
         self._diag_pub.publish(arr)

@@ -1,9 +1,12 @@
 """The node's /diagnostics status: one DiagnosticStatus built from its state and statistics.
 
-Level: OK when active; WARN when frames were refused (malformed, oversize, backend errors)
-*since the previous status* (one bad frame does not taint the node for good) or when the node
-is not active; ERROR with the last configure error. The values are strings, as diagnostic_msgs
-wants them; the frame counters are cumulative.
+Level: OK when active; WARN when frames were refused (malformed, oversize, backend errors;
+malformed depth images or CameraInfo, a depth image or ignore mask of another aspect ratio)
+*since the previous status* (one bad frame does not taint the node for good), when an output
+is off for a reason to fix (points without a CameraInfo) or when the node is not active;
+ERROR with the last configure error. The values are strings, as diagnostic_msgs wants them;
+the frame counters are cumulative. The robot outputs' values (detections, points, regions,
+snapshots) come from :meth:`.robot_outputs.RobotOutputs.status`.
 """
 from __future__ import annotations
 
@@ -12,25 +15,33 @@ from typing import Any
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 
 
-REFUSALS = ("malformed", "oversize", "errors")
+REFUSALS = ("malformed", "oversize", "errors", "depth_malformed", "camera_info_malformed",
+            "depth_refused", "ignore_refused")
 
 
 def node_status(name: str, state: str, last_error: str, backend, threshold: float | None,
                 model_path: str, stats: dict[str, Any],
-                previous: dict[str, Any] | None = None) -> DiagnosticStatus:
+                previous: dict[str, Any] | None = None,
+                outputs: tuple[dict[str, Any], list[str]] | None = None) -> DiagnosticStatus:
     """``backend``: the loaded runtime Backend or None; ``stats``: AnomalyNode.stats() now,
-    ``previous``: at the previous status (None: the counters start from zero)."""
+    ``previous``: at the previous status (None: the counters start from zero); ``outputs``:
+    the robot outputs' (values, notes), notes making an active node WARN."""
     status = DiagnosticStatus()
     status.name = f"{name}: FlowCLAS anomaly segmentation"
     status.hardware_id = backend.device if backend is not None else "none"
     s = stats
-    recent = {k: s[k] - (previous or {}).get(k, 0) for k in REFUSALS}
+    recent = {k: s.get(k, 0) - (previous or {}).get(k, 0) for k in REFUSALS}
+    extra, notes = outputs if outputs is not None else ({}, [])
     if state == "active":
         status.level, status.message = DiagnosticStatus.OK, "active"
+        parts = []
         if any(recent.values()):
-            status.level = DiagnosticStatus.WARN
-            status.message = ("active; frames refused since the last status: " + ", ".join(
+            parts.append("refused since the last status: " + ", ".join(
                 f"{n} {k}" for k, n in recent.items() if n))
+        parts += notes
+        if parts:
+            status.level = DiagnosticStatus.WARN
+            status.message = "active; " + "; ".join(parts)
     elif last_error:
         status.level, status.message = DiagnosticStatus.ERROR, last_error
     else:
@@ -56,6 +67,7 @@ def node_status(name: str, state: str, last_error: str, backend, threshold: floa
         "dropped_oversize": s["oversize"],
         "skipped_no_subscribers": s["skipped"],
         "inference_errors": s["errors"],
+        **extra,
     }
     status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
     return status

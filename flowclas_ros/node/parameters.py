@@ -147,7 +147,84 @@ def table() -> tuple[Param, ...]:
               int_range=(1, 2**31 - 1)),
         Param("diagnostics_period", float, 1.0, READ_ONLY,
               "Seconds between /diagnostics messages. Read-only.", float_range=(0.05, 60.0)),
+    ) + robot_table()
+
+
+def robot_table() -> tuple[Param, ...]:
+    """List the parameters of the outputs a robot acts on (node/robot_outputs.py)."""
+    return (
+        Param("publish_detections", bool, True, LIVE,
+              "Publish anomaly/detections (vision_msgs/Detection2DArray: one box per "
+              "persistent anomalous region). Computed only with a subscriber; off without "
+              "vision_msgs. Changes live."),
+        Param("min_region_pixels", int, 50, LIVE,
+              "A connected anomalous region is reported only with more than this many input "
+              "pixels. Changes live.", int_range=(0, 2**31 - 1)),
+        Param("persistence_n", int, 2, LIVE,
+              "A region is reported (detections, points, snapshots) once seen in at least n of "
+              "the last m processed frames (matched by box overlap); 1 of 1 = off. <= "
+              "persistence_m. Changes live (the tracks restart).", int_range=(1, 60)),
+        Param("persistence_m", int, 3, LIVE,
+              "The m of persistence_n of m (frames), 1..60. Changes live (the tracks restart).",
+              int_range=(1, 60)),
+        Param("persistence_iou", float, 0.3, LIVE,
+              "Box IoU that matches a region to the same region in the previous frames, "
+              "(0, 1]. Changes live.", float_range=(0.01, 1.0)),
+        Param("depth_topic", str, "", STRUCTURAL,
+              "Aligned depth image (REP 118: 16UC1 mm or 32FC1 m, registered to the camera "
+              "image) whose anomalous pixels are published as anomaly/points; empty = no "
+              "points. Structural."),
+        Param("depth_info_topic", str, "", STRUCTURAL,
+              "CameraInfo of the depth image; empty = camera_info beside depth_topic "
+              "(/cam/depth/image_raw -> /cam/depth/camera_info). Structural."),
+        Param("depth_max_skew_s", float, 0.03, LIVE,
+              "A camera frame is paired with the depth frame nearest in stamp within this many "
+              "seconds (message_filters' ApproximateTime slop); none: no points for the frame. "
+              "Changes live.", float_range=(0.0, 10.0)),
+        Param("publish_points", bool, True, LIVE,
+              "Publish anomaly/points (sensor_msgs/PointCloud2 x y z score in the depth "
+              "optical frame) with depth_topic set. Computed only with a subscriber."),
+        Param("max_points", int, 20000, LIVE,
+              "At most this many points per cloud (evenly subsampled). Changes live.",
+              int_range=(1, 10_000_000)),
+        Param("depth_min_m", float, 0.1, LIVE,
+              "Depths below this (metres) are skipped. Changes live.",
+              float_range=(0.0, 1000.0)),
+        Param("depth_max_m", float, 20.0, LIVE,
+              "Depths beyond this (metres) are skipped. Changes live.",
+              float_range=(0.0, 1000.0)),
+        Param("ignore_mask", str, "", STRUCTURAL,
+              "PNG of pixels never reported (non-zero = ignore: the robot's body, a hood); any "
+              "size, resized nearest-neighbour to each frame. Not in the mask, detections or "
+              "points; the heatmap stays raw. Empty = none. Structural."),
+        Param("snapshot_dir", str, "", STRUCTURAL,
+              "Folder for anomaly snapshots: one MCAP per event (camera frames, heatmaps, "
+              "detections around a new persistent detection); empty = off. Structural."),
+        Param("snapshot_pre_s", float, 2.0, STRUCTURAL,
+              "Seconds of frames kept before an event. Structural.", float_range=(0.0, 60.0)),
+        Param("snapshot_post_s", float, 3.0, STRUCTURAL,
+              "Seconds of frames written after an event. Structural.",
+              float_range=(0.0, 600.0)),
+        Param("snapshot_max_mb", float, 1000.0, STRUCTURAL,
+              "The event files in snapshot_dir stay under this many MiB (oldest deleted "
+              "first). Structural.", float_range=(0.1, 1e7)),
     )
+
+
+PAIRS = (("persistence_n", "persistence_m", "persistence_n must be <= persistence_m (raise "
+          "persistence_m first)"),
+         ("depth_min_m", "depth_max_m", "depth_min_m must be < depth_max_m"))
+
+
+def _pair_problem(values: dict) -> str | None:
+    """Constraints between two parameters, on the values they would have."""
+    for lo, hi, reason in PAIRS:
+        a, b = values.get(lo), values.get(hi)
+        if a is None or b is None:
+            continue
+        if (lo == "persistence_n" and a > b) or (lo == "depth_min_m" and a >= b):
+            return f"{reason}; got {lo}={a}, {hi}={b}"
+    return None
 
 
 def declare(node, params: tuple[Param, ...]) -> None:
@@ -162,10 +239,13 @@ def declare(node, params: tuple[Param, ...]) -> None:
                 raise ValueError(reason)
 
 
-def check_changes(params: tuple[Param, ...], changes, configured: bool) -> SetParametersResult:
+def check_changes(params: tuple[Param, ...], changes, configured: bool,
+                  current: dict | None = None) -> SetParametersResult:
     """The on-set-parameters callback: refuse invalid values, and structural changes while
-    ``configured`` (a backend is loaded)."""
+    ``configured`` (a backend is loaded). ``current``: the parameters' values now, for the
+    constraints between two of them (:data:`PAIRS`)."""
     by_name = {p.name: p for p in params}
+    after = dict(current or {})
     for change in changes:
         spec = by_name.get(change.name)
         if spec is None:
@@ -177,8 +257,12 @@ def check_changes(params: tuple[Param, ...], changes, configured: bool) -> SetPa
             reason = spec.problem(change.value, int(getattr(change.type_, "value", change.type_)))
         if reason:
             return SetParametersResult(successful=False, reason=reason)
+        after[change.name] = change.value
+    reason = _pair_problem(after) if current is not None else None
+    if reason:
+        return SetParametersResult(successful=False, reason=reason)
     return SetParametersResult(successful=True)
 
 
-__all__ = ["DEFAULT_MAX_PIXELS", "LIVE", "READ_ONLY", "STRUCTURAL", "Param", "check_changes",
-           "declare", "table"]
+__all__ = ["DEFAULT_MAX_PIXELS", "LIVE", "PAIRS", "READ_ONLY", "STRUCTURAL", "Param",
+           "check_changes", "declare", "robot_table", "table"]

@@ -40,6 +40,30 @@ class Counters:
             return {k: getattr(self, k) for k in self.NAMES}
 
 
+class Tally:
+    """Named counters, thread-safe.
+
+    The robot outputs' accounting (depth frames, regions, points, snapshots). ``names`` start
+    at 0; :meth:`add` also takes a new name.
+    """
+
+    def __init__(self, *names: str):
+        self._counts = dict.fromkeys(names, 0)
+        self._lock = threading.Lock()
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[name] = self._counts.get(name, 0) + n
+
+    def set(self, name: str, value: int) -> None:
+        with self._lock:
+            self._counts[name] = value
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+
 class RateMeter:
     """Events per second over the last ``window_s`` seconds (at most ``max_events`` kept)."""
 

@@ -9,9 +9,11 @@ score), and the mask and overlay of :mod:`.visualisation`. Its twin on a device 
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
-from flowclas_ros.bundle.preprocess import Resolution, check_image, frame_to_input, resize_bilinear_np
+from flowclas_ros.bundle.preprocess import Resolution, check_image, frame_to_input, upsample_score_np
 
 from .visualisation import mask_np, overlay_np
 
@@ -26,24 +28,32 @@ class NumpyPipeline:
         """resolution: the bundle's (:attr:`Bundle.resolution`), or a fixed (h, w)."""
         self.resolution = Resolution.of(resolution)
         self.score_range = score_range
+        # the three colour planes of a frame resize in parallel (PIL releases the GIL)
+        self._pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="flowclas_resize")
 
     def prepare(self, image) -> tuple[np.ndarray, np.ndarray]:
         """(H, W, 3) uint8 -> (model input (1, 3, h, w) float32 [0, 1], the frame as numpy)."""
         h, w = check_image(image)
         if not isinstance(image, np.ndarray):  # a torch tensor
             image = image.cpu().numpy()
-        return frame_to_input(image, self.resolution.model_size(h, w)), image
+        size = self.resolution.model_size(h, w)
+        return frame_to_input(image, size, self._pool.map), image
 
     def finish(self, score: np.ndarray, frame: np.ndarray, *, heatmap: bool, mask: bool,
                overlay: bool, threshold: float, alpha: float, colormap: str):
         """score (h, w) float32 -> (heatmap, mask, overlay) at the frame's size, None if not asked."""
         if not (heatmap or mask or overlay):
             return None, None, None
-        s = resize_bilinear_np(score[:, :, None], frame.shape[:2])[:, :, 0]
-        s = np.nan_to_num(s, copy=False, nan=FLOAT32_MAX, posinf=FLOAT32_MAX, neginf=-FLOAT32_MAX)
+        s = upsample_score_np(score, frame.shape[:2])
+        if not np.isfinite(score).all():  # checked on the model's grid: cheap; rare
+            s = np.nan_to_num(s, copy=False, nan=FLOAT32_MAX, posinf=FLOAT32_MAX,
+                              neginf=-FLOAT32_MAX)
         m = mask_np(s, threshold) if mask else None
         ov = overlay_np(s, frame, self.score_range, alpha, colormap) if overlay else None
         return (s if heatmap else None), m, ov
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
 
 
 __all__ = ["FLOAT32_MAX", "NumpyPipeline"]

@@ -171,5 +171,7 @@ class OnnxRuntimeBackend(Backend):
             torch.cuda.synchronize(self.pipeline.device)
 
     def _release(self) -> None:
+        if hasattr(self.pipeline, "close"):
+            self.pipeline.close()
         self.session = None
         self._out_buf = None

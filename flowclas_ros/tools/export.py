@@ -3,6 +3,7 @@
     export --checkpoint runs/x/checkpoints/best.pt --out models/my_bundle \\
            [--input-size H W] [--dynamic] [--fp16] [--opset 17] \\
            [--calibration DIR --fpr 0.05 | --calibration-bag BAG --topic T] [--threshold X] \\
+           [--ignore-mask PNG] \\
            [--protocol DIR] [--card-notes FILE] [--backbone-weights FILE]
 
 What it does: :func:`flowclas_ros.export.export.export_checkpoint`; how the threshold is set:
@@ -54,6 +55,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "instead: a rosbag2 folder or an .mcap file (its calibration part by time; "
                    "the rate is then measured on its test part)")
     p.add_argument("--topic", help="the camera topic of --calibration-bag")
+    p.add_argument("--ignore-mask", help="a PNG (non-zero = ignore: the car's hood, the "
+                   "robot's body; the node's ignore_mask) whose pixels are left out of "
+                   "calibration (VOID), with --calibration-bag or --calibration")
     p.add_argument("--fpr", type=float, default=0.05, help="inlier false-positive rate of the "
                                                           "calibrated threshold (default 0.05)")
     p.add_argument("--threshold", type=float, help="mask threshold on the raw score (overrides)")
@@ -92,7 +96,7 @@ def main(argv=None) -> int:
             topic=args.topic, fpr=args.fpr, threshold=args.threshold, protocol=args.protocol,
             card_notes=Path(args.card_notes).read_text() if args.card_notes else None,
             backbone_weights=args.backbone_weights, device=args.device,
-            verify=not args.no_verify, resolution=resolution)
+            verify=not args.no_verify, resolution=resolution, ignore_mask=args.ignore_mask)
     except (FileNotFoundError, ValueError, FileExistsError) as exc:
         print(f"export: error: {exc}", file=sys.stderr)
         return 2
@@ -102,7 +106,8 @@ def main(argv=None) -> int:
                "dynamic": bundle.dynamic, "fp16": bundle.fp16, "threshold": bundle.threshold,
                "resolution": bundle.resolution.to_dict(),
                "threshold_fpr": bundle.threshold_fpr, "score_range": list(bundle.score_range),
-               "verification": m["onnx"]["verification"]}
+               "verification": m["onnx"]["verification"],
+               "exceedance_table": bundle.exceedance_table is not None}
     print(json.dumps(summary, indent=2))
     return 0
 

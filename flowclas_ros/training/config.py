@@ -29,8 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from ..data.coco import FILTERS
+from ..data.compositing import CompositeConfig
 from ..data.outlier_sources import GRANULARITIES
 from ..data.pasting import PasteConfig
+from ..data.protocol_sets import FULL_PARTS
 from ..model.config import SCORES, BackboneConfig, FlowConfig, ModelConfig
 from ..model.losses import OBJECTIVES
 from ..options import DEVICE_PATTERN
@@ -43,12 +45,14 @@ from .typed_yaml import (ConfigError, expand_path, expand_path_fields, merge, pa
 
 @dataclass
 class InlierSetConfig:
-    """One more inlier training set beside ``data.dataset`` (same reader names)."""
+    """One more inlier training set beside ``data.dataset`` (same reader names); ``long_side``
+    replaces ``data.long_side`` for it (None: that one)."""
 
     dataset: str = "idd_lite"
     root: str = ""
     split: str = "train"
     limit: int | None = None
+    long_side: int | None = None
 
 
 @dataclass
@@ -84,10 +88,24 @@ class PhotometricConfig:
 class DataConfig:
     """The inlier training set(s) and the outlier source.
 
-    Each training image is resized to ``image_size`` (if given), rescaled by a factor drawn from
-    ``scale_range`` (if given) and randomly cropped to ``crop`` (if given; ``image_size`` when a
-    scale range is set without it), gets outliers pasted, the photometric changes and the
-    flips. Batches need one size: set ``image_size`` when the images of a set differ in size.
+    Each training image is scaled so that its long side is ``long_side`` (if given; never
+    enlarged: as a bundle exported with that resolution scales a camera frame; per set with
+    ``extra[i].long_side``), resized to ``image_size`` (if given), rescaled by a factor drawn
+    from ``scale_range`` (if given) and randomly cropped to ``crop`` (if given; ``image_size``
+    when a scale range is set without it), gets outliers pasted, the photometric changes and
+    the flips. Batches need one size: set ``image_size`` or ``crop`` when the images differ.
+
+    ``composite`` (``paste.mode: composite``; the fields of
+    :class:`~flowclas_ros.data.compositing.CompositeConfig`, e.g. ``height_px: [6, 160]``,
+    heights drawn log-uniformly: small far obstacles): the road is estimated on the whole scaled
+    frame before the crop (on the rows above a VOID band: the nuScenes hood) and cropped with
+    it; a frame is composited with chance ``composite_prob``, else (and where its crop has no
+    usable road) its object is hard-copied. Without it, composite mode is what it always was.
+
+    ``label_anomaly_fraction`` (``label_mode: area``): a feature cell is ANOMALY when at least
+    this fraction of its pixels is (0.5, the default, is the area rule as it always was; a
+    small obstacle covers a fraction of one stride-16 cell, so 0.125 lets it be trained as an
+    outlier), VOID when less but some is.
     """
 
     dataset: str = "camvid"  # a flowclas_ros.data TRAIN_DATASETS name
@@ -96,11 +114,13 @@ class DataConfig:
     limit: int | None = None  # use only the first N training images (tests, quick runs)
     extra: list[InlierSetConfig] = field(default_factory=list)  # more inlier sets
     bag: BagConfig = field(default_factory=BagConfig)  # dataset "bag" only
+    long_side: int | None = None  # frames scaled to this long side (aspect kept, never enlarged)
     image_size: list[int] | None = None  # [H, W] resize before cropping
     scale_range: list[float] | None = None  # [lo, hi] random rescale factor
     crop: list[int] | None = None  # [H, W] random crop
     photometric: PhotometricConfig = field(default_factory=PhotometricConfig)
     label_mode: str = "nearest"  # feature-grid labels: .features.GRID_LABELS (nearest, area)
+    label_anomaly_fraction: float = 0.5  # area: the anomalous fraction that makes a cell ANOMALY
     hflip: bool = True
     vflip: bool = False  # ALLO
     outliers: str = ""  # COCO json / YOLO-seg folder / mask PNG folder
@@ -114,6 +134,9 @@ class DataConfig:
     outlier_val_fraction: float = 0.25
     outlier_split_seed: int = 0
     paste: PasteConfig = field(default_factory=PasteConfig)  # data.pasting's own
+    # paste.mode composite: data.compositing's own (fields not given keep its defaults)
+    composite: CompositeConfig | None = None
+    composite_prob: float = 1.0  # with ``composite``: the chance a frame is composited
     num_workers: int = 0  # DataLoader worker processes
 
 
@@ -166,11 +189,20 @@ class TrainLoopConfig:
 @dataclass
 class EvalConfig:
     """Checkpoint selection: on the validation protocol (``protocol``, by its selection score;
-    flowclas_ros.evaluation.protocol) or on a validation folder (``val_dir``, by AUPRC)."""
+    flowclas_ros.evaluation.protocol) or on a validation folder (``val_dir``, by AUPRC).
+
+    The protocol is scored as the bundle will run: frames resized to ``input_size``, or with
+    ``long_side`` set, scaled to that long side keeping their aspect (never enlarged: a bundle
+    exported with ``--long-side``). ``parts``: the parts scored (None: the legacy selection
+    parts and kitti_clean, as always; ``evaluation.protocol.SCORE_PARTS`` for the score that
+    weighs the small-obstacle parts too; parts the protocol lacks are skipped).
+    """
 
     protocol: str | None = None  # a folder built by flowclas_ros.data.protocol_sets
     protocol_data: str = "${FLOWCLAS_DATA:-../shared/data}"  # to build it when missing
     input_size: list[int] = field(default_factory=lambda: [360, 480])  # as the bundle will run
+    long_side: int | None = None  # instead of input_size: frames keep their aspect (format 3)
+    parts: list[str] | None = None  # protocol parts scored for selection; None: the legacy ones
     fpr: float = 0.05  # inlier FPR of the threshold calibrated on the protocol's clean frames
     val_dir: str | None = None
     every: int = 0  # steps between evaluations; 0 = only at the end
@@ -192,7 +224,18 @@ class TrainConfig:
     name: str = "train"  # set from the config file name; names the default output folder
 
     def to_dict(self) -> dict[str, Any]:
-        return to_plain(self)
+        """Every field, less the optional ones at their defaults (:data:`OPTIONAL_DEFAULTS`):
+        a config that does not use them is written exactly as before they existed."""
+        d = to_plain(self)
+        d["model"] = to_plain(self.model.to_dict())
+        for key, default in OPTIONAL_DEFAULTS.items():
+            section, leaf = key.split(".")
+            if d[section].get(leaf, default) == default:
+                d[section].pop(leaf, None)
+        for extra in d["data"]["extra"]:
+            if extra.get("long_side") is None:
+                extra.pop("long_side", None)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
@@ -206,8 +249,13 @@ class TrainConfig:
         return Path(self.out) if self.out else Path("runs") / f"{self.name}-{self.train.objective}"
 
 
+# Fields added after configs were first written, left out of to_dict() at these values.
+OPTIONAL_DEFAULTS = {"data.long_side": None, "data.label_anomaly_fraction": 0.5,
+                     "data.composite": None, "data.composite_prob": 1.0, "eval.long_side": None,
+                     "eval.parts": None}
+
 PATH_FIELDS = ("data.root", "data.outliers", "cache.dir", "eval.val_dir", "eval.protocol",
-               "eval.protocol_data", "out", "model.backbone.weights")
+               "eval.protocol_data", "out", "model.backbone.weights", "model.road_prior.weights")
 
 
 def expand_paths(cfg: TrainConfig) -> None:
@@ -215,6 +263,9 @@ def expand_paths(cfg: TrainConfig) -> None:
     for extra in cfg.data.extra:
         if extra.root:
             extra.root = expand_path(extra.root)
+    for part in cfg.model.backbone.fuse:
+        if part.weights:
+            part.weights = expand_path(part.weights)
 
 
 def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
@@ -229,6 +280,17 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
 def _one_of(key: str, value: Any, choices) -> tuple[bool, str]:
     choices = tuple(choices)
     return value in choices, f"{key} must be one of {choices}, got {value!r}"
+
+
+def _composite_checks(d: DataConfig) -> list[tuple[bool, str]]:
+    c = d.composite
+    checks = [(0 <= d.composite_prob <= 1, "data.composite_prob must be in [0, 1]")]
+    if c is None:
+        return checks
+    pairs = {"height_px": c.height_px, "height_ratio": c.height_ratio, "objects": c.objects}
+    return checks + [
+        (v is None or (len(v) == 2 and 0 < v[0] <= v[1]),
+         f"data.composite.{k} must be [lo, hi] with 0 < lo <= hi") for k, v in pairs.items()]
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -268,6 +330,24 @@ def validate(cfg: TrainConfig) -> None:
         (len(cfg.eval.input_size) == 2, "eval.input_size must be [H, W]"),
         (0 <= cfg.eval.fpr < 1, "eval.fpr must be in [0, 1)"),
         _one_of("model.score", cfg.model.score, SCORES),
+        (0 < d.label_anomaly_fraction <= 1, "data.label_anomaly_fraction must be in (0, 1]"),
+        (all(v is None or v >= 1 for v in [d.long_side, cfg.eval.long_side]
+             + [e.long_side for e in d.extra]), "long_side values must be >= 1 or null"),
+        (cfg.model.backbone.name == "fused" or not cfg.model.backbone.fuse,
+         "model.backbone.fuse lists the parts of model.backbone.name: fused"),
+        (cfg.model.backbone.name != "fused" or bool(cfg.model.backbone.fuse),
+         "model.backbone.name fused needs its parts in model.backbone.fuse"),
+        (not cfg.model.road_prior.enabled or cfg.model.score == "nll",
+         "model.road_prior needs model.score nll"),
+        (cfg.model.road_prior.dilate >= 1 and cfg.model.road_prior.dilate % 2 == 1,
+         "model.road_prior.dilate must be an odd number >= 1"),
+        (len(cfg.model.road_prior.input_size) == 2
+         and all(v >= 16 and v % 16 == 0 for v in cfg.model.road_prior.input_size),
+         "model.road_prior.input_size must be [H, W], multiples of 16"),
+        (d.composite is None or d.paste.mode == "composite",
+         "data.composite is for data.paste.mode composite"),
+        *_composite_checks(d),
+        *([_one_of("eval.parts[]", p, FULL_PARTS) for p in cfg.eval.parts or []]),
     ]
     for ok, msg in checks:
         if not ok:
@@ -307,7 +387,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["BackboneConfig", "BagConfig", "CacheConfig", "ConfigError", "DataConfig",
-           "EvalConfig", "FlowConfig", "InlierSetConfig", "ModelConfig", "PasteConfig",
-           "PhotometricConfig", "TrainConfig", "TrainLoopConfig", "apply_overrides",
+__all__ = ["BackboneConfig", "BagConfig", "CacheConfig", "CompositeConfig", "ConfigError",
+           "DataConfig", "EvalConfig", "FlowConfig", "InlierSetConfig", "ModelConfig",
+           "PasteConfig", "PhotometricConfig", "TrainConfig", "TrainLoopConfig", "apply_overrides",
            "expand_path", "expand_paths", "load_config", "parse_override", "set_key", "validate"]

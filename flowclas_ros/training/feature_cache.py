@@ -191,6 +191,7 @@ def build_feature_cache(
     progress: bool = True,
     log: Callable[[str], None] = print,
     label_mode: str = "nearest",
+    anomaly_fraction: float = 0.5,
 ) -> tuple[FeatureCache, bool]:
     """Open the cache for ``spec`` under ``root``, building it first if needed.
 
@@ -214,7 +215,8 @@ def build_feature_cache(
 
     # Shapes from one row, computed by every rank (cheap, and no broadcast is needed).
     probe = make_pair(0, 0)
-    f0, l0 = encode(model, probe.image[None], probe.label[None], autocast, label_mode)
+    f0, l0 = encode(model, probe.image[None], probe.label[None], autocast, label_mode,
+                    anomaly_fraction)
     feat_shape, lab_shape = tuple(f0.shape[1:]), tuple(l0.shape[1:])
     image_shape = probe.image.shape
     layout = _layout(rows, feat_shape, lab_shape)
@@ -267,7 +269,8 @@ def build_feature_cache(
             mixed = np.stack([p.image for p in pairs])
             aux = np.stack([p.aux_image for p in pairs])
             labels = np.stack([p.label for p in pairs] + [p.aux_label for p in pairs])
-            feats, lab = encode(model, np.concatenate([mixed, aux]), labels, autocast, label_mode)
+            feats, lab = encode(model, np.concatenate([mixed, aux]), labels, autocast, label_mode,
+                                anomaly_fraction)
             feats = feats.float().cpu().numpy().astype(np.float16)
             lab = lab.cpu().numpy()
             n = len(chunk)

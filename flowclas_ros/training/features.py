@@ -19,14 +19,21 @@ GRID_LABELS = ("nearest", "area")
 
 
 def grid_labels(labels: Tensor, grid: tuple[int, int], pad_multiple: int,
-                mode: str = "nearest") -> Tensor:
+                mode: str = "nearest", anomaly_fraction: float = 0.5) -> Tensor:
     """Pixel labels (B, H, W) -> labels on the feature grid (B, h, w), uint8.
 
     The backbone sees the image zero-padded at the bottom and right to ``pad_multiple``; the
     labels are padded the same way with VOID. ``nearest``: feature position (y, x) takes the
     label of the pixel it is aligned with (the authors'). ``area``: a cell is ANOMALY when at
-    least half of its pixels are, VOID when at least half are void or when it is partly
-    anomalous (a mixed cell is neither a clean inlier nor a clean outlier), else INLIER.
+    least ``anomaly_fraction`` of its pixels are (half, by default), VOID when at least half are
+    void or when it is partly anomalous (a mixed cell is neither a clean inlier nor a clean
+    outlier), else INLIER.
+
+    Small objects: an object smaller than a cell never makes half of one, so with the default
+    area rule it is never an outlier (and ``nearest`` makes it one only where the one aligned
+    pixel falls on it, while calling the cells it mostly covers inliers). ``anomaly_fraction``
+    0.125 makes every cell an outlier that the object covers by an eighth: a 6 x 6 px object
+    inside one stride-16 cell, or a 12 x 12 px one across four.
     """
     h, w = labels.shape[-2:]
     padded = F.pad(labels.to(torch.int16), (0, (-w) % pad_multiple, 0, (-h) % pad_multiple),
@@ -41,7 +48,7 @@ def grid_labels(labels: Tensor, grid: tuple[int, int], pad_multiple: int,
     anomaly, void = frac(ANOMALY), frac(VOID)
     out = torch.full_like(anomaly, INLIER, dtype=torch.uint8)
     out[(anomaly > 0) | (void >= 0.5)] = VOID
-    out[anomaly >= 0.5] = ANOMALY
+    out[anomaly >= anomaly_fraction] = ANOMALY
     return out
 
 
@@ -53,8 +60,9 @@ def to_image_batch(images: np.ndarray | Tensor, device: torch.device | str) -> T
 
 @torch.no_grad()
 def encode(model, images: Tensor, labels: Tensor, autocast: bool = False,
-           label_mode: str = "nearest") -> tuple[Tensor, Tensor]:
-    """Frozen features and grid labels (:func:`grid_labels` ``label_mode``) of a batch.
+           label_mode: str = "nearest", anomaly_fraction: float = 0.5) -> tuple[Tensor, Tensor]:
+    """Frozen features and grid labels (:func:`grid_labels` ``label_mode``,
+    ``anomaly_fraction``) of a batch.
 
     images (B, H, W, 3) uint8, labels (B, H, W) uint8 -> features (B, C, h, w) float (fp32, or
     bf16 under ``autocast`` on CUDA), labels (B, h, w) uint8 on the model's device.
@@ -64,7 +72,7 @@ def encode(model, images: Tensor, labels: Tensor, autocast: bool = False,
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
         feats = model.features(x)
     lab = grid_labels(torch.as_tensor(labels).to(device), feats.shape[-2:],
-                      model.backbone.pad_multiple, label_mode)
+                      model.backbone.pad_multiple, label_mode, anomaly_fraction)
     return feats, lab
 
 

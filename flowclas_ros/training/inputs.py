@@ -4,18 +4,19 @@ its split, the paster (or compositor), and the :class:`~.samples.PairMaker` over
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..data.compositing import Compositor
+from ..data.compositing import CompositeConfig, Compositor
 from ..data.datasets import build_dataset
 from ..data.outlier_sources import OutlierSource, default_outlier_split, load_outlier_source
 from ..data.pasting import OutlierPaster
 from .config import ConfigError, DataConfig, TrainConfig
 from .feature_cache import file_fingerprint
 from .precision import precision_name
-from .samples import Frames, PairMaker
+from .samples import Frames, LongSide, PairMaker
 
 
 @dataclass
@@ -41,12 +42,14 @@ def outlier_source_kw(d: DataConfig) -> dict[str, Any]:
 
 def _frames(d: DataConfig, log: Callable[[str], None]) -> tuple[Any, int]:
     parts = []
-    for ds_name, root, split, limit in [(d.dataset, d.root, d.split, d.limit)] + [
-            (e.dataset, e.root, e.split, e.limit) for e in d.extra]:
+    for ds_name, root, split, limit, long_side in [
+            (d.dataset, d.root, d.split, d.limit, d.long_side)] + [
+            (e.dataset, e.root, e.split, e.limit, e.long_side or d.long_side) for e in d.extra]:
         kw = ({"topic": d.bag.topic, "start_s": d.bag.start_s, "end_s": d.bag.end_s,
                "stride": d.bag.stride, "log": log} if ds_name == "bag" else {})
         ds = build_dataset(ds_name, root, split, **kw)
-        parts.append((ds, len(ds) if limit is None else min(limit, len(ds))))
+        n = len(ds) if limit is None else min(limit, len(ds))
+        parts.append((LongSide(ds, long_side) if long_side else ds, n))
     dataset = parts[0][0] if len(parts) == 1 else Frames(parts)
     return dataset, sum(k for _, k in parts)
 
@@ -77,7 +80,7 @@ def build_inputs(cfg: TrainConfig, log: Callable[[str], None] = print) -> Traini
             raise ConfigError(f"no usable outlier objects in {d.outliers}")
         paster = OutlierPaster(train_outliers, d.paste)
         if d.paste.mode == "composite":
-            compositor = Compositor(train_outliers)
+            compositor = Compositor(train_outliers, d.composite or CompositeConfig())
     elif cfg.train.objective == "flowclas":
         raise ConfigError("objective flowclas needs outliers: set data.outliers")
     pairs = PairMaker(dataset, list(range(n)), paster, d, compositor)
@@ -89,9 +92,18 @@ def cache_spec(cfg: TrainConfig, model, n_images: int, autocast: bool) -> dict[s
     d = cfg.data
     mean = model.mean.flatten().tolist()
     std = model.std.flatten().tolist()
+    b = cfg.model.backbone
+    # Keys of options a config does not use are left out: its key stays what it always was.
+    new = {"long_side": d.long_side,
+           "extra_long_side": [e.long_side for e in d.extra] if any(
+               e.long_side for e in d.extra) else None,
+           "composite": ([dataclasses.asdict(d.composite), d.composite_prob]
+                         if d.composite is not None else None),
+           "label_anomaly_fraction": (d.label_anomaly_fraction
+                                      if d.label_anomaly_fraction != 0.5 else None),
+           "parts_weights_files": [file_fingerprint(p.weights) for p in b.fuse] or None}
     return {
-        "backbone": {**cfg.model.backbone.__dict__,
-                     "weights_file": file_fingerprint(cfg.model.backbone.weights)},
+        "backbone": {**b.to_dict(), "weights_file": file_fingerprint(b.weights)},
         "normalisation": [mean, std],
         "dataset": d.dataset, "root": str(Path(d.root).resolve()), "split": d.split,
         "n_images": n_images, "image_size": d.image_size, "crop": d.crop,
@@ -109,6 +121,7 @@ def cache_spec(cfg: TrainConfig, model, n_images: int, autocast: bool) -> dict[s
                           d.outlier_val_fraction, d.outlier_split_seed],
         "paste": d.paste.__dict__, "seed": cfg.train.seed, "variants": cfg.cache.variants,
         "precision": precision_name(autocast),
+        **{k: v for k, v in new.items() if v is not None},
     }
 
 

@@ -4,8 +4,12 @@ A pair is made by :class:`PairMaker`: resize -> random rescale -> random crop ->
 outlier image's objects (the paster also returns the auxiliary outlier image at the same size;
 ``paste.mode: composite`` composites them on the estimated road instead) -> photometric changes
 (:mod:`.augment`) -> flips, drawn independently for the mixed and the aux pair and applied to
-image and label together. Several inlier sets are one sequence of frames (:class:`Frames`).
-What the loader reads for each of them (a raw pair or its cached features) is in :mod:`.items`.
+image and label together. Several inlier sets are one sequence of frames (:class:`Frames`),
+each scaled to its deployed long side first where one is set (:class:`LongSide`). With
+``data.composite`` the road is estimated on the whole scaled frame and cropped with it
+(:func:`ground_of`), so that small objects stand on the road of the crop at the frame's
+perspective. What the loader reads for each pair (raw, or its cached features) is in
+:mod:`.items`.
 
 Determinism: every random choice is derived from the seed and *where* it is made, never from a
 running generator: image i of epoch e is pasted with ``default_rng([seed, 0, e, i])``
@@ -16,11 +20,14 @@ samples as one that never stopped.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import NamedTuple
 
 import numpy as np
 
+from ..bundle.preprocess import Resolution
+from ..data.compositing import Ground, estimate_ground
 from ..labels import VOID
 from .augment import photometric
 from .config import DataConfig
@@ -40,6 +47,24 @@ class Frames:
         k = int(np.searchsorted(self.offsets, i, side="right")) - 1
         ds, _ = self.parts[k]
         return ds[i - int(self.offsets[k])]
+
+
+class LongSide:
+    """A dataset whose frames are scaled so that their long side is ``long_side`` pixels, never
+    enlarged (:class:`~flowclas_ros.bundle.preprocess.Resolution` ``long_side``, ``max_scale``
+    1: the size a bundle of that resolution gives the model), image bilinear (antialiased),
+    label nearest."""
+
+    def __init__(self, dataset, long_side: int):
+        self.dataset, self.resolution = dataset, Resolution(long_side=int(long_side))
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        s = self.dataset[i]
+        image, label = resize(s.image, s.label, list(self.resolution.model_size(*s.label.shape)))
+        return dataclasses.replace(s, image=image, label=label)
 
 
 class Pair(NamedTuple):
@@ -63,18 +88,41 @@ def resize(image: np.ndarray, label: np.ndarray, size: list[int]) -> tuple[np.nd
     return image, label
 
 
-def random_crop(image: np.ndarray, label: np.ndarray, size: list[int], rng: np.random.Generator):
-    """Random crop to size (H, W); smaller images are padded (image 0, label VOID) first."""
+def random_crop(image: np.ndarray, label: np.ndarray, size: list[int], rng: np.random.Generator,
+                ground: Ground | None = None):
+    """Random crop to size (H, W); smaller images are padded (image 0, label VOID) first.
+
+    With ``ground`` (the frame's road), the same window of it is returned third (padding is no
+    road; the horizon row moves with the window)."""
     ch, cw = size
     h, w = label.shape
+    mask = ground.mask if ground is not None else None
     if h < ch or w < cw:
         ph, pw = max(ch - h, 0), max(cw - w, 0)
         image = np.pad(image, ((0, ph), (0, pw), (0, 0)))
         label = np.pad(label, ((0, ph), (0, pw)), constant_values=VOID)
+        mask = np.pad(mask, ((0, ph), (0, pw))) if mask is not None else None
         h, w = label.shape
     y = int(rng.integers(0, h - ch + 1))
     x = int(rng.integers(0, w - cw + 1))
-    return image[y:y + ch, x:x + cw], label[y:y + ch, x:x + cw]
+    out = image[y:y + ch, x:x + cw], label[y:y + ch, x:x + cw]
+    if ground is None:
+        return out
+    return (*out, Ground(mask[y:y + ch, x:x + cw], ground.horizon - y))
+
+
+def ground_of(image: np.ndarray, label: np.ndarray, void_fraction: float = 0.5) -> Ground:
+    """The road of an unlabelled frame (:func:`~flowclas_ros.data.compositing.estimate_ground`)
+    estimated on the rows above a VOID band across the bottom centre (the nuScenes hood: its
+    reference patch would be the hood), no road below that band."""
+    h, w = label.shape
+    centre = (label[h // 2:, int(0.4 * w):max(int(0.6 * w), int(0.4 * w) + 1)] == VOID).mean(1)
+    band = np.flatnonzero(centre >= void_fraction)
+    bottom = h // 2 + int(band[0]) if band.size else h
+    g = estimate_ground(image[:bottom])
+    mask = np.zeros((h, w), bool)
+    mask[:bottom] = g.mask
+    return Ground(mask, g.horizon)
 
 
 def random_flip(image: np.ndarray, label: np.ndarray, hflip: bool, vflip: bool,
@@ -116,16 +164,25 @@ class PairMaker:
             h, w = image.shape[:2]
             image, label = resize(image, label, [max(int(round(h * s)), 1),
                                                  max(int(round(w * s)), 1)])
+        # data.composite: the road of the whole frame, cropped with it (else: of the crop)
+        ground = (ground_of(image, label)
+                  if self.compositor is not None and d.composite is not None else None)
         if crop:
-            image, label = random_crop(image, label, crop, rng)
+            if ground is None:
+                image, label = random_crop(image, label, crop, rng)
+            else:
+                image, label, ground = random_crop(image, label, crop, rng, ground)
         if self.paster is not None:
             p = self.paster(image, label, rng)
             aux_image, aux_label = p.aux_image, p.aux_label
-            if self.compositor is not None:
-                from ..data.compositing import estimate_ground
-
+            if self.compositor is not None and ground is None:
                 c = self.compositor(image, label, estimate_ground(image), rng)
                 image, label = c.image, c.label
+            elif self.compositor is not None and (d.composite_prob >= 1
+                                                  or rng.random() < d.composite_prob):
+                c = self.compositor(image, label, ground, rng)
+                # no road in this crop: the hard-copied object instead, so it has one anyway
+                image, label = (c.image, c.label) if c.objects else (p.image, p.label)
             else:
                 image, label = p.image, p.label
         else:
@@ -173,5 +230,5 @@ class EpochOrder:
                 for k in range(start, self.steps_per_epoch)]
 
 
-__all__ = ["EpochOrder", "Frames", "Pair", "PairMaker", "cache_variant", "online_rng",
-           "random_crop", "random_flip", "resize", "variant_rng"]
+__all__ = ["EpochOrder", "Frames", "LongSide", "Pair", "PairMaker", "cache_variant", "ground_of",
+           "online_rng", "random_crop", "random_flip", "resize", "variant_rng"]

@@ -4,6 +4,11 @@ which step's checkpoint is kept as best.pt.
 ``eval.protocol`` scores the validation protocol (:mod:`flowclas_ros.evaluation.protocol`) and
 keeps the best selection score; ``eval.val_dir`` scores a folder of pasted frames and keeps the
 best AUPRC. Either is built on rank 0 when missing and ``eval.build_if_missing`` is set.
+
+The protocol is scored as the bundle will run (:func:`eval_resolution`: ``eval.input_size``, or
+``eval.long_side`` for an aspect-keeping bundle) on ``eval.parts`` (default: the legacy
+selection parts and kitti_clean, as always; with the small-obstacle parts among them and built,
+the score weighs those as much as the rest, :func:`~flowclas_ros.evaluation.combined_score`).
 """
 from __future__ import annotations
 
@@ -12,16 +17,23 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..bundle.preprocess import Resolution
 from ..data.datasets import build_dataset
-from ..data.protocol_sets import PROTOCOL_FILE, build_protocol
+from ..data.protocol_sets import FULL_PARTS, PROTOCOL_FILE, ProtocolConfig, load_protocol
 from ..data.validation_set import build_validation_set
 from ..evaluation import (CALIBRATION_PART, SELECTION_PARTS, evaluate_model,
                           evaluate_model_on_protocol)
-from .config import ConfigError, TrainConfig
+from .config import ConfigError, EvalConfig, TrainConfig
 from .distributed import DistInfo
 from .inputs import outlier_source_kw
 
 SELECTION_METRICS = ("auprc", "fpr95", "auroc")
+
+
+def eval_resolution(e: EvalConfig) -> tuple[int, int] | Resolution:
+    """How the protocol's frames reach the model: ``eval.long_side`` (aspect kept, never
+    enlarged), else resized to ``eval.input_size``."""
+    return Resolution(long_side=e.long_side) if e.long_side else tuple(e.input_size)
 
 
 class CheckpointSelection:
@@ -45,7 +57,7 @@ class CheckpointSelection:
             if not (path / PROTOCOL_FILE).is_file() and e.build_if_missing:
                 if self.dist.is_main:
                     self.log(f"building the validation protocol {path}")
-                    build_protocol(e.protocol_data, path, log=self.log)
+                    self._build_protocol(path)
                 self.dist.barrier()
             if not (path / PROTOCOL_FILE).is_file():
                 raise FileNotFoundError(
@@ -67,6 +79,18 @@ class CheckpointSelection:
                 f"eval.val_dir=null")
         return build_dataset("folder", val_dir)
 
+    def _build_protocol(self, path: Path) -> None:
+        """The legacy parts, or every part when ``eval.parts`` names a small-obstacle one
+        (built with the road segmentation they need, evaluation.protocol_build)."""
+        from ..evaluation.protocol_build import build_protocol
+
+        e = self.cfg.eval
+        legacy = ProtocolConfig().parts
+        full = any(p not in legacy for p in e.parts or [])
+        build_protocol(e.protocol_data, path,
+                       ProtocolConfig(parts=FULL_PARTS) if full else ProtocolConfig(),
+                       log=self.log)
+
     def _build_validation_set(self, val_dir: Path) -> None:
         d, e = self.cfg.data, self.cfg.eval
         if d.dataset != "camvid":
@@ -83,14 +107,21 @@ class CheckpointSelection:
         """The selection figures of ``model`` on ``val_set`` (see :meth:`validation_set`)."""
         e = self.cfg.eval
         if e.protocol:
+            wanted = e.parts or SELECTION_PARTS + (CALIBRATION_PART,)
+            built = load_protocol(val_set)["parts"]  # parts it lacks are not asked for
             r = evaluate_model_on_protocol(
-                model, val_set, tuple(e.input_size), autocast=autocast, fpr=e.fpr,
-                parts=SELECTION_PARTS + (CALIBRATION_PART,), limit=e.limit)
-            parts = [r["parts"][p] for p in SELECTION_PARTS]
-            return {"score": r["score"],
-                    **{k: float(np.mean([q[k] for q in parts])) for k in SELECTION_METRICS},
-                    "parts": {p: {k: r["parts"][p][k] for k in SELECTION_METRICS}
-                              for p in SELECTION_PARTS}}
+                model, val_set, eval_resolution(e), autocast=autocast, fpr=e.fpr,
+                parts=tuple(p for p in wanted if p in built), limit=e.limit)
+            scored = [p for p in r["parts"] if "auprc" in r["parts"][p]]
+            means = [r["parts"][p] for p in scored if p in SELECTION_PARTS] or [
+                r["parts"][p] for p in scored]
+            extra = {k: r[k] for k in ("score_legacy", "score_obstacles") if k in r}
+            return {"score": r.get("score", float("nan")), **extra,
+                    **{k: float(np.mean([q[k] for q in means])) if means else float("nan")
+                       for k in SELECTION_METRICS},
+                    "parts": {p: {k: v for k, v in r["parts"][p].items()
+                                  if k in SELECTION_METRICS or k.startswith(("road_", "recall"))}
+                              for p in scored}}
         result = evaluate_model(model, val_set, limit=e.limit, autocast=autocast,
                                 progress=self.cfg.train.progress)
         return {k: float(result[k]) for k in SELECTION_METRICS}

@@ -180,7 +180,7 @@ class Trainer:
             batch_size=c.cache.batch_size, autocast=self.autocast, rank=self.dist.rank,
             world=self.dist.world, barrier=self.dist.barrier,
             progress=c.train.progress and self.dist.is_main, log=self.log,
-            label_mode=c.data.label_mode)
+            label_mode=c.data.label_mode, anomaly_fraction=c.data.label_anomaly_fraction)
         self.timing["cache_s"] = time.perf_counter() - t0
 
     def _items(self) -> Dataset:
@@ -211,7 +211,9 @@ class Trainer:
         if aux:
             images = torch.cat([images, batch["aux_image"]])
             labels = torch.cat([labels, batch["aux_label"]])
-        feats, lab = encode(self.model, images, labels, self.autocast, self.cfg.data.label_mode)
+        d = self.cfg.data
+        feats, lab = encode(self.model, images, labels, self.autocast, d.label_mode,
+                            d.label_anomaly_fraction)
         if not aux:
             return feats, lab, None, None
         b = batch["image"].shape[0]

@@ -8,7 +8,12 @@ Run each as a module (``--help`` lists its options):
   [--backends torch onnxruntime] [--sizes 640x480 1036x518]`` - warm latency p50/p99 and
   throughput of the backends, interleaved (several bundles: their ratio), as JSON;
 * ``python -m flowclas_ros.tools.bench.node [--bundle DIR] [--frames 100]`` - the node end to
-  end over DDS against the backend's own latency, and the cost of decoding compressed frames;
+  end over DDS against the backend's own latency, the cost of decoding compressed frames, and
+  (:mod:`.robot_path`) today's path against detections + persistence + points in the same run;
+* ``python -m flowclas_ros.tools.bench.persistence [--repeat 3 --noise 4]`` - how many
+  single-frame regions reach ``anomaly/detections`` with persistence off and on, on a replay;
+* ``python -m flowclas_ros.tools.bench.outputs`` - the per-frame cost of the outputs library
+  (regions, persistence, back-projection, packing, snapshot buffering);
 * ``python -m flowclas_ros.tools.bench.transport [--sizes 640x480 1280x720 1920x1080]
   [--rate 30] [--frames 60]`` - how many best-effort camera frames arrive over DDS, with and
   without the shipped Fast DDS profile on each side;

@@ -18,6 +18,15 @@ Prints one JSON object (p50/p99/mean of both, their ratio; the goal is ratio <= 
 cost of decoding one compressed frame of that size (``image_transport: compressed``: jpeg
 quality 90 and png, as the node's worker decodes them).
 Both nodes share one Python process (and its GIL), which can only make end-to-end slower.
+
+``robot_outputs`` (``--robot-frames``, default 200; 0 skips it): the cost of the outputs a
+robot acts on, on the same node in the same run (:mod:`.robot_path`): today's path (heatmap
+only) against the path with detections + persistence (2 of 3) + points (at most 20000, from a
+synthetic 16UC1 depth image and its CameraInfo published beside each frame), in alternating
+blocks of ``--block`` frames of the demo sequence at the frame size, with a threshold that
+flags enough pixels for 20k points; the added p50/p99 and the node's own time in the robot
+outputs. Detections need vision_msgs (without it the comparison measures points alone and
+says so).
 """
 from __future__ import annotations
 
@@ -87,11 +96,17 @@ def default_bundle() -> Path | None:
 
 
 def run(bundle: Path, *, frames: int, warmup: int, height: int, width: int, backend: str,
-        device: str, precision: str, domain_id: int, timeout: float = 60.0) -> dict:
+        device: str, precision: str, domain_id: int, timeout: float = 60.0,
+        robot_frames: int = 0, block: int = 10) -> dict:
+    """Measure and return the JSON of the module docstring.
+
+    ``robot_frames`` > 0 adds the robot outputs' cost (:func:`.robot_path.measure`), measured
+    on the same node in the same run.
+    """
     import rclpy
-    from rclpy.lifecycle import TransitionCallbackReturn
     from rclpy.context import Context
     from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
+    from rclpy.lifecycle import TransitionCallbackReturn
     from rclpy.node import Node
     from rclpy.parameter import Parameter
     from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -101,6 +116,8 @@ def run(bundle: Path, *, frames: int, warmup: int, height: int, width: int, back
     from flowclas_ros.node.anomaly_node import AnomalyNode
     from flowclas_ros.node.image_conversion import numpy_to_msg
     from flowclas_ros.runtime import create_backend
+
+    from . import robot_path
 
     inference_ms: dict[tuple[int, int], float] = {}
 
@@ -132,11 +149,12 @@ def run(bundle: Path, *, frames: int, warmup: int, height: int, width: int, back
     rclpy.init(context=node_ctx, domain_id=domain_id)
     rclpy.init(context=bench_ctx, domain_id=domain_id)
     ns = f"/bench_{os.getpid()}"
+    params = {"model_path": str(bundle), "backend": backend, "device": device,
+              "precision": precision}
+    if robot_frames:
+        params.update(robot_path.NODE_PARAMETERS)
     node = AnomalyNode(namespace=ns, context=node_ctx, backend_factory=factory,
-                       parameter_overrides=[Parameter("model_path", value=str(bundle)),
-                                            Parameter("backend", value=backend),
-                                            Parameter("device", value=device),
-                                            Parameter("precision", value=precision)])
+                       parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
     node_exec = MultiThreadedExecutor(num_threads=3, context=node_ctx)
     node_exec.add_node(node)
     bench = Node("flowclas_bench", context=bench_ctx)
@@ -192,7 +210,7 @@ def run(bundle: Path, *, frames: int, warmup: int, height: int, width: int, back
                 backend_ms.append(inference_ms[stamp])
         s_e2e, s_be = percentile_summary(e2e), percentile_summary(backend_ms)
         stats = node.stats()
-        return {
+        result = {
             "machine": machine_line(),
             "bundle": str(bundle),
             "backend": be.name, "device": be.device, "precision": be.precision,
@@ -208,6 +226,12 @@ def run(bundle: Path, *, frames: int, warmup: int, height: int, width: int, back
             "goal_ratio": GOAL_RATIO,
             "meets_goal_p50": s_e2e["p50"] / s_be["p50"] <= GOAL_RATIO,
         }
+        if robot_frames:
+            result["robot_outputs"] = robot_path.measure(
+                node, bench, pub, ns, received, arrived, height=height, width=width,
+                frames=robot_frames, block=block, first_stamp=10 + warmup + frames,
+                timeout=timeout)
+        return result
     finally:
         node.release()
         for e in (node_exec, bench_exec):
@@ -230,6 +254,10 @@ def main(argv=None) -> int:
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", default="fp32")
+    ap.add_argument("--robot-frames", type=int, default=200,
+                    help="frames of the robot-output comparison (0: skip it)")
+    ap.add_argument("--block", type=int, default=10,
+                    help="the comparison alternates blocks of this many frames")
     ap.add_argument("--domain-id", type=int, default=100 + os.getpid() % 100)
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = ap.parse_args(argv)
@@ -240,7 +268,8 @@ def main(argv=None) -> int:
             bundle = build_fallback_bundle(Path(tmp), args.height, args.width)
         result = run(bundle, frames=args.frames, warmup=args.warmup, height=args.height,
                      width=args.width, backend=args.backend, device=args.device,
-                     precision=args.precision, domain_id=args.domain_id)
+                     precision=args.precision, domain_id=args.domain_id,
+                     robot_frames=args.robot_frames, block=args.block)
         result["compressed_decode_ms"] = decode_cost(args.width, args.height)
         if args.bundle is None and bundle.parent == Path(tmp):
             result["bundle"] = "temporary EfficientNet-Lite0 + 8-step flow (untrained flow)"
