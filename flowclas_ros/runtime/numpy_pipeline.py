@@ -4,7 +4,12 @@ Pre-processing: the deployed resize of :mod:`flowclas_ros.bundle.preprocess` (fr
 h, w) float32 in [0, 1] at the bundle's input size). Post-processing: the (h, w) score ->
 bilinear back to the frame's (H, W) -> ``nan_to_num`` (NaN and +inf become the largest float32,
 i.e. "most anomalous", -inf the lowest) -> only the outputs asked for: the heatmap (the raw
-score), and the mask and overlay of :mod:`.visualisation`. Its twin on a device is
+score), and the mask and overlay of :mod:`.visualisation`.
+
+An HD frame costs more host work than the model on a small CPU, so it is spread over the
+cores: the three colour planes resize in parallel, and the score's upsampling and the overlay
+run in two bands of rows (PIL and numpy release the GIL). The heatmap and mask are bit for bit
+what a single pass gives; the overlay is within one grey level of the integer blend. Its twin on a device is
 :class:`.torch_pipeline.TorchPipeline` (same interface: ``prepare``, ``finish``).
 """
 from __future__ import annotations
@@ -44,12 +49,20 @@ class NumpyPipeline:
         """score (h, w) float32 -> (heatmap, mask, overlay) at the frame's size, None if not asked."""
         if not (heatmap or mask or overlay):
             return None, None, None
-        s = upsample_score_np(score, frame.shape[:2])
+        H = frame.shape[0]
+        bands = 2 if frame.shape[0] * frame.shape[1] >= 1 << 19 else 1  # big frames: 2 cores
+        s = upsample_score_np(score, frame.shape[:2], self._pool.map, bands)
         if not np.isfinite(score).all():  # checked on the model's grid: cheap; rare
             s = np.nan_to_num(s, copy=False, nan=FLOAT32_MAX, posinf=FLOAT32_MAX,
                               neginf=-FLOAT32_MAX)
         m = mask_np(s, threshold) if mask else None
-        ov = overlay_np(s, frame, self.score_range, alpha, colormap) if overlay else None
+        ov = None
+        if overlay:
+            edges = np.linspace(0, H, bands + 1).astype(int)
+            parts = list(self._pool.map(
+                lambda r: overlay_np(s[r[0]:r[1]], frame[r[0]:r[1]], self.score_range, alpha,
+                                     colormap), zip(edges[:-1], edges[1:])))
+            ov = parts[0] if bands == 1 else np.concatenate(parts)
         return (s if heatmap else None), m, ov
 
     def close(self) -> None:
