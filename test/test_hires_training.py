@@ -3,6 +3,7 @@ pastes on the feature grid, the fused backbone, the road prior in the exported g
 at the deployed resolution, old configs unchanged, and the ablation tool end to end on a tiny
 generated protocol. Tiny backbones and generated data (tmp_path); real data where marked."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from flowclas_ros.training.features import grid_labels
 from flowclas_ros.training.inputs import build_inputs
 from flowclas_ros.training.samples import variant_rng
 
-from conftest import ROOT
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _folder(root, n, size, seed, road=True, hood=0):
@@ -152,7 +153,7 @@ def test_ground_is_estimated_above_the_void_band(tmp_path):
     assert g.mask[70:95].mean() > 0.9 and not g.mask[:50].any()  # the grey road above it
 
 
-# --- the fused backbone -----------------------------------------------------------------------------
+# --- the fused backbone --------------------------------------------------------------------------
 
 def test_fused_backbone_is_its_parts_features_concatenated():
     parts = [BackboneConfig(name="efficientnet_lite0", stages=[3]),
@@ -193,7 +194,7 @@ def test_fused_config_round_trips_and_is_rebuilt_without_its_sources(tmp_path):
         load_config(None, ["model.backbone.name=fused"])
 
 
-# --- the road prior ----------------------------------------------------------------------------------
+# --- the road prior ------------------------------------------------------------------------------
 
 def _prior_model(weight=1.5) -> FlowCLAS:
     torch.manual_seed(0)
@@ -260,7 +261,7 @@ def test_road_prior_exports_to_onnx_and_onnxruntime_matches_torch(tmp_path):
         torch.testing.assert_close(rebuilt(x), model(x))
 
 
-# --- selection at the deployed resolution; old configs ---------------------------------------------
+# --- selection at the deployed resolution; old configs -------------------------------------------
 
 def test_selection_scores_at_the_deployed_resolution(tmp_path, monkeypatch):
     from flowclas_ros.bundle.preprocess import Resolution
@@ -324,7 +325,8 @@ def test_old_configs_load_and_write_as_before(name):
 def test_the_small_obstacles_configs_load():
     cfg = load_config(ROOT / "config/train_small_obstacles.yaml")
     assert cfg.data.long_side == cfg.eval.long_side == 1024
-    assert cfg.data.composite.height_px == (6.0, 160.0) and cfg.data.label_anomaly_fraction == 0.125
+    assert cfg.data.composite.height_px == (6.0, 160.0)
+    assert cfg.data.label_anomaly_fraction == 0.125
     spec = yaml.safe_load((ROOT / "config/ablation_small_obstacles.yaml").read_text())
     names = [c["name"] for c in spec["candidates"]]
     assert len(names) == len(set(names))
@@ -340,7 +342,7 @@ def test_the_small_obstacles_configs_load():
         assert cfg.eval.long_side, c["name"]  # every candidate states its deployed resolution
 
 
-# --- the ablation tool, end to end on a tiny generated protocol -------------------------------------
+# --- the ablation tool, end to end on a tiny generated protocol ----------------------------------
 
 PROTOCOL_PARTS = ("kitti_pasted", "idd_pasted", "camvid_pasted", "kitti_clean", "obstacles_kitti",
                   "obstacles_nuscenes", "obstacles_cityscapes", "hires_clean")
@@ -403,7 +405,8 @@ def test_ablation_trains_exports_scores_and_times_each_candidate(tmp_path, tiny_
     assert ablation.main(argv) == 0
     rows = {r["name"]: r for r in json.loads((out / "results.json").read_text())}
     assert rows["tiny_bundle"]["deployed"] == "48x64 (squeezed)"
-    assert rows["a"]["deployed"] == "long side 64" and rows["a_at_48"]["deployed"] == "long side 48"
+    assert rows["a"]["deployed"] == "long side 64"
+    assert rows["a_at_48"]["deployed"] == "long side 48"
     for r in rows.values():
         assert r["score"] is not None and 0 <= r["score_obstacles"] <= 1
         assert r["latency"]["iters"] == 2 and r["latency"]["frame"] == "1920x1080"

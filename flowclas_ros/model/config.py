@@ -58,8 +58,10 @@ class BackboneConfig:
 @dataclass
 class RoadPriorConfig:
     """The Cityscapes ESPNetv2's road segmentation as a prior on the score (off while ``weight``
-    is 0): ``score + weight * (road - 0.5)``, ``road`` the road probability on the feature grid,
-    max-pooled over ``dilate`` x ``dilate`` cells (an obstacle on the road is not road itself,
+    is 0): ``score + weight * (road - 0.5)``, ``road`` on the feature grid 1 where the road
+    probability is at least ``threshold``, else 0 (with ``threshold`` null the probability
+    itself: it then also reorders pixels within the road), max-pooled over ``dilate`` x
+    ``dilate`` cells (an obstacle on the road is not road itself,
     but the road surrounds it), the network run on the frame resized to ``input_size`` (fixed:
     :mod:`.road_prior` says why). Inside the exported graph; the network's weights
     (``weights``, loaded while ``backbone.pretrained`` is true, as the backbone's own) travel in
@@ -69,6 +71,7 @@ class RoadPriorConfig:
     weights: str | None = None  # espnetv2_s_2.0_city_1024x512.pth; None = random (tests)
     dilate: int = 3  # cells, odd
     input_size: list[int] = field(default_factory=lambda: [256, 512])  # the network's, fixed
+    threshold: float | None = 0.5  # road = probability >= this (0 or 1); None: the probability
 
     @property
     def enabled(self) -> bool:

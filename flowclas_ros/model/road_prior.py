@@ -1,10 +1,11 @@
 """The road prior (``model.road_prior``): the Cityscapes ESPNetv2's road class on the score.
 
 :class:`RoadPriorBackbone` wraps any backbone and appends one channel to its features: the
-softmax probability of "road" on the feature grid, max-pooled over ``dilate`` x ``dilate`` cells
-(an obstacle on the road is no road itself, but road surrounds it); FlowCLAS folds it into the
-score, ``score + weight * (road - 0.5)`` (:mod:`.flowclas`). The network is its own (the
-backbone may be anything), so its weights travel in the bundle.
+softmax probability of "road" on the feature grid, binarised at ``threshold`` (a soft map would
+reorder the pixels within the road by the network's confidence), max-pooled over ``dilate`` x
+``dilate`` cells (an obstacle on the road is no road itself, but road surrounds it); FlowCLAS
+folds it into the score, ``score + weight * (road - 0.5)`` (:mod:`.flowclas`). The network is
+its own (the backbone may be anything), so its weights travel in the bundle.
 
 The segmentation runs at a fixed size inside the graph (``road_prior.input_size``, default
 256 x 512: the frame resized to it, bilinear, whatever its aspect ratio): ESPNetv2's decoder
@@ -110,6 +111,7 @@ class RoadPriorBackbone(Backbone):
         if load and cfg.weights:
             self.road.load_cityscapes(Path(cfg.weights))
         self.dilate, self.input_size = int(cfg.dilate), tuple(int(v) for v in cfg.input_size)
+        self.threshold = None if cfg.threshold is None else float(cfg.threshold)
         self.channels, self.stride = inner.channels, inner.stride
         self.pad_multiple, self.mean, self.std = inner.pad_multiple, inner.mean, inner.std
         for name, v in (("in_mean", in_mean), ("in_std", in_std), ("road_mean", IMAGENET_MEAN),
@@ -134,9 +136,11 @@ class RoadPriorBackbone(Backbone):
         return logits.float().softmax(1)[:, ROAD:ROAD + 1]
 
     def road_grid(self, x: Tensor, size) -> Tensor:
-        """(B, 1, *size): :meth:`road_map` resized to the feature grid, max-pooled over
-        ``dilate`` x ``dilate`` cells."""
+        """(B, 1, *size): :meth:`road_map` resized to the feature grid, binarised at
+        ``threshold`` (if set), max-pooled over ``dilate`` x ``dilate`` cells."""
         road = F.interpolate(self.road_map(x), size=size, mode="bilinear", align_corners=False)
+        if self.threshold is not None:
+            road = (road >= self.threshold).to(road.dtype)
         if self.dilate > 1:
             road = F.max_pool2d(road, self.dilate, stride=1, padding=self.dilate // 2)
         return road

@@ -12,7 +12,7 @@ The candidates file (YAML)::
     candidates:
       - {name: prototype, overrides: [model.flow.subnet=conv, ...]}
       - {name: shipped, bundle: models/flowclas_lite2_camvid}   # an existing bundle, not trained
-      - {name: latent, from: prototype, score: latent}          # a candidate's checkpoint, rescored
+      - {name: latent, from: prototype, score: latent}      # a candidate's checkpoint, rescored
       - {name: prior, from: prototype, overrides: [model.road_prior.weight=1.0]}  # model.* only
       - {name: big, from: prototype, long_side: 1536}           # deployed at another resolution
 
@@ -48,7 +48,7 @@ BUCKETS = ("small", "medium", "large")
 LATENCY_FRAME = (1080, 1920)  # H, W of the frame the latency is measured on
 
 
-# --- the candidate's model and resolution -------------------------------------------------------
+# --- the candidate's model and resolution ---------------------------------------------------
 
 def deployed(spec: dict, cfg_long_side: int | None, input_size) -> dict:
     """{"resolution": {"long_side": L} or None, "input_size": (h, w) the graph is verified at,
@@ -108,13 +108,15 @@ def _from_model(spec: dict, out: Path, keep_eval: bool):
     return model.eval(), cfg, src
 
 
-# --- export, protocol, latency -----------------------------------------------------------------
+# --- export, protocol, latency -------------------------------------------------------------
 
 def export_candidate(model, bundle: Path, dep: dict, protocol: Path, fpr: float,
                      train_config=None) -> None:
-    """Calibrate ``model`` as export does (torch, scored as the runtime runs it) on the
-    protocol's clean part and write the bundle at the deployed resolution ``dep``."""
+    """Calibrate ``model`` as export does (torch, scored as the runtime runs it; threshold,
+    display range, exceedance table) on the protocol's clean part and write the bundle at the
+    deployed resolution ``dep``."""
     from flowclas_ros.bundle.preprocess import Resolution
+    from flowclas_ros.bundle.writer import exceedance_section
     from flowclas_ros.export.bundle import write_bundle
     from flowclas_ros.export.calibration import calibrate
     from flowclas_ros.model.config import licence_notes
@@ -123,12 +125,14 @@ def export_candidate(model, bundle: Path, dep: dict, protocol: Path, fpr: float,
         else "kitti_clean"
     scoring = Resolution.of(dep["resolution"]) if dep["resolution"] else dep["input_size"]
     cal = calibrate(model, protocol / part, scoring, fpr)
+    exc = cal.get("exceedance")
+    exceedance = exceedance_section(exc["table"], exc["pixels"], exc["source"]) if exc else None
     write_bundle(model.cpu(), bundle, input_size=dep["input_size"], threshold=cal["threshold"],
                  score_range=cal["score_range"], threshold_fpr=fpr,
                  threshold_method=cal["threshold_method"],
                  score_range_method=cal["score_range_method"], train_config=train_config,
                  metrics={"calibration": cal["metrics"]}, resolution=dep["resolution"],
-                 card_notes=licence_notes(model.config))
+                 card_notes=licence_notes(model.config), exceedance=exceedance)
 
 
 def score_bundle(path: Path, protocol: Path, fpr: float) -> dict:
@@ -166,7 +170,7 @@ def bundle_mb(path: Path) -> float:
     return round(sum(f.stat().st_size for f in path.iterdir() if f.is_file()) / 2**20, 2)
 
 
-# --- one candidate ---------------------------------------------------------------------------------
+# --- one candidate ---------------------------------------------------------------------------
 
 def _timing(run: Path) -> dict:
     s = json.loads((run / "summary.json").read_text())
@@ -227,7 +231,7 @@ def _bundle_label(path: Path) -> str:
         f"{b.input_size[0]}x{b.input_size[1]} (squeezed)"
 
 
-# --- the table -------------------------------------------------------------------------------------
+# --- the table -------------------------------------------------------------------------------
 
 def _f(v, fmt=".3f") -> str:
     return "" if v is None or (isinstance(v, float) and np.isnan(v)) else format(v, fmt)
@@ -287,7 +291,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--candidates", required=True, help="YAML file (see the module docstring)")
     p.add_argument("--protocol", required=True, help="a built validation protocol folder")
     p.add_argument("--out", required=True, help="folder for the runs and the table")
-    p.add_argument("--only", nargs="+", help="run only these candidates (the table lists all done)")
+    p.add_argument("--only", nargs="+",
+                   help="run only these candidates (the table lists all done)")
     p.add_argument("--fpr", type=float, default=0.05)
     p.add_argument("--input-size", nargs=2, type=int, default=[360, 480], metavar=("H", "W"),
                    help="the deployed size of candidates without a long side (squeezed)")
