@@ -105,7 +105,9 @@ def validate_image(msg, max_pixels: int | None = None) -> ImageLayout:
 
 def image_to_rgb(msg, max_pixels: int | None = None,
                  layout: ImageLayout | None = None) -> np.ndarray:
-    """An Image message -> (H, W, 3) uint8 RGB, C-contiguous (a copy, never a view of ``msg``).
+    """Decode an Image message to (H, W, 3) uint8 RGB, C-contiguous.
+
+    The result is a copy, never a view of ``msg``.
 
     ``layout``: the result of an earlier :func:`validate_image` on the same message (skips the
     checks); otherwise the message is validated here. Raises :class:`ImageFormatError`.
@@ -133,7 +135,10 @@ COMPRESSED_FORMATS = ("jpeg", "png")
 
 
 def compressed_format(fmt: str) -> str:
-    """The codec of a CompressedImage ``format`` field ("jpeg", "png"), or ImageFormatError."""
+    """Return the codec of a CompressedImage ``format`` field ("jpeg", "png").
+
+    Raises ImageFormatError for any other format.
+    """
     text = str(fmt).lower()
     for codec in COMPRESSED_FORMATS:
         if codec in text or (codec == "jpeg" and "jpg" in text):
@@ -142,7 +147,7 @@ def compressed_format(fmt: str) -> str:
 
 
 def compressed_to_rgb(msg, max_pixels: int | None = None) -> np.ndarray:
-    """A CompressedImage message (``format``, ``data``) -> (H, W, 3) uint8 RGB.
+    """Decode a CompressedImage message (``format``, ``data``) to (H, W, 3) uint8 RGB.
 
     Raises :class:`ImageFormatError` for an unknown format, an empty, truncated or corrupt
     stream, and :class:`ImageTooLarge` (from the stream's header, before decoding) above
@@ -158,7 +163,8 @@ def compressed_to_rgb(msg, max_pixels: int | None = None) -> np.ndarray:
             im = Image.open(io.BytesIO(data))
             fmt = (im.format or "").lower()
             if (codec == "png") != (fmt == "png"):
-                raise ImageFormatError(f"format says {msg.format!r} but the data is {fmt or 'unknown'}")
+                raise ImageFormatError(
+                    f"format says {msg.format!r} but the data is {fmt or 'unknown'}")
             width, height = im.size
             if max_pixels is not None and max_pixels > 0 and width * height > max_pixels:
                 raise ImageTooLarge(f"{width}x{height} = {width * height} pixels exceeds "

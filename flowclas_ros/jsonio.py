@@ -14,8 +14,11 @@ from typing import Any
 
 
 def to_json(value: Any) -> Any:
-    """``value`` as plain JSON data: NaN/inf -> None, numpy -> Python, tuples -> lists,
-    anything else that JSON cannot hold -> its ``str``."""
+    """Convert ``value`` to plain JSON data.
+
+    NaN/inf -> None, numpy -> Python, tuples -> lists, anything else that JSON cannot hold ->
+    its ``str``.
+    """
     if isinstance(value, dict):
         return {str(k): to_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

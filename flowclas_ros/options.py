@@ -21,4 +21,5 @@ def check_device(device: str) -> str:
     return device
 
 
-__all__ = ["BACKENDS", "PRECISIONS", "COLORMAPS", "IMAGE_QOS", "IMAGE_TRANSPORTS", "DEVICE_PATTERN", "check_device"]
+__all__ = ["BACKENDS", "PRECISIONS", "COLORMAPS", "IMAGE_QOS", "IMAGE_TRANSPORTS",
+           "DEVICE_PATTERN", "check_device"]

@@ -1,5 +1,8 @@
-"""Where the package's data files are: the installed share/flowclas_ros (colcon), else the
-source tree beside this package (a checkout or an editable install). No ROS needed."""
+"""Where the package's data files are.
+
+The installed share/flowclas_ros (colcon), else the source tree beside this package (a
+checkout or an editable install). No ROS needed.
+"""
 from __future__ import annotations
 
 import os
@@ -10,8 +13,11 @@ SOURCE_ROOT = Path(__file__).resolve().parents[1]
 
 
 def package_file(*parts: str) -> Path:
-    """share/flowclas_ros/<parts> when installed and present there, else the source tree's
-    (returned even where it does not exist, so the caller can say what is missing)."""
+    """Return the path of a data file of the package.
+
+    That is share/flowclas_ros/<parts> when installed and present there, else the source
+    tree's (returned even where it does not exist, so the caller can say what is missing).
+    """
     try:
         from ament_index_python.packages import get_package_share_directory
 
@@ -27,8 +33,11 @@ CACHE_ENV = "FLOWCLAS_CACHE"
 
 
 def cache_dir(kind: str = "") -> Path:
-    """Where the package keeps what it can rebuild: ``$FLOWCLAS_CACHE/<kind>``, else
-    ``~/.cache/flowclas_ros/<kind>`` (feature caches, extracted bag frames, engine caches)."""
+    """Return the folder where the package keeps what it can rebuild.
+
+    That is ``$FLOWCLAS_CACHE/<kind>``, else ``~/.cache/flowclas_ros/<kind>`` (feature caches,
+    extracted bag frames, engine caches).
+    """
     root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / PACKAGE)
     return root / kind if kind else root
 
@@ -37,7 +46,7 @@ DDS_PROFILE_ENV = "FASTRTPS_DEFAULT_PROFILES_FILE"  # read by Fast DDS 2.x (rmw_
 
 
 def dds_profile() -> Path:
-    """The Fast DDS profile for camera-sized frames (config/fastdds_large_frames.xml)."""
+    """Return the Fast DDS profile for camera-sized frames (config/fastdds_large_frames.xml)."""
     return package_file("config", "fastdds_large_frames.xml")
 
 

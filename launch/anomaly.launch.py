@@ -21,8 +21,13 @@ with the same variable (README, "Large images and QoS").
 import os
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, EmitEvent, LogInfo, OpaqueFunction
-from launch.actions import RegisterEventHandler
+from launch.actions import (
+    DeclareLaunchArgument,
+    EmitEvent,
+    LogInfo,
+    OpaqueFunction,
+    RegisterEventHandler,
+)
 from launch.events import matches_action
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode, Node
@@ -35,7 +40,7 @@ PROFILE_ENV = "FASTRTPS_DEFAULT_PROFILES_FILE"  # read by Fast DDS 2.x (rmw_fast
 
 
 def _share_dir() -> str:
-    """The installed share/flowclas_ros, or the source tree when run from a checkout."""
+    """Return the installed share/flowclas_ros, or the source tree when run from a checkout."""
     try:
         from ament_index_python.packages import get_package_share_directory
 

@@ -1,5 +1,8 @@
-"""Shared test fixtures: seeded torch, the real-data folder (skips cleanly where absent), the tiny
-bundle, and the ROS fixtures over test/ros_harness.py."""
+"""Shared test fixtures.
+
+Seeded torch, the real-data folder (skips cleanly where absent), the tiny bundle, and the ROS
+fixtures over test/ros_harness.py.
+"""
 import os
 from pathlib import Path
 
@@ -29,8 +32,10 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory) -> Path:
-    """A bundle of the tiny test model (shared by the node, demo and player tests): threshold at
-    the median score of a random image."""
+    """Build a bundle of the tiny test model (shared by the node, demo and player tests).
+
+    Its threshold is at the median score of a random image.
+    """
     import torch
 
     from flowclas_ros.export.bundle import write_bundle
@@ -57,17 +62,21 @@ def _ros_harness():
 
 @pytest.fixture
 def ros_env():
-    """The ROS environment (loopback discovery, the shipped Fast DDS profile, the session's own
-    domain) in os.environ for one test, restored after it: for tests that start rclpy or ROS
-    processes themselves (the demo, a bare Context)."""
+    """Put the ROS environment in os.environ for one test, restored after it.
+
+    The ROS environment: loopback discovery, the shipped Fast DDS profile, the session's own
+    domain. For tests that start rclpy or ROS processes themselves (the demo, a bare Context).
+    """
     with _ros_harness().ros_environment() as env:
         yield env
 
 
 @pytest.fixture(scope="module")
 def ros():
-    """A :class:`ros_harness.Ros` (two contexts, executors spinning) in the ROS environment,
-    one per test module."""
+    """Yield a :class:`ros_harness.Ros` (two contexts, executors spinning), one per test module.
+
+    It runs in the ROS environment.
+    """
     harness = _ros_harness()
     with harness.ros_environment():
         r = harness.Ros()
@@ -79,8 +88,10 @@ def ros():
 
 @pytest.fixture
 def nodes(ros):
-    """start(namespace, **params) -> a flowclas_anomaly node, spinning; every node is destroyed
-    after the test."""
+    """Yield start(namespace, **params) -> a flowclas_anomaly node, spinning.
+
+    Every node is destroyed after the test.
+    """
     started = []
 
     def start(namespace, **kw):

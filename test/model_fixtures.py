@@ -21,8 +21,10 @@ CONFIGS = {
 
 
 def perturb_flow(model: FlowCLAS, scale: float = 0.05, seed: int = 0) -> None:
-    """Give the zero-initialised coupling outputs, mu and log sigma small random values, so the
-    flow is not the identity (a stand-in for training)."""
+    """Give the zero-initialised coupling outputs, mu and log sigma small random values.
+
+    Then the flow is not the identity (a stand-in for training).
+    """
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for step in model.flow.steps:
@@ -35,8 +37,10 @@ def perturb_flow(model: FlowCLAS, scale: float = 0.05, seed: int = 0) -> None:
 
 def demo_model(config: str, seed: int = 0, init_size: tuple[int, int] = (128, 160),
                perturb: float = 0.05) -> FlowCLAS:
-    """A FlowCLAS model (``config``: a name of :data:`CONFIGS`) whose ActNorms are initialised
-    on two real photographs and whose flow is perturbed."""
+    """Build a FlowCLAS model (``config``: a name of :data:`CONFIGS`).
+
+    Its ActNorms are initialised on two real photographs and its flow is perturbed.
+    """
     from flowclas_ros.bundle.onnx_export import image_to_input, sample_images
 
     torch.manual_seed(seed)
@@ -49,7 +53,7 @@ def demo_model(config: str, seed: int = 0, init_size: tuple[int, int] = (128, 16
 
 
 def demo_score_range(model: FlowCLAS, input_size: tuple[int, int]) -> tuple[float, float]:
-    """The display range export gives ``model`` at ``input_size`` without calibration data."""
+    """Return the display range export gives ``model`` at ``input_size`` (no calibration data)."""
     from flowclas_ros.export.calibration import photo_statistics
 
     return photo_statistics(model, input_size)["score_range"]

@@ -31,8 +31,7 @@ rclpy = pytest.importorskip("rclpy", reason="rclpy (ROS 2 Jazzy) is not installe
 from lifecycle_msgs.msg import Transition  # noqa: E402
 from rcl_interfaces.srv import SetParameters  # noqa: E402
 from rclpy.context import Context  # noqa: E402
-from rclpy.event_handler import (PublisherEventCallbacks,  # noqa: E402
-                                 SubscriptionEventCallbacks)
+from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks  # noqa: E402
 from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
@@ -53,16 +52,20 @@ TIMEOUT = 30.0
 
 # the environment ----------------------------------------------------------------------------
 def ros_env() -> dict[str, str]:
-    """The variables every ROS test runs under: loopback discovery, the shipped Fast DDS
-    profile, this session's domain."""
+    """Return the variables every ROS test runs under.
+
+    They are: loopback discovery, the shipped Fast DDS profile, this session's domain.
+    """
     return {"ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", DDS_PROFILE_ENV: str(dds_profile()),
             "ROS_DOMAIN_ID": str(DOMAIN_ID)}
 
 
 @contextmanager
 def ros_environment():
-    """:func:`ros_env` in ``os.environ`` (before rclpy starts: it reads them then), restored on
-    leaving (code under test, such as the demo, may set them too)."""
+    """Put :func:`ros_env` in ``os.environ`` (before rclpy starts: it reads them then).
+
+    They are restored on leaving (code under test, such as the demo, may set them too).
+    """
     env = ros_env()
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
@@ -77,8 +80,10 @@ def ros_environment():
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:
-    """The environment for a ROS process started by a test: ours, :func:`ros_env`, unbuffered
-    output, and ``extra``."""
+    """Return the environment for a ROS process started by a test.
+
+    It is ours, :func:`ros_env`, unbuffered output, and ``extra``.
+    """
     return dict(os.environ, **ros_env(), PYTHONUNBUFFERED="1", **extra)
 
 
@@ -105,8 +110,11 @@ def wait_until(predicate, timeout: float = TIMEOUT, what: str = "condition") -> 
 
 
 def wait_matched(node, pub=None, outputs=()) -> None:
-    """DDS discovery done: the AnomalyNode ``node`` sees our subscriptions to ``outputs``, and
-    ``pub`` (ours) sees the node's image subscription."""
+    """Wait until DDS discovery is done.
+
+    Done means: the AnomalyNode ``node`` sees our subscriptions to ``outputs``, and ``pub``
+    (ours) sees the node's image subscription.
+    """
     wait_until(lambda: all(node._pubs[k].get_subscription_count() > 0 for k in outputs),
                what="the node to see the output subscriptions")
     if pub is not None:
@@ -152,8 +160,10 @@ class Probe:
 
 # the graph ----------------------------------------------------------------------------------
 class Ros:
-    """Two rclpy contexts on one domain: ``node_ctx`` for the nodes under test, ``client`` side;
-    each with a MultiThreadedExecutor spinning in a background thread."""
+    """Two rclpy contexts on one domain: ``node_ctx`` for the nodes under test, ``client`` side.
+
+    Each has a MultiThreadedExecutor spinning in a background thread.
+    """
 
     def __init__(self, domain_id: int = DOMAIN_ID, node_threads: int = 4, client_threads: int = 2):
         self.domain_id = domain_id
@@ -195,7 +205,7 @@ class Ros:
         node.destroy_node()
 
     def start_node(self, namespace: str, *, backend_factory=None, **params):
-        """A ``flowclas_anomaly`` node in ``namespace`` with ``params``, spinning."""
+        """Start a ``flowclas_anomaly`` node in ``namespace`` with ``params``, spinning."""
         from flowclas_ros.node.anomaly_node import AnomalyNode
 
         overrides = [Parameter(k, value=v) for k, v in params.items()]
@@ -215,7 +225,7 @@ class Ros:
         return self._clients[key]
 
     def lifecycle(self, fqn: str) -> LifecycleClient:
-        """The lifecycle client of the node ``fqn`` (its services seen first)."""
+        """Return the lifecycle client of the node ``fqn`` (its services seen first)."""
         if fqn not in self._clients:
             lc = LifecycleClient(self.client, fqn)
             assert lc.wait_for_services(TIMEOUT), f"lifecycle services of {fqn} not available"
@@ -248,7 +258,7 @@ class Ros:
             event_callbacks=PublisherEventCallbacks(use_default_callbacks=False))
 
     def probe(self, namespace: str, outputs=OUTPUTS, qos=RELIABLE) -> Probe:
-        """A Probe on the node's outputs in ``namespace``."""
+        """Return a Probe on the node's outputs in ``namespace``."""
         return Probe(self.client, {k: f"{namespace}/anomaly/{k}" for k in outputs}, qos)
 
     def next_stamp(self) -> tuple[int, int]:
@@ -261,8 +271,10 @@ class Ros:
         return numpy_to_msg(array, encoding, header, **kw)
 
     def roundtrip(self, pub, probe: Probe, msg, keys=None, timeout=TIMEOUT) -> dict:
-        """Publish ``msg`` (again every second: the input may be best effort) until every
-        output in ``keys`` arrived with its stamp; return them."""
+        """Publish ``msg`` until every output in ``keys`` arrived with its stamp; return them.
+
+        ``msg`` is published again every second: the input may be best effort.
+        """
         keys = tuple(keys or probe.msgs)
         stamp = (msg.header.stamp.sec, msg.header.stamp.nanosec)
         got: dict = {}

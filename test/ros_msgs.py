@@ -97,8 +97,11 @@ def _tool_version(tool: str) -> str:
 
 
 def build_key(package: str) -> str:
-    """The cache key of ``package``: its definitions, the ROS wheels (every installed ``ros-*``
-    distribution and its version), colcon, the Python, the venv and the toolchain."""
+    """Return the cache key of ``package``.
+
+    It covers its definitions, the ROS wheels (every installed ``ros-*`` distribution and its
+    version), colcon, the Python, the venv and the toolchain.
+    """
     h = hashlib.sha256(f"builder {BUILDER_VERSION}\n".encode())
     src = MSGS / package
     for path in sorted(p for p in src.rglob("*") if p.is_file()):
@@ -118,8 +121,11 @@ def build_key(package: str) -> str:
 
 
 def cache_root() -> Path:
-    """``$FLOWCLAS_CACHE/ros_msgs``; else beside the venv (the build links against its
-    libraries: ``make clean-venv`` removes both); else ``~/.cache/flowclas_ros/ros_msgs``."""
+    """Return the cache folder of the message builds.
+
+    ``$FLOWCLAS_CACHE/ros_msgs``; else beside the venv (the build links against its
+    libraries: ``make clean-venv`` removes both); else ``~/.cache/flowclas_ros/ros_msgs``.
+    """
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV]) / "ros_msgs"
     if sys.prefix != sys.base_prefix:
@@ -133,8 +139,10 @@ class BuildError(RuntimeError):
 
 
 def _colcon_build(package: str, install: Path, work: Path) -> None:
-    """colcon-build test/msgs/<package> with the venv's wheels, installed into ``install``
-    (merged layout); ``work`` takes the build tree and the logs."""
+    """colcon-build test/msgs/<package> with the venv's wheels, installed into ``install``.
+
+    The install has the merged layout; ``work`` takes the build tree and the logs.
+    """
     prefix = sys.prefix
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
@@ -163,10 +171,11 @@ def _colcon_build(package: str, install: Path, work: Path) -> None:
 
 
 def build(package: str) -> Path:
-    """The install prefix of test/msgs/<package>, built on first use and cached.
+    """Return the install prefix of test/msgs/<package>, built on first use and cached.
 
     One build per key: a process holds ``<key>.lock`` while it builds into a staging folder and
-    renames it to ``<key>`` when complete; others wait on the lock, then find it done."""
+    renames it to ``<key>`` when complete; others wait on the lock, then find it done.
+    """
     reason = missing_toolchain()
     if reason:
         raise BuildError(reason)
@@ -208,8 +217,11 @@ def _site_packages(prefix: Path) -> Path:
 
 
 def package_env(prefix: Path) -> dict[str, str]:
-    """The additions for a built prefix: PYTHONPATH, LD_LIBRARY_PATH and AMENT_PREFIX_PATH,
-    each with this process's value after ours."""
+    """Return the additions for a built prefix.
+
+    They are PYTHONPATH, LD_LIBRARY_PATH and AMENT_PREFIX_PATH, each with this process's value
+    after ours.
+    """
     additions = {"PYTHONPATH": _site_packages(prefix), "LD_LIBRARY_PATH": prefix / "lib",
                  "AMENT_PREFIX_PATH": prefix}
     return {var: os.pathsep.join(p for p in (str(path), os.environ.get(var)) if p)
@@ -232,15 +244,20 @@ def _vision_msgs_env() -> tuple[tuple[str, str], ...]:
 
 
 def vision_msgs_env() -> dict[str, str]:
-    """Build vision_msgs once (cached across runs) and return the variables (PYTHONPATH,
-    LD_LIBRARY_PATH, AMENT_PREFIX_PATH, each ours first) under which a subprocess imports
-    ``vision_msgs.msg``. Skips the calling test where the toolchain is missing."""
+    """Build vision_msgs once (cached across runs) and return the variables for a subprocess.
+
+    Under these variables (PYTHONPATH, LD_LIBRARY_PATH, AMENT_PREFIX_PATH, each ours first) a
+    subprocess imports ``vision_msgs.msg``. Skips the calling test where the toolchain is
+    missing.
+    """
     return dict(_vision_msgs_env())
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:
-    """This process's environment with :func:`vision_msgs_env` and ``extra`` (for a ROS process
-    started by a test, pass ``ros_harness.subprocess_env(**subprocess_env())``)."""
+    """Return this process's environment with :func:`vision_msgs_env` and ``extra``.
+
+    For a ROS process started by a test, pass ``ros_harness.subprocess_env(**subprocess_env())``.
+    """
     return dict(os.environ, **vision_msgs_env(), **extra)
 
 
@@ -248,12 +265,14 @@ _loaded: dict[str, list] = {}
 
 
 def ensure_vision_msgs():
-    """Make ``vision_msgs`` importable in this process (built first if need be) and return its
-    ``msg`` module. Preloads the package's libraries in dependency order with RTLD_GLOBAL, so
-    the Python extensions and the typesupport dispatcher find them by soname; sys.path gets
-    its Python folder. os.environ is left as it is: a process the test starts gets the package
-    through :func:`subprocess_env`. Idempotent. Skips the calling test where the toolchain is
-    missing."""
+    """Make ``vision_msgs`` importable in this process and return its ``msg`` module.
+
+    The package is built first if need be. Preloads the package's libraries in dependency
+    order with RTLD_GLOBAL, so the Python extensions and the typesupport dispatcher find them
+    by soname; sys.path gets its Python folder. os.environ is left as it is: a process the test
+    starts gets the package through :func:`subprocess_env`. Idempotent. Skips the calling test
+    where the toolchain is missing.
+    """
     if "vision_msgs" not in _loaded:
         prefix = Path(vision_msgs_env()["AMENT_PREFIX_PATH"].split(os.pathsep)[0])
         handles = []

@@ -30,13 +30,11 @@ rclpy = pytest.importorskip("rclpy", reason="rclpy (ROS 2 Jazzy) is not installe
 import yaml  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from lifecycle_msgs.msg import Transition  # noqa: E402
+from ros_harness import OUTPUTS, TIMEOUT, Probe, subprocess_env, wait_matched, wait_until  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
 from flowclas_ros.image_codec import image_to_rgb  # noqa: E402
 from flowclas_ros.node import anomaly_node as an  # noqa: E402
-
-from ros_harness import (OUTPUTS, TIMEOUT, Probe, subprocess_env, wait_matched,  # noqa: E402
-                         wait_until)
 
 pytestmark = pytest.mark.ros
 
@@ -674,9 +672,12 @@ def test_configure_failure_says_the_path_and_the_fix_once(ros, nodes, tmp_path):
 
 
 def test_camera_sized_best_effort_frames_arrive(ros, nodes, tiny_bundle):
-    """720p rgb8 (2.7 MB) best effort, the camera drivers' QoS, from another process (as a
-    camera driver is): with the shipped DDS profile every frame reaches the node (Fast DDS's
-    default 512 KiB shared-memory segment lost most of them)."""
+    """Check that 720p rgb8 (2.7 MB) best-effort frames from another process reach the node.
+
+    Best effort is the camera drivers' QoS, and the frames come from another process (as a
+    camera driver's do): with the shipped DDS profile every frame reaches the node (Fast DDS's
+    default 512 KiB shared-memory segment lost most of them).
+    """
     ns = "/t_720p"
     node = nodes(ns, model_path=str(tiny_bundle))  # image_qos: sensor_data, the default
     ros.bring_up(node.get_fully_qualified_name())

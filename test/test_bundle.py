@@ -6,14 +6,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from model_fixtures import demo_model
 
 from flowclas_ros.bundle.hashing import config_sha256
 from flowclas_ros.bundle.onnx_export import image_to_input, sample_images
 from flowclas_ros.bundle.reader import FORMAT, FORMAT_VERSION, Bundle, BundleError, load_bundle
 from flowclas_ros.bundle.torch_model import build_torch_model
 from flowclas_ros.export.bundle import write_bundle
-
-from model_fixtures import demo_model
 
 SIZE = (48, 64)
 TRAIN_CONFIG = {"train": {"lr": 2e-3, "epochs": 4}, "data": {"name": "camvid"}}
@@ -214,7 +213,10 @@ def test_fp16_bundle(tiny_model, tmp_path):
 
 
 def test_moved_names_still_import_with_a_warning():
-    """The reader moved to flowclas_ros.bundle; the old paths resolve to the same objects."""
+    """Check that the old paths of the reader, moved to flowclas_ros.bundle, still resolve.
+
+    They resolve to the same objects.
+    """
     import importlib
 
     from flowclas_ros.bundle import graph, reader

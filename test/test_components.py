@@ -2,8 +2,13 @@
 import numpy as np
 import pytest
 
-from flowclas_ros.evaluation.components import (TAUS, TRACKS, ComponentConfig, ComponentMetrics,
-                                                frame_components)
+from flowclas_ros.evaluation.components import (
+    TAUS,
+    TRACKS,
+    ComponentConfig,
+    ComponentMetrics,
+    frame_components,
+)
 
 NO_FILTER = ComponentConfig(min_pred_size=1, min_gt_size=1)
 
@@ -45,7 +50,8 @@ def test_prediction_spanning_two_objects():
     """P1 covers all of A, 8 background px and 4 px of B; P2 lies on background only.
 
     columns: A 0-2, gap 3-6, B 7-9 (rows 0-1); P1 rows 0-1, cols 0-8 (18 px); P2 row 4 cols 0-3.
-    sIoU(A) = |A ∩ P1| / (|A| + |P1 on background|) = 6 / (6 + 8); P1's pixels on B leave A's union.
+    sIoU(A) = |A ∩ P1| / (|A| + |P1 on background|) = 6 / (6 + 8); P1's pixels on B leave A's
+    union.
     sIoU(B) = 4 / (6 + 8).  PPV(P1) = (6 + 4) / 18.  PPV(P2) = 0.
     tau 0.25: TP 2, FN 0, FP 1 -> 4/5; 0.30-0.40: TP 1, FN 1, FP 1 -> 1/2 (x3);
     0.45-0.55: TP 0 -> 0; 0.60-0.75: TP 0, FP 2 -> 0.  mean F1 = (0.8 + 1.5) / 11.
@@ -69,8 +75,11 @@ def test_prediction_spanning_two_objects():
 
 
 def _filter_case():
-    """S: 3 px object; G: 9 px object; Q: 6 px prediction over S + 3 bg px; T: 4 px inside G;
-    row 7 is void and fully predicted (never counts)."""
+    """Return the prediction and labels of the size-filter case: S, G, Q and T.
+
+    S: 3 px object; G: 9 px object; Q: 6 px prediction over S + 3 bg px; T: 4 px inside G;
+    row 7 is void and fully predicted (never counts).
+    """
     labels = np.zeros((8, 10), np.uint8)
     labels[0, 0:3] = 1  # S
     labels[4:7, 4:7] = 1  # G
@@ -123,7 +132,7 @@ def test_eight_connectivity():
 
 
 def _literal(pred, labels, cfg):
-    """The definitions applied component by component with plain sets (slow, obvious)."""
+    """Apply the definitions component by component with plain sets (slow, obvious)."""
     from scipy import ndimage
 
     s = np.ones((3, 3), bool)
@@ -185,7 +194,8 @@ def test_counts_summed_over_frames():
     siou, ppv = [0.5, 4 / 9, 4 / 6], [0.5, 1.0, 4 / 6]
     out = m.compute()
     assert out["mean_f1"] == pytest.approx(_mean_f1(siou, ppv))
-    assert out["siou"] == pytest.approx(np.mean(siou)) and out["ppv"] == pytest.approx(np.mean(ppv))
+    assert out["siou"] == pytest.approx(np.mean(siou))
+    assert out["ppv"] == pytest.approx(np.mean(ppv))
 
 
 def test_threshold_binarises_with_greater_equal_and_ignores_void_nan():

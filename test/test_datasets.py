@@ -5,14 +5,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flowclas_ros.data.datasets import (EVAL_DATASETS, READERS, TRAIN_DATASETS, ImageDataset,
-                                        build_dataset, read_label)
+from flowclas_ros.data.datasets import (
+    EVAL_DATASETS,
+    READERS,
+    TRAIN_DATASETS,
+    ImageDataset,
+    build_dataset,
+    read_label,
+)
 
 H, W = 6, 8
 
 
 def write_image(path: Path, seed: int = 0, size=(H, W)) -> np.ndarray:
-    """A random RGB image; PNG is lossless (returned pixels are exact), JPG is not."""
+    """Write a random RGB image; PNG is lossless (returned pixels are exact), JPG is not."""
     path.parent.mkdir(parents=True, exist_ok=True)
     arr = np.random.default_rng(seed).integers(0, 256, size + (3,), dtype=np.uint8)
     Image.fromarray(arr).save(path)
@@ -27,7 +33,7 @@ def write_label(path: Path, arr) -> np.ndarray:
 
 
 def ids(values, size=(H, W)) -> np.ndarray:
-    """A label with ``values`` cycled over the pixels (every value present)."""
+    """Return a label with ``values`` cycled over the pixels (every value present)."""
     return np.resize(np.asarray(values, dtype=np.uint8), size[0] * size[1]).reshape(size)
 
 
@@ -72,9 +78,11 @@ def make_cityscapes(root: Path, split="train"):
         write_image(root / "leftImg8bit" / split / city / f"{frame}_leftImg8bit.png", k)
         gt = root / "gtFine" / split / city
         if frame.startswith("bochum"):  # no trainIds generated: the labelIds fallback
-            raws[f"{city}/{frame}"] = write_label(gt / f"{frame}_gtFine_labelIds.png", ids([0, 7, 26, 4, 33]))
+            raws[f"{city}/{frame}"] = write_label(gt / f"{frame}_gtFine_labelIds.png",
+                                                  ids([0, 7, 26, 4, 33]))
         else:
-            raws[f"{city}/{frame}"] = write_label(gt / f"{frame}_gtFine_labelTrainIds.png", ids([0, 5, 18, 255]))
+            raws[f"{city}/{frame}"] = write_label(gt / f"{frame}_gtFine_labelTrainIds.png",
+                                                  ids([0, 5, 18, 255]))
     return raws
 
 
@@ -99,7 +107,8 @@ def test_cityscapes_errors(tmp_path):
     make_cityscapes(tmp_path)
     with pytest.raises(FileNotFoundError, match="no leftImg8bit/val"):
         build_dataset("cityscapes", tmp_path, "val")
-    (tmp_path / "gtFine" / "train" / "aachen" / "aachen_000000_000019_gtFine_labelTrainIds.png").unlink()
+    (tmp_path / "gtFine" / "train" / "aachen"
+     / "aachen_000000_000019_gtFine_labelTrainIds.png").unlink()
     with pytest.raises(FileNotFoundError, match="no gtFine label"):
         build_dataset("cityscapes", tmp_path)
     with pytest.raises(ValueError, match="unknown split"):
@@ -134,7 +143,8 @@ def test_camvid(tmp_path, ext):
         assert ds.names == [f"0001TP_{split}_000", f"0001TP_{split}_001"]
         s = ds[1]
         raw = raws[(split, s.name)]
-        assert np.array_equal(s.label, np.where(raw <= 10, 0, 255))  # 11 void (and junk 12) ignored
+        # 11 void (and junk 12) ignored
+        assert np.array_equal(s.label, np.where(raw <= 10, 0, 255))
         assert s.image.shape == (H, W, 3)
     assert build_dataset("camvid", tmp_path).split == "train"
 
@@ -189,7 +199,8 @@ def test_allo_errors(tmp_path):
     (tmp_path / "test_v3" / "scene2" / "normal" / "masks" / "0100.png").unlink()
     with pytest.raises(FileNotFoundError, match="no mask"):
         build_dataset("allo", tmp_path, "test")
-    write_label(tmp_path / "train_v3" / "scene1" / "normal" / "seq0" / "masks" / "0002.png", ids([0, 8]))
+    write_label(tmp_path / "train_v3" / "scene1" / "normal" / "seq0" / "masks" / "0002.png",
+                ids([0, 8]))
     with pytest.raises(ValueError, match="anomaly class 8"):
         build_dataset("allo", tmp_path)[1]
     with pytest.raises(FileNotFoundError, match="train_v3"):
@@ -245,7 +256,8 @@ def test_road_anomaly(tmp_path):
     raws = {}
     for name in ("animals01_x", "cones02"):
         write_image(frames / f"{name}.jpg")
-        raws[name] = write_label(frames / f"{name}.labels" / "labels_semantic.png", ids([0, 2, 0, 7]))
+        raws[name] = write_label(frames / f"{name}.labels" / "labels_semantic.png",
+                                 ids([0, 2, 0, 7]))
     ds = build_dataset("road_anomaly", tmp_path)
     assert ds.names == ["animals01_x", "cones02"]
     assert np.array_equal(ds[0].label, map_values(raws["animals01_x"], {0: 0, 2: 1}, 255))
@@ -271,13 +283,15 @@ def test_fishyscapes_laf_official(tmp_path):
     lab = write_label(labels / "0000_04_Maurener_Weg_8_000000_000030_labels.png", ids([0, 1, 255]))
     write_label(labels / "0001_13_Elberfelder_Strasse_000002_000100_labels.png", ids([0]))
     laf = tmp_path / "elsewhere" / "leftImg8bit"
-    img = write_image(laf / "test" / "04_Maurener_Weg_8" / "04_Maurener_Weg_8_000000_000030_leftImg8bit.png", 7)
+    img = write_image(laf / "test" / "04_Maurener_Weg_8"
+                      / "04_Maurener_Weg_8_000000_000030_leftImg8bit.png", 7)
     write_image(laf / "train" / "13_Elberfelder_Strasse" /
                 "13_Elberfelder_Strasse_000002_000100_leftImg8bit.png", 8)
     with pytest.raises(FileNotFoundError, match="no Lost & Found leftImg8bit"):
         build_dataset("fishyscapes_laf", tmp_path)
     ds = build_dataset("fishyscapes_laf", tmp_path, images_root=laf)
-    assert ds.names == ["0000_04_Maurener_Weg_8_000000_000030", "0001_13_Elberfelder_Strasse_000002_000100"]
+    assert ds.names == ["0000_04_Maurener_Weg_8_000000_000030",
+                        "0001_13_Elberfelder_Strasse_000002_000100"]
     assert np.array_equal(ds[0].image, img) and np.array_equal(ds[0].label, lab)
     (tmp_path / "lostandfound").mkdir()
     laf.rename(tmp_path / "lostandfound" / "leftImg8bit")  # the layout of the official archives
@@ -294,7 +308,8 @@ def test_fishyscapes_static_official(tmp_path):
     overlay = np.random.default_rng(1).integers(-100, 100, (H, W, 3)).astype(np.int16)
     np.savez(rel / "0000_frankfurt_000001_046504_rgb.npz", rgb=overlay)
     cs = tmp_path / "cs_download"
-    base = write_image(cs / "leftImg8bit" / "val" / "frankfurt" / "frankfurt_000001_046504_leftImg8bit.png", 2)
+    base = write_image(cs / "leftImg8bit" / "val" / "frankfurt"
+                       / "frankfurt_000001_046504_leftImg8bit.png", 2)
     with pytest.raises(FileNotFoundError, match="cityscapes_root"):
         build_dataset("fishyscapes_static", rel)
     ds = build_dataset("fishyscapes_static", tmp_path, cityscapes_root=cs)
@@ -313,7 +328,8 @@ def test_smiyc(tmp_path, name, track, ext):
     write_image(base / "images" / f"validation0001{ext}")
     write_image(base / "images" / f"validation0000{ext}")
     write_image(base / "images" / f"test0000{ext}")  # test frames have no labels: skipped
-    lab = write_label(base / "labels_masks" / "validation0000_labels_semantic.png", ids([0, 1, 255]))
+    lab = write_label(base / "labels_masks" / "validation0000_labels_semantic.png",
+                      ids([0, 1, 255]))
     write_label(base / "labels_masks" / "validation0001_labels_semantic.png", ids([0]))
     for root in (tmp_path, base):
         ds = build_dataset(name, root)
@@ -330,10 +346,12 @@ def test_lost_and_found(tmp_path):
     for split, seq in (("test", "02_Hanns_Klemm_Str_44"), ("train", "01_Hanns_Klemm_Str_45")):
         frame = f"{seq}_000000_000100"
         write_image(tmp_path / "leftImg8bit" / split / seq / f"{frame}_leftImg8bit.png")
-        raws[split] = write_label(tmp_path / "gtCoarse" / split / seq / f"{frame}_gtCoarse_labelIds.png",
-                                  ids([0, 1, 2, 42, 200, 201, 255]))
+        raws[split] = write_label(
+            tmp_path / "gtCoarse" / split / seq / f"{frame}_gtCoarse_labelIds.png",
+            ids([0, 1, 2, 42, 200, 201, 255]))
     ds = build_dataset("lost_and_found", tmp_path)  # default: the test split
-    assert ds.split == "test" and ds.names == ["02_Hanns_Klemm_Str_44/02_Hanns_Klemm_Str_44_000000_000100"]
+    assert ds.split == "test"
+    assert ds.names == ["02_Hanns_Klemm_Str_44/02_Hanns_Klemm_Str_44_000000_000100"]
     expect = map_values(raws["test"], {1: 0, 2: 1, 42: 1, 200: 1}, 255)
     assert np.array_equal(ds[0].label, expect)
     assert len(build_dataset("lost_and_found", tmp_path, "train")) == 1
@@ -352,7 +370,8 @@ def test_read_label_variants(tmp_path):
     Image.fromarray(np.repeat(ids([0, 1])[..., None], 3, axis=2)).save(rgb)
     assert np.array_equal(read_label(rgb), ids([0, 1]))
     colour = tmp_path / "colour.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (H, W, 3), dtype=np.uint8)).save(colour)
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (H, W, 3),
+                                                      dtype=np.uint8)).save(colour)
     with pytest.raises(ValueError, match="colour image"):
         read_label(colour)
 

@@ -1,5 +1,8 @@
-"""`make demo` end to end: the node as its own process, the player, lifecycle services, DDS
-(in the ROS test environment of test/ros_harness.py)."""
+"""`make demo` end to end.
+
+The node as its own process, the player, lifecycle services, DDS (in the ROS test environment
+of test/ros_harness.py).
+"""
 import json
 
 import numpy as np
@@ -8,8 +11,8 @@ from PIL import Image
 
 pytest.importorskip("rclpy")
 
-from flowclas_ros.tools.demo import main as demo_main  # noqa: E402
 from flowclas_ros.node.image_player import default_sequence, iter_frames  # noqa: E402
+from flowclas_ros.tools.demo import main as demo_main  # noqa: E402
 
 
 def _frames(folder, n=3, size=(64, 48)):

@@ -29,7 +29,8 @@ def make_fixture(root: Path, n_images: int = 8, n_outliers: int = 4, size=(64, 6
     for sub in ("inliers/images", "outliers/images", "outliers/masks"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     for i in range(n_images):
-        base = np.stack([(yy * 2 + i * 7) % 256, (xx * 3) % 256, np.full_like(yy, 90 + 10 * i)], -1)
+        base = np.stack([(yy * 2 + i * 7) % 256, (xx * 3) % 256, np.full_like(yy, 90 + 10 * i)],
+                        -1)
         img = np.clip(base + rng.normal(0, 8, (h, w, 3)), 0, 255).astype(np.uint8)
         Image.fromarray(img).save(root / f"inliers/images/img{i:02d}.png")
     oy, ox = np.mgrid[0:48, 0:40]

@@ -1,5 +1,8 @@
-"""ESPNetv2 (Cityscapes): shapes, padding, the backbone contract, the published weights' layout,
-strict loading, the softmax-entropy baseline and, with the real weights, real segmentation."""
+"""ESPNetv2 (Cityscapes).
+
+Shapes, padding, the backbone contract, the published weights' layout, strict loading, the
+softmax-entropy baseline and, with the real weights, real segmentation.
+"""
 import os
 from pathlib import Path
 
@@ -10,8 +13,12 @@ import torch.nn.functional as F
 
 from flowclas_ros.data.frames import Sample
 from flowclas_ros.model import BackboneConfig, FlowConfig, ModelConfig, build_backbone
-from flowclas_ros.model.espnetv2 import (ESPNetv2Backbone, ESPNetv2Seg, entropy_scorer,
-                                         softmax_entropy)
+from flowclas_ros.model.espnetv2 import (
+    ESPNetv2Backbone,
+    ESPNetv2Seg,
+    entropy_scorer,
+    softmax_entropy,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS_NAME = "espnetv2-cityscapes/espnetv2_s_2.0_city_1024x512.pth"
@@ -105,7 +112,8 @@ def test_load_is_strict_and_names_every_problem(net, tmp_path):
     ok = _save_variant(net, tmp_path / "ok.pth")
     ESPNetv2Seg().load_cityscapes(ok)
     with pytest.raises(ValueError, match=r"missing tensor bu_br_l3\.1\.weight"):
-        ESPNetv2Seg().load_cityscapes(_save_variant(net, tmp_path / "a.pth", drop="bu_br_l3.1.weight"))
+        ESPNetv2Seg().load_cityscapes(_save_variant(net, tmp_path / "a.pth",
+                                                    drop="bu_br_l3.1.weight"))
     with pytest.raises(ValueError, match=r"unexpected tensor base_net\.level5\.0\.x"):
         ESPNetv2Seg().load_cityscapes(_save_variant(net, tmp_path / "b.pth",
                                                     add="base_net.level5.0.x"))

@@ -10,9 +10,9 @@ from PIL import Image
 
 from flowclas_ros import jsonio
 from flowclas_ros.evaluation import evaluate as ev
-from flowclas_ros.tools import evaluate as evaluate_cli
 from flowclas_ros.evaluation.components import ComponentMetrics
 from flowclas_ros.evaluation.metrics import ExactPixelMetrics, pixel_metrics
+from flowclas_ros.tools import evaluate as evaluate_cli
 
 NAMES = ["a", "b", "seq/c", "seq/d"]  # nested names: score maps live in matching subfolders
 H, W = 72, 96
@@ -75,8 +75,9 @@ def test_scores_npy_end_to_end(folder_set, tmp_path, capsys):
     root, scores = folder_set
     _write_npy(tmp_path / "scores", scores)
     out = tmp_path / "out"
-    rc = evaluate_cli.main(["--dataset", "folder", "--root", str(root), "--scores", str(tmp_path / "scores"),
-                  "--out", str(out), "--components", "obstacle", "--quiet"])
+    rc = evaluate_cli.main(["--dataset", "folder", "--root", str(root),
+                            "--scores", str(tmp_path / "scores"),
+                            "--out", str(out), "--components", "obstacle", "--quiet"])
     assert rc == 0
     m = _read(out)
     want = _expected(root, scores, "obstacle")
@@ -101,15 +102,17 @@ def test_scores_png16_and_streaming(folder_set, tmp_path):
         q[n] = v.astype(np.float32) / 65535
     assert Image.open(tmp_path / "png" / "a.png").mode.startswith("I")
     out = tmp_path / "out"
-    evaluate_cli.main(["--dataset", "folder", "--root", str(root), "--scores", str(tmp_path / "png"),
-             "--out", str(out), "--components", "anomaly", "--quiet"])
+    evaluate_cli.main(["--dataset", "folder", "--root", str(root),
+                       "--scores", str(tmp_path / "png"),
+                       "--out", str(out), "--components", "anomaly", "--quiet"])
     m, want = _read(out), _expected(root, q, "anomaly")
     for k in ("auprc", "fpr95", "auroc", "siou", "ppv", "mean_f1"):
         assert m[k] == pytest.approx(want[k], abs=1e-12), k
     # streaming with default bins: within 1e-4 of the exact numbers on the same maps
-    evaluate_cli.main(["--dataset", "folder", "--root", str(root), "--scores", str(tmp_path / "png"),
-             "--out", str(tmp_path / "st"), "--streaming", "--components", "none", "--quiet",
-             "--no-plots"])
+    evaluate_cli.main(["--dataset", "folder", "--root", str(root),
+                       "--scores", str(tmp_path / "png"),
+                       "--out", str(tmp_path / "st"), "--streaming", "--components", "none",
+                       "--quiet", "--no-plots"])
     st = _read(tmp_path / "st")
     assert st["mode"] == "streaming" and "siou" not in st
     for k in ("auprc", "fpr95", "auroc"):
@@ -165,8 +168,10 @@ def test_model_checkpoint_end_to_end(folder_set, tmp_path):
     root, _ = folder_set
     model = _tiny_checkpoint(tmp_path / "ckpt.pt").eval()
     out = tmp_path / "out"
-    rc = evaluate_cli.main(["--dataset", "folder", "--root", str(root), "--model", str(tmp_path / "ckpt.pt"),
-                  "--out", str(out), "--quiet", "--save-scores", "--components", "obstacle"])
+    rc = evaluate_cli.main(["--dataset", "folder", "--root", str(root),
+                            "--model", str(tmp_path / "ckpt.pt"),
+                            "--out", str(out), "--quiet", "--save-scores",
+                            "--components", "obstacle"])
     assert rc == 0
     m = _read(out)
     ds = ev.load_dataset("folder", root)
@@ -219,8 +224,9 @@ def test_bundle_directory_goes_through_the_runtime(folder_set, tmp_path, monkeyp
     bundle = tmp_path / "bundle"
     bundle.mkdir()
     out = tmp_path / "out"
-    evaluate_cli.main(["--dataset", "folder", "--root", str(root), "--model", str(bundle), "--out", str(out),
-             "--quiet", "--components", "none", "--no-plots", "--device", "cpu"])
+    evaluate_cli.main(["--dataset", "folder", "--root", str(root), "--model", str(bundle),
+                       "--out", str(out),
+                       "--quiet", "--components", "none", "--no-plots", "--device", "cpu"])
     assert seen == {"path": bundle, "backend": "auto", "device": "cpu"}
     assert backend.closed and all(c == (True, False, False) for c in backend.calls)
     want = _expected(root, scores)

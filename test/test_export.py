@@ -1,20 +1,22 @@
-"""The export CLI (checkpoint -> bundle), calibration of the threshold and display range, the
-exporter fallback and the ONNX Runtime vs torch check."""
+"""The export CLI (checkpoint -> bundle).
+
+Also calibration of the threshold and display range, the exporter fallback and the ONNX Runtime
+vs torch check.
+"""
 import json
 
 import numpy as np
 import pytest
+from model_fixtures import demo_model
 from PIL import Image
 
 from flowclas_ros.bundle import onnx_export
 from flowclas_ros.bundle.hashing import config_sha256
 from flowclas_ros.bundle.onnx_export import export_onnx, sample_images, verify_onnx
 from flowclas_ros.bundle.reader import load_bundle
-from flowclas_ros.tools import export as export_cli
 from flowclas_ros.model.checkpoint import model_payload, save_checkpoint
 from flowclas_ros.runtime import create_backend
-
-from model_fixtures import demo_model
+from flowclas_ros.tools import export as export_cli
 
 TRAIN_CONFIG = {"model": {"backbone": "tiny"}, "train": {"steps": 10}}
 
@@ -34,7 +36,7 @@ def checkpoint(tiny_model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def calibration_dir(tmp_path_factory):
-    """A folder dataset: 3 real photo crops, a pasted 'anomaly' square (1) and a void border."""
+    """Build a folder dataset: 3 real photo crops, a pasted 'anomaly' square (1), a void border."""
     root = tmp_path_factory.mktemp("calib")
     (root / "images").mkdir()
     (root / "labels").mkdir()
@@ -56,7 +58,8 @@ def calibration_dir(tmp_path_factory):
 def test_cli_with_calibration(checkpoint, calibration_dir, tmp_path, capsys):
     out = tmp_path / "bundle"
     assert export_cli.main(["--checkpoint", str(checkpoint), "--out", str(out), "--input-size",
-                            "32", "48", "--calibration", str(calibration_dir), "--fpr", "0.1"]) == 0
+                            "32", "48", "--calibration", str(calibration_dir),
+                            "--fpr", "0.1"]) == 0
     summary = json.loads(capsys.readouterr().out)
     b = load_bundle(out)
     assert summary["bundle"] == str(out) and b.input_size == (32, 48)
@@ -76,8 +79,8 @@ def test_cli_with_calibration(checkpoint, calibration_dir, tmp_path, capsys):
     inl = np.concatenate([h[lab == 0] for h, (_, lab) in zip(heat, ds)])
     allv = np.concatenate([h[lab != 255] for h, (_, lab) in zip(heat, ds)])
     assert (inl >= b.threshold).mean() <= 0.1
-    assert (inl >= np.nextafter(np.float32(b.threshold), np.float32(-np.inf))).mean() > 0.1 - 1e-3 \
-        or b.threshold <= inl.min()
+    assert ((inl >= np.nextafter(np.float32(b.threshold), np.float32(-np.inf))).mean()
+            > 0.1 - 1e-3 or b.threshold <= inl.min())
     lo, hi = b.score_range
     assert lo == pytest.approx(np.percentile(inl, 1.0), rel=1e-4, abs=1e-5)
     assert hi == pytest.approx(np.percentile(allv, 99.9), rel=1e-4, abs=1e-5)
@@ -112,8 +115,11 @@ def test_cli_rejects_bad_arguments(checkpoint, tmp_path, capsys):
 
 
 def test_pickled_checkpoint_is_refused_in_one_clear_sentence(tmp_path, capsys):
-    """A checkpoint holding pickled objects: export and evaluate say it is not a weights-only
-    checkpoint and never suggest loading it unsafely."""
+    """Check that a checkpoint holding pickled objects is refused in one clear sentence.
+
+    Export and evaluate say it is not a weights-only checkpoint and never suggest loading it
+    unsafely.
+    """
     import argparse
 
     import torch
@@ -127,8 +133,8 @@ def test_pickled_checkpoint_is_refused_in_one_clear_sentence(tmp_path, capsys):
     (tmp_path / "ds" / "images").mkdir(parents=True)
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "ds" / "images" / "a.png")
     with pytest.raises(SystemExit):
-        evaluate_cli.main(["--dataset", "folder", "--root", str(tmp_path / "ds"), "--model", str(bad),
-                 "--out", str(tmp_path / "e")])
+        evaluate_cli.main(["--dataset", "folder", "--root", str(tmp_path / "ds"),
+                           "--model", str(bad), "--out", str(tmp_path / "e")])
     err += capsys.readouterr().err
     assert err.count("is not a weights-only checkpoint") == 2
     assert "weights_only=False" not in err and "Traceback" not in err

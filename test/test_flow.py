@@ -1,4 +1,7 @@
-"""The flow's maths: invertibility, exact per-pixel log-determinants, the NLL at identity, FrEIA."""
+"""The flow's maths.
+
+Invertibility, exact per-pixel log-determinants, the NLL at identity, FrEIA.
+"""
 import math
 
 import pytest
@@ -9,7 +12,10 @@ from flowclas_ros.model.losses import gaussian_nll_map
 
 
 def _perturbed_flow(channels=6, steps=3, subnet="residual", hidden=0):
-    """A flow that is far from the identity: data-initialised ActNorm, random coupling outputs."""
+    """Build a flow that is far from the identity.
+
+    It has a data-initialised ActNorm and random coupling outputs.
+    """
     flow = Flow(channels, FlowConfig(steps=steps, subnet=subnet, hidden=hidden, seed=3)).double()
     flow.initialize(torch.randn(4, channels, 5, 7, dtype=torch.float64) * 3 + 1)
     with torch.no_grad():
@@ -81,8 +87,11 @@ def test_coupling_clamp_bounds_log_scale():
 
 
 def test_nll_at_identity_is_analytic():
-    """A fresh flow is the identity (zero-initialised couplings, uninitialised ActNorm, and the
-    permutation does not change a standard normal's density): the NLL is the analytic one."""
+    """Check that the NLL of a fresh flow is the analytic one.
+
+    A fresh flow is the identity (zero-initialised couplings, uninitialised ActNorm, and the
+    permutation does not change a standard normal's density).
+    """
     flow = Flow(8, FlowConfig(steps=4)).eval()
     x = torch.randn(2, 8, 3, 5)
     z, logdet = flow(x)
@@ -114,8 +123,11 @@ def test_actnorm_data_init_standardises_first_batch():
 
 
 def test_matches_freia_blocks_with_same_weights():
-    """Our (ActNorm, Permutation, AffineCoupling) chain and FrEIA's (ActNorm, PermuteRandom,
-    AffineCouplingOneSided with TANH clamp) give the same output and total log-determinant."""
+    """Check that our chain and FrEIA's, with the same weights, match.
+
+    Our (ActNorm, Permutation, AffineCoupling) chain and FrEIA's (ActNorm, PermuteRandom,
+    AffineCouplingOneSided with TANH clamp) give the same output and total log-determinant.
+    """
     Ff = pytest.importorskip("FrEIA.framework")
     Fm = pytest.importorskip("FrEIA.modules")
     c, h, w = 6, 4, 5
@@ -156,4 +168,5 @@ def test_conv_subnet_alternates_its_kernels():
     flow = Flow(6, FlowConfig(steps=4, subnet="conv", hidden=5, kernels=[3, 1]))
     kernels = [step.coupling.subnet.body[0].kernel_size[0] for step in flow.steps]
     assert kernels == [3, 1, 3, 1]
-    assert all(step.coupling.subnet.out.kernel_size[0] == k for step, k in zip(flow.steps, kernels))
+    assert all(step.coupling.subnet.out.kernel_size[0] == k
+               for step, k in zip(flow.steps, kernels))

@@ -1,7 +1,9 @@
-"""The GPU path on a machine without one: auto's fallback order, the device guard, strongly
-typed TensorRT builds (a stand-in TensorRT module), the derived fp16 graph, cache keys, the
-torch-tensorrt and build_engine entry points, and the GPU check's CPU side. The GPU itself is
-exercised by `make gpu-check` (README, "GPU")."""
+"""The GPU path on a machine without one.
+
+Auto's fallback order, the device guard, strongly typed TensorRT builds (a stand-in TensorRT
+module), the derived fp16 graph, cache keys, the torch-tensorrt and build_engine entry points,
+and the GPU check's CPU side. The GPU itself is exercised by `make gpu-check` (README, "GPU").
+"""
 import contextlib
 import json
 import types
@@ -15,9 +17,12 @@ from flowclas_ros.bundle.reader import load_bundle
 from flowclas_ros.runtime import Backend, BackendUnavailable, create_backend
 from flowclas_ros.runtime.numpy_pipeline import NumpyPipeline
 from flowclas_ros.runtime.registry import backend_options
-from flowclas_ros.runtime.tensorrt_backend import (build_engine, check_api, graph_for_precision,
-                                                   network_flags)
-
+from flowclas_ros.runtime.tensorrt_backend import (
+    build_engine,
+    check_api,
+    graph_for_precision,
+    network_flags,
+)
 
 # --- auto ------------------------------------------------------------------------------------
 
@@ -54,8 +59,11 @@ class _FakeCudaBackend(Backend):
 
 
 def test_every_call_runs_under_the_backends_cuda_device(tiny_bundle, monkeypatch):
-    """The node's worker thread starts with device 0 current: infer must make its own device
-    current around the pre-processing, the model and the post-processing."""
+    """Check that every call makes the backend's CUDA device current.
+
+    The node's worker thread starts with device 0 current: infer must make its own device
+    current around the pre-processing, the model and the post-processing.
+    """
     entered: list[str] = []
 
     @contextlib.contextmanager
@@ -170,8 +178,11 @@ def test_old_tensorrt_is_unavailable_with_what_it_lacks():
 
 
 def test_fp16_graph_derived_from_an_fp32_bundle(tiny_bundle, tmp_path):
-    """precision fp16 on an fp32 bundle: a graph with a float16 backbone and a float32 flow,
-    input and output (what export --fp16 writes), built once and reused."""
+    """Check precision fp16 on an fp32 bundle: a derived graph, built once and reused.
+
+    The graph has a float16 backbone and a float32 flow, input and output (what export --fp16
+    writes).
+    """
     bundle = load_bundle(tiny_bundle)
     path, sha, prec = graph_for_precision(bundle, "fp16", tmp_path)
     assert prec == "fp16" and path.parent == tmp_path and sha != bundle.onnx_sha256
@@ -215,11 +226,11 @@ def test_torch_tensorrt_compiles_with_explicit_typing():
 
     seen = {}
 
-    def compile(module, **kwargs):  # the torch_tensorrt.compile of 2.14 takes **kwargs
+    def fake_compile(module, **kwargs):  # the torch_tensorrt.compile of 2.14 takes **kwargs
         seen.update(kwargs)
         return module
 
-    tt = types.SimpleNamespace(compile=compile, Input=lambda shape, dtype: (shape, dtype))
+    tt = types.SimpleNamespace(compile=fake_compile, Input=lambda shape, dtype: (shape, dtype))
     graph = torch.nn.Conv2d(3, 3, 1)
     compile_program(tt, graph, torch.zeros(1, 3, 8, 8), 1 << 20)
     assert seen["ir"] == "dynamo" and seen["use_explicit_typing"] is True
@@ -249,9 +260,10 @@ def test_backend_options_map_the_node_settings():
 
 @pytest.mark.slow
 def test_gpu_check_runs_its_cpu_side(tmp_path):
+    from model_fixtures import demo_model, demo_score_range
+
     from flowclas_ros.export.bundle import write_bundle
     from flowclas_ros.tools.gpu_check import main
-    from model_fixtures import demo_model, demo_score_range
 
     model = demo_model("tiny")  # initialised and perturbed: scores that vary across the frame
     lo, hi = demo_score_range(model, (48, 64))

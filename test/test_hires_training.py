@@ -1,7 +1,10 @@
-"""Training at the camera's resolution (issue 18): per-set long-side scaling and crops, small
-pastes on the feature grid, the fused backbone, the road prior in the exported graph, selection
-at the deployed resolution, old configs unchanged, and the ablation tool end to end on a tiny
-generated protocol. Tiny backbones and generated data (tmp_path); real data where marked."""
+"""Training at the camera's resolution (issue 18).
+
+Per-set long-side scaling and crops, small pastes on the feature grid, the fused backbone, the
+road prior in the exported graph, selection at the deployed resolution, old configs unchanged,
+and the ablation tool end to end on a tiny generated protocol. Tiny backbones and generated data
+(tmp_path); real data where marked.
+"""
 import json
 from pathlib import Path
 
@@ -24,8 +27,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _folder(root, n, size, seed, road=True, hood=0):
-    """A 'folder' inlier set of n frames (H, W): sky-ish top, a grey road in the lower half,
-    VOID in the bottom ``hood`` rows."""
+    """Write a 'folder' inlier set of n frames (H, W).
+
+    The frames have a sky-ish top, a grey road in the lower half, VOID in the bottom ``hood``
+    rows.
+    """
     rng = np.random.default_rng(seed)
     h, w = size
     (root / "images").mkdir(parents=True)
@@ -349,8 +355,11 @@ PROTOCOL_PARTS = ("kitti_pasted", "idd_pasted", "camvid_pasted", "kitti_clean", 
 
 
 def _protocol(root, frames=2, size=(40, 72)):
-    """A protocol folder in the built layout: every part's images/ + labels/, the small-obstacle
-    parts' roads/ and manifest.json, protocol.json."""
+    """Write a protocol folder in the built layout.
+
+    It has every part's images/ + labels/, the small-obstacle parts' roads/ and manifest.json,
+    protocol.json.
+    """
     rng = np.random.default_rng(7)
     h, w = size
     for part in PROTOCOL_PARTS:

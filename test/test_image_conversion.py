@@ -7,10 +7,19 @@ pytest.importorskip("sensor_msgs.msg", reason="ROS 2 message packages (sensor_ms
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
-from flowclas_ros.image_codec import (SUPPORTED_ENCODINGS, ImageFormatError,  # noqa: E402
-                                      ImageTooLarge, image_to_rgb, validate_image)
-from flowclas_ros.node.image_conversion import (bgr_to_msg, heatmap_to_msg,  # noqa: E402
-                                                mask_to_msg, numpy_to_msg)
+from flowclas_ros.image_codec import (  # noqa: E402
+    SUPPORTED_ENCODINGS,
+    ImageFormatError,
+    ImageTooLarge,
+    image_to_rgb,
+    validate_image,
+)
+from flowclas_ros.node.image_conversion import (  # noqa: E402
+    bgr_to_msg,
+    heatmap_to_msg,
+    mask_to_msg,
+    numpy_to_msg,
+)
 
 
 @pytest.fixture
@@ -87,19 +96,19 @@ def _msg(**kw):
 
 
 @pytest.mark.parametrize("fields, words", [
-    (dict(encoding="yuv422"), "unsupported encoding"),
-    (dict(encoding=""), "unsupported encoding"),
-    (dict(encoding="RGB8"), "unsupported encoding"),
-    (dict(height=0), "empty"),
-    (dict(width=0), "empty"),
-    (dict(height=0, width=0, step=0, data=b""), "empty"),
-    (dict(step=8), "step 8 is smaller"),
-    (dict(data=bytes(17)), "17 bytes"),
-    (dict(data=bytes(19)), "19 bytes"),
-    (dict(height=3), r"step \* height"),
-    (dict(step=10), r"step \* height"),  # padding declared but not present in data
-    (dict(encoding="mono16", step=5), "smaller"),
-    (dict(is_bigendian=2), "is_bigendian"),
+    ({"encoding": "yuv422"}, "unsupported encoding"),
+    ({"encoding": ""}, "unsupported encoding"),
+    ({"encoding": "RGB8"}, "unsupported encoding"),
+    ({"height": 0}, "empty"),
+    ({"width": 0}, "empty"),
+    ({"height": 0, "width": 0, "step": 0, "data": b""}, "empty"),
+    ({"step": 8}, "step 8 is smaller"),
+    ({"data": bytes(17)}, "17 bytes"),
+    ({"data": bytes(19)}, "19 bytes"),
+    ({"height": 3}, r"step \* height"),
+    ({"step": 10}, r"step \* height"),  # padding declared but not present in data
+    ({"encoding": "mono16", "step": 5}, "smaller"),
+    ({"is_bigendian": 2}, "is_bigendian"),
 ])
 def test_malformed_messages_raise_a_clear_error(fields, words):
     with pytest.raises(ImageFormatError, match=words):

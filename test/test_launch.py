@@ -46,9 +46,12 @@ JAZZY_API = {
     "ament_index_python.packages": {"get_package_share_directory"},
 }
 def launch_testing_skip_reason() -> str | None:
-    """Why the launch_testing test cannot run here, or None when it can: launch, launch_ros and
-    launch_testing must be importable and flowclas_ros must resolve in the ament index (a
-    sourced colcon workspace; a ROS install alone has AMENT_PREFIX_PATH without this package)."""
+    """Return why the launch_testing test cannot run here, or None when it can.
+
+    launch, launch_ros and launch_testing must be importable and flowclas_ros must resolve in
+    the ament index (a sourced colcon workspace; a ROS install alone has AMENT_PREFIX_PATH
+    without this package).
+    """
     missing = [m for m in ("launch", "launch_ros", "launch_testing")
                if importlib.util.find_spec(m) is None]
     if missing:
@@ -340,8 +343,11 @@ else:
 
 
 def test_launch_test_skips_where_the_package_is_not_in_the_ament_index(tmp_path):
-    """launch_testing importable but flowclas_ros not in the ament index (AMENT_PREFIX_PATH
-    unset): the launch test is skipped with that reason, not collected and failed."""
+    """Check the skip where flowclas_ros is not in the ament index but launch_testing imports.
+
+    With AMENT_PREFIX_PATH unset, the launch test is skipped with that reason, not collected and
+    failed.
+    """
     import subprocess
 
     for name in ("launch", "launch_ros", "launch_testing"):  # importable stand-ins

@@ -1,7 +1,9 @@
-"""The lifecycle client's retries when a service reply is lost (as rmw loses one during
-discovery on a loaded machine: "failed to send response (timeout)"). A real graph cannot lose a
-reply on demand, so the clients here are stand-ins that drop chosen replies; everything else
-(futures, the retry and state logic) is the real code."""
+"""The lifecycle client's retries when a service reply is lost.
+
+rmw loses one so during discovery on a loaded machine: "failed to send response (timeout)". A
+real graph cannot lose a reply on demand, so the clients here are stand-ins that drop chosen
+replies; everything else (futures, the retry and state logic) is the real code.
+"""
 import threading
 
 import pytest
@@ -72,8 +74,11 @@ def test_lost_configure_reply_counts_as_done_when_the_node_got_there():
 
 
 def test_slow_configure_answered_configuring_is_waited_for():
-    """A configure longer than one attempt: its reply is late, get_state says "configuring"
-    (the node answers it during a long configure), then "inactive": done, not failed."""
+    """Check that a configure longer than one attempt is waited for: done, not failed.
+
+    Its reply is late, get_state says "configuring" (the node answers it during a long
+    configure), then "inactive".
+    """
     node = LossyNode(lose_change={1})
     inner, polls = node.serve, []
 
@@ -98,7 +103,7 @@ def test_lost_request_is_sent_again():
 
 
 def _lose_request_once(node):
-    """The first change_state request never reaches the node (it stays where it was)."""
+    """Make the first change_state request never reach the node (it stays where it was)."""
     inner, seen = node.serve, []
 
     def serve(kind, request):

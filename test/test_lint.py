@@ -1,6 +1,8 @@
-"""The linters, as every ROS 2 Python package in ros2/demos carries them (ament_flake8 and
-ament_pep257): here ruff with the same rules (ruff.toml), over the package, tests, launch file
-and setup.py."""
+"""The linters, as every ROS 2 Python package in ros2/demos carries them.
+
+That is ament_flake8 and ament_pep257: here ruff with the same rules (ruff.toml), over the
+package, tests, launch file and setup.py.
+"""
 import shutil
 import subprocess
 import sys

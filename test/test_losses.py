@@ -5,8 +5,12 @@ import torch
 import torch.nn.functional as F
 
 from flowclas_ros.labels import ANOMALY, INLIER, VOID
-from flowclas_ros.model.losses import (downsample_labels, masked_nll,
-                                       sample_views, supervised_contrastive)
+from flowclas_ros.model.losses import (
+    downsample_labels,
+    masked_nll,
+    sample_views,
+    supervised_contrastive,
+)
 
 
 def _loop_contrastive(anchors, anchor_labels, contrast, contrast_labels, tau):

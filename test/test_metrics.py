@@ -55,7 +55,8 @@ def test_exact_matches_sklearn_and_direct(seed, ties):
 def test_exact_accumulates_frames_like_one_array():
     scores, labels = _random_set(3, n=30000, ties=True)
     acc = ExactPixelMetrics()
-    for s, lab in zip(np.split(scores.reshape(30, 1000), 6), np.split(labels.reshape(30, 1000), 6)):
+    for s, lab in zip(np.split(scores.reshape(30, 1000), 6),
+                      np.split(labels.reshape(30, 1000), 6)):
         acc.update(s, lab)
     r = acc.result()
     assert acc.compute() == pixel_metrics(scores, labels)
@@ -203,7 +204,7 @@ def test_streaming_threshold_at_fpr_is_conservative_within_a_bin():
 
 
 def test_threshold_at_fpr():
-    """The calibration threshold of export: the smallest t with inlier FPR <= fpr."""
+    """Check the calibration threshold of export: the smallest t with inlier FPR <= fpr."""
     rng = np.random.default_rng(0)
     scores = rng.normal(size=2000).astype(np.float32)
     labels = (rng.random(2000) < 0.2).astype(np.uint8)

@@ -3,7 +3,12 @@ import pytest
 import torch
 
 from flowclas_ros.model import BackboneConfig, FlowCLAS, FlowConfig, ModelConfig
-from flowclas_ros.model.checkpoint import load_checkpoint, load_model, model_payload, save_checkpoint
+from flowclas_ros.model.checkpoint import (
+    load_checkpoint,
+    load_model,
+    model_payload,
+    save_checkpoint,
+)
 
 
 def tiny_model(score="nll", steps=2) -> FlowCLAS:
@@ -42,7 +47,8 @@ def test_score_variants():
     latent = latent_model.eval().score_map(z, logdet)
     c = nll_model.channels
     # nll = latent + 0.5 log(2 pi) - logdet / C: the variants differ by the log-determinant
-    torch.testing.assert_close(nll - latent, 0.5 * torch.log(torch.tensor(2 * torch.pi)) - logdet / c)
+    torch.testing.assert_close(nll - latent,
+                               0.5 * torch.log(torch.tensor(2 * torch.pi)) - logdet / c)
     with pytest.raises(ValueError, match="score"):
         tiny_model("bogus")
 

@@ -5,16 +5,32 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from coco_encode import rle_counts_to_string, rle_encode
 from PIL import Image
 
-from coco_encode import rle_counts_to_string, rle_encode
-from flowclas_ros.data.coco import (ALLO_COCO_IDS, COCO_CLASSES, ROAD_SCENE_COCO_IDS,
-                                    YOLO_TO_COCO_ID, polygons_to_mask, rle_counts_from_string,
-                                    rle_decode, segmentation_to_mask)
-from flowclas_ros.data.outlier_sources import (OutlierObject, OutlierSource,
-                                               default_outlier_split, load_outlier_source)
-from flowclas_ros.data.pasting import (OutlierPaster, PasteConfig, fit_to_size, mask_bbox,
-                                       rescale_object)
+from flowclas_ros.data.coco import (
+    ALLO_COCO_IDS,
+    COCO_CLASSES,
+    ROAD_SCENE_COCO_IDS,
+    YOLO_TO_COCO_ID,
+    polygons_to_mask,
+    rle_counts_from_string,
+    rle_decode,
+    segmentation_to_mask,
+)
+from flowclas_ros.data.outlier_sources import (
+    OutlierObject,
+    OutlierSource,
+    default_outlier_split,
+    load_outlier_source,
+)
+from flowclas_ros.data.pasting import (
+    OutlierPaster,
+    PasteConfig,
+    fit_to_size,
+    mask_bbox,
+    rescale_object,
+)
 
 
 def write_rgb(path: Path, h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -31,8 +47,9 @@ def write_rgb(path: Path, h: int, w: int, seed: int = 0) -> np.ndarray:
 def test_class_tables():
     assert len(COCO_CLASSES) == 80 and len(set(YOLO_TO_COCO_ID)) == 80
     names = dict(COCO_CLASSES)
-    assert {names[i] for i in ROAD_SCENE_COCO_IDS} >= {"person", "bicycle", "car", "motorcycle", "bus",
-                                                       "truck", "train", "traffic light", "stop sign"}
+    assert {names[i] for i in ROAD_SCENE_COCO_IDS} >= {"person", "bicycle", "car", "motorcycle",
+                                                       "bus", "truck", "train", "traffic light",
+                                                       "stop sign"}
     assert YOLO_TO_COCO_ID[2] == 3 and YOLO_TO_COCO_ID[11] == 13 and YOLO_TO_COCO_ID[79] == 90
     assert names[78] == "microwave" and ALLO_COCO_IDS <= set(names)
 
@@ -55,7 +72,8 @@ def test_rle_compressed_hand_made():
     assert rle_counts_to_string([5, 10, 1, 2]) == "5:1H"
     assert rle_counts_from_string(b"032") == [0, 3, 2]
     m = rle_decode({"size": [3, 6], "counts": "5:1H"})
-    assert m.sum() == 10 + 2 and np.array_equal(m, rle_decode({"size": [3, 6], "counts": [5, 10, 1, 2]}))
+    assert m.sum() == 10 + 2
+    assert np.array_equal(m, rle_decode({"size": [3, 6], "counts": [5, 10, 1, 2]}))
 
 
 def test_rle_roundtrip_random():
@@ -101,10 +119,14 @@ def make_coco(root: Path) -> dict:
     compressed = rle_encode(np.pad(np.ones((4, 4), bool), ((3, 3), (4, 4))))
     compressed["counts"] = rle_counts_to_string(compressed["counts"])
     anns = [
-        {"id": 1, "image_id": 1, "category_id": 18, "iscrowd": 0, "segmentation": [[2, 2, 10, 2, 10, 8, 2, 8]]},
-        {"id": 2, "image_id": 1, "category_id": 3, "iscrowd": 0, "segmentation": [[12, 12, 20, 12, 20, 18]]},
-        {"id": 3, "image_id": 2, "category_id": 18, "iscrowd": 0, "segmentation": [[1, 12, 8, 12, 8, 20, 1, 20]]},
-        {"id": 4, "image_id": 2, "category_id": 28, "iscrowd": 1, "segmentation": rle_encode(crowd)},
+        {"id": 1, "image_id": 1, "category_id": 18, "iscrowd": 0,
+         "segmentation": [[2, 2, 10, 2, 10, 8, 2, 8]]},
+        {"id": 2, "image_id": 1, "category_id": 3, "iscrowd": 0,
+         "segmentation": [[12, 12, 20, 12, 20, 18]]},
+        {"id": 3, "image_id": 2, "category_id": 18, "iscrowd": 0,
+         "segmentation": [[1, 12, 8, 12, 8, 20, 1, 20]]},
+        {"id": 4, "image_id": 2, "category_id": 28, "iscrowd": 1,
+         "segmentation": rle_encode(crowd)},
         {"id": 5, "image_id": 3, "category_id": 44, "iscrowd": 0, "segmentation": compressed},
     ]
     data = {"images": [{"id": i, "file_name": f"{i:012d}.jpg", "height": h, "width": w}
@@ -202,9 +224,11 @@ def test_mask_pngs_meta_ood_layout_with_filter(tmp_path):
     (tmp_path / "ood_seg_train2017").mkdir()
     for i in (1, 2, 3):
         h, w = {1: (20, 30), 2: (24, 16), 3: (10, 12)}[i]
-        Image.fromarray(np.full((h, w), 254, np.uint8)).save(tmp_path / "ood_seg_train2017" / f"{i:012d}.png")
+        Image.fromarray(np.full((h, w), 254, np.uint8)).save(
+            tmp_path / "ood_seg_train2017" / f"{i:012d}.png")
     src = load_outlier_source(tmp_path)
-    assert src.kind == "mask_png" and src.keys == ["000000000002", "000000000003"]  # car image dropped
+    # car image dropped
+    assert src.kind == "mask_png" and src.keys == ["000000000002", "000000000003"]
     assert src[0].mask.all()
 
 
@@ -227,9 +251,10 @@ def test_real_coco128_road_filter(shared_data):
     assert 0 < len(src) < src.info["images"]
     assert len(src) + src.info["dropped_by_filter"] <= src.info["images"]
     for key in src.keys:  # no kept image holds a road-scene class
-        classes = {int(line.split()[0]) for line in (labels / f"{key}.txt").read_text().splitlines() if line}
+        classes = {int(line.split()[0])
+                   for line in (labels / f"{key}.txt").read_text().splitlines() if line}
         assert not {YOLO_TO_COCO_ID[c] for c in classes} & ROAD_SCENE_COCO_IDS
-    dropped = set(p.stem for p in labels.glob("*.txt")) - set(src.keys)
+    dropped = {p.stem for p in labels.glob("*.txt")} - set(src.keys)
     assert "000000000009" not in dropped  # bowls, broccoli, orange: no road class
     for obj in (src[0], src[len(src) - 1]):
         assert obj.mask.shape == obj.image.shape[:2] and 0 < obj.mask.sum() < obj.mask.size
@@ -244,7 +269,8 @@ def test_split_disjoint_deterministic(tmp_path):
     src = load_outlier_source(tmp_path)
     train, held = src.split(0.25, seed=0)
     assert len(held) == 5 and len(train) == 15
-    assert not set(train.keys) & set(held.keys) and set(train.keys) | set(held.keys) == set(src.keys)
+    assert not set(train.keys) & set(held.keys)
+    assert set(train.keys) | set(held.keys) == set(src.keys)
     assert train.keys == sorted(train.keys) and held.info["part"] == "held_out"
     again = load_outlier_source(tmp_path).split(0.25, seed=0)
     assert again[1].keys == held.keys
@@ -334,7 +360,8 @@ def test_aux_image():
     obj = src[0]
     image, label = inlier_frame(30, 70)  # narrower than the object in height, wider in width
     for background, bg_value in (("inlier", 0), ("ignore", 255)):
-        out = OutlierPaster(src, PasteConfig(aux_background=background))(image, label, np.random.default_rng(0))
+        out = OutlierPaster(src, PasteConfig(aux_background=background))(
+            image, label, np.random.default_rng(0))
         assert out.aux_image.shape == (30, 70, 3) and out.aux_label.shape == (30, 70)
         # Centre crop rows 5..35, centred pad of 10 columns each side.
         assert np.array_equal(out.aux_image[:, 10:60], obj.image[5:35])
@@ -377,7 +404,8 @@ def test_paste_over_ignore_becomes_outlier():
 def test_grey_and_paste_prob():
     src = mem_source(n=2)
     image, label = inlier_frame(40, 50)
-    out = OutlierPaster(src, PasteConfig(scales=(1.0,), grey_prob=1.0))(image, label, np.random.default_rng(0))
+    out = OutlierPaster(src, PasteConfig(scales=(1.0,), grey_prob=1.0))(
+        image, label, np.random.default_rng(0))
     assert out.info["grey"]
     px = out.image[out.label == 1]
     assert (px[:, 0] == px[:, 1]).all() and (px[:, 1] == px[:, 2]).all()

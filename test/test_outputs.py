@@ -1,6 +1,9 @@
-"""flowclas_ros.outputs (issue 19): regions, exceedance, persistence, depth pairing and decoding,
-back-projection, point cloud packing, ignore masks and anomaly snapshots. No ROS: messages are
-duck-typed namespaces; snapshot files are read back with flowclas_ros.data.bags."""
+"""flowclas_ros.outputs (issue 19).
+
+Regions, exceedance, persistence, depth pairing and decoding, back-projection, point cloud
+packing, ignore masks and anomaly snapshots. No ROS: messages are duck-typed namespaces;
+snapshot files are read back with flowclas_ros.data.bags.
+"""
 from __future__ import annotations
 
 import array
@@ -17,16 +20,32 @@ from PIL import Image
 from scipy import ndimage
 
 from flowclas_ros.outputs import regions as regions_mod
-from flowclas_ros.outputs.depth import (CameraInfoError, DepthFormatError, Intrinsics,
-                                        back_project, decode_depth, depth_geometry,
-                                        intrinsics_from_camera_info)
-from flowclas_ros.outputs.ignore_mask import (IgnoreMask, IgnoreMaskError, load_ignore_mask,
-                                              save_ignore_mask, static_mask)
+from flowclas_ros.outputs.depth import (
+    CameraInfoError,
+    DepthFormatError,
+    Intrinsics,
+    back_project,
+    decode_depth,
+    depth_geometry,
+    intrinsics_from_camera_info,
+)
+from flowclas_ros.outputs.ignore_mask import (
+    IgnoreMask,
+    IgnoreMaskError,
+    load_ignore_mask,
+    save_ignore_mask,
+    static_mask,
+)
 from flowclas_ros.outputs.pairing import DepthPairer, stamp_ns
 from flowclas_ros.outputs.persistence import Persistence, box_iou
 from flowclas_ros.outputs.pointcloud import FLOAT32, pack_points, unpack_points
-from flowclas_ros.outputs.regions import (Region, check_exceedance_table, exceedance,
-                                          exceedance_table, find_regions)
+from flowclas_ros.outputs.regions import (
+    Region,
+    check_exceedance_table,
+    exceedance,
+    exceedance_table,
+    find_regions,
+)
 from flowclas_ros.outputs.resize import nearest_indices, resize_nearest, same_aspect
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -504,14 +523,18 @@ def test_ignore_mask_load_resize_and_errors(tmp_path):
 
 
 def _static_band_frames(n=30, h=120, w=160, band=20, seed=0):
-    """Moving scenes above a constant bright band (a hood) whose brightness drifts a little."""
+    """Make moving scenes above a constant bright band (a hood).
+
+    The band's brightness drifts a little.
+    """
     rng = np.random.default_rng(seed)
     frames = []
     for k in range(n):
         scene = ndimage.gaussian_filter(rng.random((h, w)), 1.5)
         scene = 30 + 150 * (scene - scene.min()) / (np.ptp(scene) + 1e-9)
         img = np.repeat(scene[:, :, None], 3, axis=2)
-        hood = 205 + 5 * np.sin(k) + np.linspace(0, 10, band)[:, None] + rng.normal(0, 1, (band, w))
+        hood = (205 + 5 * np.sin(k) + np.linspace(0, 10, band)[:, None]
+                + rng.normal(0, 1, (band, w)))
         img[h - band:] = hood[:, :, None]
         frames.append(np.clip(img, 0, 255).astype(np.uint8))
     return frames

@@ -1,5 +1,8 @@
-"""The ament layout for real: package.xml passes catkin_pkg, colcon builds the package and puts
-the executables, launch, config and model files where `ros2 run` / `ros2 launch` look."""
+"""The ament layout for real.
+
+package.xml passes catkin_pkg, colcon builds the package and puts the executables, launch,
+config and model files where `ros2 run` / `ros2 launch` look.
+"""
 import ast
 import os
 import shutil

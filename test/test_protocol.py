@@ -1,5 +1,8 @@
-"""The validation protocol: new inlier readers, instance-level outliers, compositing, grid labels,
-photometric augmentation, the protocol's build and scoring (the last on ../shared/data)."""
+"""The validation protocol.
+
+New inlier readers, instance-level outliers, compositing, grid labels, photometric
+augmentation, the protocol's build and scoring (the last on ../shared/data).
+"""
 import json
 from pathlib import Path
 
@@ -7,17 +10,22 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_outliers import write_rgb
 
-from flowclas_ros.data.compositing import (CompositeConfig, Compositor, Ground, estimate_ground,
-                                           ground_from_mask, match_light)
+from flowclas_ros.data.compositing import (
+    CompositeConfig,
+    Compositor,
+    Ground,
+    estimate_ground,
+    ground_from_mask,
+    match_light,
+)
 from flowclas_ros.data.datasets import build_dataset
 from flowclas_ros.data.outlier_sources import default_outlier_split, load_outlier_source
 from flowclas_ros.labels import ANOMALY, INLIER, VOID
 from flowclas_ros.training.augment import photometric
 from flowclas_ros.training.config import PhotometricConfig
 from flowclas_ros.training.feature_cache import grid_labels
-from test_outliers import write_rgb
-
 
 # --- readers -------------------------------------------------------------------------------
 
@@ -260,7 +268,8 @@ def _tiny_data(root: Path) -> Path:
     ids[:80] = 10
     ids[-12:] = 255  # the ego car
     (cs / "gtFine" / "train" / "aachen").mkdir(parents=True)
-    Image.fromarray(ids).save(cs / "gtFine/train/aachen/aachen_000000_000019_gtFine_labelTrainIds.png")
+    Image.fromarray(ids).save(
+        cs / "gtFine/train/aachen/aachen_000000_000019_gtFine_labelTrainIds.png")
     classes = (28, 24, 26, 77, 39, 16, 45, 77)  # suitcase backpack handbag teddy bottle dog bowl
     for i, c in enumerate(classes):
         stem = f"{i:012d}"
@@ -273,7 +282,7 @@ def _tiny_data(root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_protocol(tmp_path_factory):
-    """The small-obstacle parts built from the tiny data."""
+    """Build the small-obstacle parts from the tiny data."""
     from flowclas_ros.data.obstacle_sets import HIRES_PARTS, ObstacleConfig
     from flowclas_ros.data.protocol_sets import ProtocolConfig, build_protocol
 
@@ -324,8 +333,10 @@ def test_real_hires_road_split(shared_data):
     protocol = build_dataset("hires_road", root, "protocol").names
     assert len(train) + len(protocol) == 509 and not set(train) & set(protocol)
     assert len(protocol) == 181
-    pasted = {drive_and_frame(n)[0] for n in build_dataset("hires_road", root, "protocol_pasted").names}
-    clean = {drive_and_frame(n)[0] for n in build_dataset("hires_road", root, "protocol_clean").names}
+    pasted = {drive_and_frame(n)[0]
+              for n in build_dataset("hires_road", root, "protocol_pasted").names}
+    clean = {drive_and_frame(n)[0]
+             for n in build_dataset("hires_road", root, "protocol_clean").names}
     assert pasted == {"sceneflow_image_02", "boston_testing"}
     assert clean == {"cgebbe_input", "boston_testing"}
 
@@ -349,7 +360,12 @@ def test_height_range_places_obstacles_on_the_road_at_perspective_scale():
 
 
 def test_synthetic_obstacles_are_seeded_and_masked():
-    from flowclas_ros.data.synthetic_obstacles import DEFAULT_KINDS, KINDS, render, synthetic_source
+    from flowclas_ros.data.synthetic_obstacles import (
+        DEFAULT_KINDS,
+        KINDS,
+        render,
+        synthetic_source,
+    )
 
     for kind in KINDS:
         a, b = render(kind, 5), render(kind, 5)
@@ -456,7 +472,7 @@ def test_component_recall_precision_and_f1_by_size():
 
 
 def _legacy_protocol(root: Path, version: int = 1) -> Path:
-    """A hand-made protocol folder of the old format: three selection parts and kitti_clean."""
+    """Write a hand-made protocol folder of the old format: three selection parts, kitti_clean."""
     rng = np.random.default_rng(3)
     parts = ("kitti_pasted", "idd_pasted", "camvid_pasted", "kitti_clean")
     for part in parts:
@@ -488,7 +504,8 @@ def test_old_protocol_folder_scores_as_before(tmp_path):
     root = _legacy_protocol(tmp_path / "p")
     r = evaluate_protocol(_noisy, root, fpr=0.05)
     assert set(r) == {"parts", "threshold", "fpr", "seconds", "score"}
-    frames = {p: list(build_dataset("folder", root / p)) for p in SELECTION_PARTS + ("kitti_clean",)}
+    frames = {p: list(build_dataset("folder", root / p))
+              for p in SELECTION_PARTS + ("kitti_clean",)}
     clean = frames["kitti_clean"]
     t = threshold_at_fpr(np.stack([_noisy(s) for s in clean]), np.stack([s.label for s in clean]),
                          0.05)

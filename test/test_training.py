@@ -1,7 +1,10 @@
-"""Training: configs and overrides, schedule, parameter groups, the feature cache, a short run
-that lowers the loss, exact kill-and-resume (also of a run killed in its feature-cache build),
-checkpoint selection, the CLI. Tiny backbone, a tiny generated 'folder' dataset and generated
-outlier objects, all in tmp_path."""
+"""Training.
+
+Configs and overrides, schedule, parameter groups, the feature cache, a short run that lowers
+the loss, exact kill-and-resume (also of a run killed in its feature-cache build), checkpoint
+selection, the CLI. Tiny backbone, a tiny generated 'folder' dataset and generated outlier
+objects, all in tmp_path.
+"""
 import csv
 import json
 import logging
@@ -17,17 +20,23 @@ import torch
 import yaml
 from PIL import Image
 
-from flowclas_ros.model.checkpoint import load_checkpoint, load_model
 from flowclas_ros.labels import VOID
-from flowclas_ros.training import config as config_mod
-from flowclas_ros.training.config import ConfigError, load_config
-from flowclas_ros.training.feature_cache import (ARRAYS, PROGRESS_FILE, FeatureCache,
-                                                 build_feature_cache, cache_key, done_rows)
-from flowclas_ros.training.features import encode, grid_labels
-from flowclas_ros.training.schedule import OneCycleSchedule, one_cycle_factor
+from flowclas_ros.model.checkpoint import load_checkpoint, load_model
 from flowclas_ros.tools.common import resolve_config
 from flowclas_ros.tools.train import main
+from flowclas_ros.training import config as config_mod
+from flowclas_ros.training.config import ConfigError, load_config
+from flowclas_ros.training.feature_cache import (
+    ARRAYS,
+    PROGRESS_FILE,
+    FeatureCache,
+    build_feature_cache,
+    cache_key,
+    done_rows,
+)
+from flowclas_ros.training.features import encode, grid_labels
 from flowclas_ros.training.samples import EpochOrder, variant_rng
+from flowclas_ros.training.schedule import OneCycleSchedule, one_cycle_factor
 from flowclas_ros.training.trainer import Trainer, param_groups, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,14 +45,18 @@ ROOT = Path(__file__).resolve().parents[1]
 # --- fixtures ------------------------------------------------------------------------------------
 
 def make_fixture(root: Path, n_images: int = 8, n_outliers: int = 4, size=(64, 64), seed: int = 0):
-    """A 'folder' inlier set (images/ + labels/ with an ignored top band) and mask-PNG outliers."""
+    """Write a 'folder' inlier set and mask-PNG outliers.
+
+    The inlier set is images/ + labels/ with an ignored top band.
+    """
     rng = np.random.default_rng(seed)
     h, w = size
     yy, xx = np.mgrid[0:h, 0:w]
     for sub in ("inliers/images", "inliers/labels", "outliers/images", "outliers/masks"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     for i in range(n_images):
-        base = np.stack([(yy * 2 + i * 7) % 256, (xx * 3) % 256, np.full_like(yy, 90 + 10 * i)], -1)
+        base = np.stack([(yy * 2 + i * 7) % 256, (xx * 3) % 256, np.full_like(yy, 90 + 10 * i)],
+                        -1)
         img = np.clip(base + rng.normal(0, 8, (h, w, 3)), 0, 255).astype(np.uint8)
         Image.fromarray(img).save(root / f"inliers/images/img{i:02d}.png")
         lab = np.zeros((h, w), np.uint8)
@@ -62,8 +75,9 @@ def make_fixture(root: Path, n_images: int = 8, n_outliers: int = 4, size=(64, 6
 
 
 def tiny_config(tmp_path: Path, name: str = "tiny", **sections) -> Path:
-    """A YAML config for the tiny backbone on the generated data; ``sections`` update it."""
-    data = make_fixture(tmp_path / "data") if not (tmp_path / "data").exists() else tmp_path / "data"
+    """Write a YAML config for the tiny backbone on the generated data; ``sections`` update it."""
+    data = (make_fixture(tmp_path / "data") if not (tmp_path / "data").exists()
+            else tmp_path / "data")
     cfg = {
         "model": {"backbone": {"name": "tiny", "channels": 16},
                   "flow": {"steps": 2, "hidden": 8, "subnet": "simple"}, "proj_dim": 8},
@@ -92,8 +106,8 @@ def test_config_yaml_and_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train: {lr: 1.0e-3, objective: nll}\nmodel: {flow: {steps: 4}}\n")
     cfg = load_config(path, ["train.lr=1e-4", "model.backbone.stages=[2,3]",
-                             "data.image_size=[180, 240]", "train.max_steps=7", "train.grad_clip=0",
-                             "eval.val_dir=null", "data.paste.scales=[0.5]"])
+                             "data.image_size=[180, 240]", "train.max_steps=7",
+                             "train.grad_clip=0", "eval.val_dir=null", "data.paste.scales=[0.5]"])
     assert cfg.name == "c" and cfg.train.objective == "nll"
     assert cfg.train.lr == pytest.approx(1e-4) and isinstance(cfg.train.lr, float)
     assert isinstance(cfg.train.grad_clip, float) and cfg.train.grad_clip == 0.0
@@ -220,7 +234,8 @@ def test_shipped_configs_load_and_follow_the_recipe():
 def test_one_cycle_schedule(tmp_path):
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.AdamW([p], lr=2.0)
-    sched = OneCycleSchedule(opt, total_steps=10, warmup_steps=4, start_factor=0.0, final_factor=0.1)
+    sched = OneCycleSchedule(opt, total_steps=10, warmup_steps=4, start_factor=0.0,
+                             final_factor=0.1)
     lrs = []
     for _ in range(12):
         lrs.append(opt.param_groups[0]["lr"])
@@ -238,11 +253,12 @@ def test_one_cycle_schedule(tmp_path):
 
 
 def test_param_groups():
-    from flowclas_ros.model.flowclas import FlowCLAS, ModelConfig
     from flowclas_ros.model.backbones import BackboneConfig
     from flowclas_ros.model.flow import FlowConfig
+    from flowclas_ros.model.flowclas import FlowCLAS, ModelConfig
 
-    model = FlowCLAS(ModelConfig(BackboneConfig("tiny"), FlowConfig(steps=2, hidden=8, subnet="simple"),
+    model = FlowCLAS(ModelConfig(BackboneConfig("tiny"),
+                                 FlowConfig(steps=2, hidden=8, subnet="simple"),
                                  proj_dim=8))
     decay, no_decay = param_groups(model, 0.1)
     names = {id(p): n for n, p in model.named_parameters()}
@@ -319,8 +335,11 @@ def test_checkpoint_loads_weights_only(tmp_path):
 
 
 def test_resume_from_the_saved_config_continues_in_the_run_folder(tmp_path, capsys):
-    """`train --config OUT/config.yaml --resume` continues the run trained with --out OUT;
-    --resume with nothing to resume is an error naming where it looked, not a fresh start."""
+    """Check that resuming from OUT/config.yaml continues the run trained with --out OUT.
+
+    `train --config OUT/config.yaml --resume` continues that run; --resume with nothing to
+    resume is an error naming where it looked, not a fresh start.
+    """
     path = tiny_config(tmp_path, train={"epochs": 2, "checkpoint_every": 2})
     out = tmp_path / "elsewhere" / "run"
     assert main(["--config", str(path), "--out", str(out), "--quiet"]) == 0
@@ -340,7 +359,7 @@ def test_resume_from_the_saved_config_continues_in_the_run_folder(tmp_path, caps
 
 @pytest.mark.parametrize("cache", [True, False])
 def test_kill_and_resume_gives_the_same_parameters(tmp_path, cache):
-    """A run SIGKILLed at step 7 (last checkpoint at step 4) and resumed ends bit-identical."""
+    """Check that a run SIGKILLed at step 7 (last checkpoint at step 4) resumes bit-identical."""
     path = tiny_config(tmp_path, train={"epochs": 5, "checkpoint_every": 4},
                        cache={"enabled": cache})
     full, broken = tmp_path / "full", tmp_path / "broken"
@@ -354,7 +373,8 @@ def test_kill_and_resume_gives_the_same_parameters(tmp_path, cache):
         "def die(trainer):\n"
         "    if trainer.step == 7:\n"
         "        os.kill(os.getpid(), signal.SIGKILL)\n"
-        "Trainer(load_config(sys.argv[1], ['train.progress=false']), out=sys.argv[2]).fit(on_step=die)\n")
+        "Trainer(load_config(sys.argv[1], ['train.progress=false']), "
+        "out=sys.argv[2]).fit(on_step=die)\n")
     proc = subprocess.run([sys.executable, "-c", killed_at_7, str(path), str(broken)], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr  # killed, not finished
@@ -370,7 +390,8 @@ def test_kill_and_resume_gives_the_same_parameters(tmp_path, cache):
         assert torch.equal(a["model"][k], b["model"][k]), k
     for k, st in a["optimizer"]["state"].items():
         for name, v in st.items():
-            assert torch.equal(torch.as_tensor(v), torch.as_tensor(b["optimizer"]["state"][k][name]))
+            assert torch.equal(torch.as_tensor(v),
+                               torch.as_tensor(b["optimizer"]["state"][k][name]))
     assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"]
     sa = json.loads((full / "summary.json").read_text())
     sb = json.loads((broken / "summary.json").read_text())
@@ -382,9 +403,12 @@ def test_kill_and_resume_gives_the_same_parameters(tmp_path, cache):
 
 
 def test_resume_of_a_run_killed_while_building_the_feature_cache(tmp_path, caplog):
-    """A `train` SIGKILLed in its feature-cache build (no checkpoint yet) is a run at step 0:
-    --resume keeps the cache rows the build had finished, computes the rest, and ends with the
-    cache, checkpoint (model, optimizer, RNG states) and step of an uninterrupted run."""
+    """Check the resume of a `train` SIGKILLed in its feature-cache build.
+
+    With no checkpoint yet it is a run at step 0: --resume keeps the cache rows the build had
+    finished, computes the rest, and ends with the cache, checkpoint (model, optimizer, RNG
+    states) and step of an uninterrupted run.
+    """
     # One row per backbone batch, so that the build is caught long before it can finish.
     path = tiny_config(tmp_path, train={"epochs": 2, "checkpoint_every": 100},
                        cache={"batch_size": 1, "variants": 4})
@@ -493,9 +517,12 @@ class _Killed(Exception):
 
 
 def test_a_stopped_feature_cache_build_resumes_where_it_stopped(tmp_path):
-    """A build stopped after some batches keeps their rows and computes only the others, in the
+    """Check that a stopped feature-cache build resumes where it stopped.
+
+    A build stopped after some batches keeps their rows and computes only the others, in the
     same batches, ending equal to an uninterrupted build; a partial build made for anything
-    else (another batch size, a garbled header) is started afresh."""
+    else (another batch size, a garbled header) is started afresh.
+    """
     trainer = Trainer(load_config(tiny_config(tmp_path)), out=tmp_path / "run")
     spec, pairs, rows = trainer.cache_spec(), trainer.pairs, 16
     calls = []
@@ -626,12 +653,13 @@ def test_bench_cache_reports_speedup(tmp_path):
 @pytest.mark.real_data
 @pytest.mark.slow
 def test_demo_config_trains_on_the_real_data(tmp_path, shared_data, monkeypatch):
-    """The shipped demo config, on a few CamVid frames with coco128-seg objects, both ways."""
+    """Train the shipped demo config on a few CamVid frames with coco128-seg objects, both ways."""
     monkeypatch.setenv("FLOWCLAS_DATA", str(shared_data))
     common = ["data.limit=4", "train.batch_size=2", "train.max_steps=2", "eval.protocol=null",
               "cache.variants=1", f"cache.dir={tmp_path / 'cache'}", "train.progress=false"]
     for cached in ("true", "false"):
-        cfg = load_config(resolve_config("train_demo_lite2_camvid"), common + [f"cache.enabled={cached}"])
+        cfg = load_config(resolve_config("train_demo_lite2_camvid"),
+                          common + [f"cache.enabled={cached}"])
         summary = train(cfg, out=tmp_path / f"run-{cached}")
         assert summary["steps"] == 2
         rows = read_log(tmp_path / f"run-{cached}")

@@ -1,6 +1,8 @@
-"""Checkpoints and bundles written before the flow was grouped into steps (layout 1) still load
-and give the same scores. The fixtures in test/fixtures were written by flowclas_ros at commit
-4c2989e (layout 1); see flowclas_ros/model/upgrade.py."""
+"""Checkpoints and bundles of layout 1 still load and give the same scores.
+
+Layout 1: written before the flow was grouped into steps. The fixtures in test/fixtures were
+written by flowclas_ros at commit 4c2989e (layout 1); see flowclas_ros/model/upgrade.py.
+"""
 from pathlib import Path
 
 import numpy as np
@@ -43,9 +45,12 @@ def test_layout1_bundle_loads_and_gives_the_same_scores():
 
 
 def test_layout1_efficientnet_names_map_onto_todays_backbone():
-    """Layout 1 kept EfficientNet-Lite's stem as stem.0 (conv_stem) / stem.1 (bn1) and the blocks
+    """Check that layout 1's EfficientNet-Lite names cover today's backbone exactly.
+
+    Layout 1 kept EfficientNet-Lite's stem as stem.0 (conv_stem) / stem.1 (bn1) and the blocks
     up to the tapped stage as blocks.*: rebuilt here from timm's classifier, those names must
-    cover today's backbone exactly."""
+    cover today's backbone exactly.
+    """
     import timm
 
     full = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()

@@ -1,15 +1,18 @@
-"""The pasted-CamVid validation set: held-out objects only, deterministic, read back as a folder."""
+"""The pasted-CamVid validation set.
+
+Held-out objects only, deterministic, read back as a folder.
+"""
 import json
 
 import numpy as np
 import pytest
 from PIL import Image
+from test_datasets import make_camvid
+from test_outliers import make_yolo
 
 from flowclas_ros.data import build_dataset, load_outlier_source
 from flowclas_ros.data.validation_set import build_validation_set, default_outlier_split
 from flowclas_ros.tools.build_validation_set import main
-from test_datasets import make_camvid
-from test_outliers import make_yolo
 
 
 @pytest.fixture
@@ -36,7 +39,8 @@ def test_build_and_read_back(roots, tmp_path):
     assert len(held) == 2  # round(0.25 * 8 kept images)
     assert m["outliers"]["objects"] == 2 and m["outliers"]["part"] == "held_out"
     assert m["counts"]["frames"] == 6 and m["counts"]["per_split"] == {"val": 3, "test": 3}
-    assert m["seed"] == 3 and json.loads((out / "manifest.json").read_text())["counts"] == m["counts"]
+    assert m["seed"] == 3
+    assert json.loads((out / "manifest.json").read_text())["counts"] == m["counts"]
     assert {f["object"] for f in m["frames"]} <= set(held.keys)
     for s in ds:
         assert set(np.unique(s.label)) <= {0, 1, 255} and (s.label == 1).any()
@@ -94,10 +98,12 @@ def test_cli(roots, tmp_path, capsys):
 def test_real_camvid_coco128(shared_data, tmp_path):
     if not (shared_data / "camvid").is_dir() or not (shared_data / "coco128-seg").is_dir():
         pytest.skip("camvid or coco128-seg absent")
-    m = build_validation_set(shared_data / "camvid", shared_data / "coco128-seg", tmp_path, limit=2)
+    m = build_validation_set(shared_data / "camvid", shared_data / "coco128-seg", tmp_path,
+                             limit=2)
     assert m["counts"]["frames"] == 4 and m["outliers"]["objects"] == 14
     train, held = default_outlier_split(load_outlier_source(shared_data / "coco128-seg"))
-    assert {f["object"] for f in m["frames"]} <= set(held.keys) and not set(held.keys) & set(train.keys)
+    assert {f["object"] for f in m["frames"]} <= set(held.keys)
+    assert not set(held.keys) & set(train.keys)
     ds = build_dataset("folder", tmp_path)
     s = ds[0]
     assert s.image.shape == (360, 480, 3) and (s.label == 1).any()

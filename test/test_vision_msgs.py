@@ -1,6 +1,7 @@
-"""vision_msgs for the tests (test/ros_msgs.py, test/msgs/vision_msgs): built from the PyPI
-rosidl wheels, cached, importable here and in a process of its own, and a Detection2DArray goes
-over real DDS between the two with every field intact, both ways.
+"""vision_msgs for the tests (test/ros_msgs.py, test/msgs/vision_msgs).
+
+Built from the PyPI rosidl wheels, cached, importable here and in a process of its own, and a
+Detection2DArray goes over real DDS between the two with every field intact, both ways.
 
 The first run builds the package (25-45 s on two cores); later runs reuse the cache.
 """
@@ -58,8 +59,11 @@ def test_package_defines_the_documented_messages():
 
 
 def test_one_build_per_key_under_concurrent_callers(tmp_path, monkeypatch):
-    """Two callers at once: one builds while the other waits on the lock and takes its result;
-    a failed build leaves nothing that counts as built, and the next call builds again."""
+    """Check that two callers at once make one build per key.
+
+    One builds while the other waits on the lock and takes its result; a failed build leaves
+    nothing that counts as built, and the next call builds again.
+    """
     monkeypatch.setenv(ros_msgs.CACHE_ENV, str(tmp_path))
     monkeypatch.setattr(ros_msgs, "missing_toolchain", lambda: None)
     monkeypatch.setattr(ros_msgs, "build_key", lambda package: "k")
@@ -125,7 +129,7 @@ def test_cache_key_follows_the_definitions(tmp_path, monkeypatch):
 # the build and DDS ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def vision_msgs():
-    """The built package's ``vision_msgs.msg``, importable in this process."""
+    """Return the built package's ``vision_msgs.msg``, importable in this process."""
     return ros_msgs.ensure_vision_msgs()
 
 
@@ -143,8 +147,10 @@ def _spawn(env, role: str, topic: str) -> subprocess.Popen:
 
 
 def _finish(proc: subprocess.Popen, timeout: float = 30.0) -> str:
-    """Close the peer's stdin (a publishing peer stops on it), wait for it, return its output
-    (a few lines: no pipe fills up)."""
+    """Close the peer's stdin (a publishing peer stops on it), wait for it, return its output.
+
+    The output is a few lines: no pipe fills up.
+    """
     proc.stdin.close()
     try:
         proc.wait(timeout=timeout)

@@ -20,9 +20,12 @@ TIMEOUT = 60.0
 
 
 def sample_message(msg):
-    """A Detection2DArray with every field set to a value of its own: two detections (their
-    own headers, ids and boxes), one with one hypothesis and one with two, each with a pose and
-    a full covariance. ``msg`` is the ``vision_msgs.msg`` module."""
+    """Build a Detection2DArray with every field set to a value of its own.
+
+    It has two detections (their own headers, ids and boxes), one with one hypothesis and one
+    with two, each with a pose and a full covariance. ``msg`` is the ``vision_msgs.msg``
+    module.
+    """
     out = msg.Detection2DArray()
     out.header.stamp.sec, out.header.stamp.nanosec = 1714, 250_000_001
     out.header.frame_id = "camera_optical"
@@ -50,7 +53,7 @@ def sample_message(msg):
 
 
 def as_plain(value):
-    """A message as plain dicts, lists and numbers (every field, recursively)."""
+    """Return a message as plain dicts, lists and numbers (every field, recursively)."""
     if hasattr(value, "get_fields_and_field_types"):
         return {name: as_plain(getattr(value, name))
                 for name in value.get_fields_and_field_types()}

@@ -32,7 +32,10 @@ def canonical_json(obj: Any) -> str:
 
 
 def config_sha256(config: Any) -> str:
-    """sha256 of the canonical JSON of a config dict (what the manifest's train_config_sha256 is)."""
+    """Return the sha256 of the canonical JSON of a config dict.
+
+    This is what the manifest's ``train_config_sha256`` is.
+    """
     return hashlib.sha256(canonical_json(config).encode()).hexdigest()
 
 

@@ -20,11 +20,13 @@ def model_card(m: dict) -> str:
         f"{m['input']['pad_multiple']} happen inside the graph. The runtime resizes frames "
         f"({m['input']['resize']}).",
         f"* Mask threshold: {thr['value']:.6g} ({thr.get('method')}"
-        + (f", FPR {thr['fpr']:.3g} on inlier pixels" if thr.get("fpr") is not None else "") + ").",
+        + (f", FPR {thr['fpr']:.3g} on inlier pixels" if thr.get("fpr") is not None else "")
+        + ").",
         f"* Display range: {m['score_range']} ({m.get('score_range_method')}).",
         f"* ONNX: opset {m['onnx']['opset']}, {m['onnx']['exporter']} exporter"
         f"{', float16 backbone' if m['onnx']['fp16'] else ''}."
-        + (f" ONNX Runtime vs torch on {ver.get('image')}: max |diff| {ver.get('max_abs_diff'):.3g} "
+        + (f" ONNX Runtime vs torch on {ver.get('image')}: "
+           f"max |diff| {ver.get('max_abs_diff'):.3g} "
            f"({ver.get('relative_to_score_range'):.2g} of the score range)." if ver else ""),
     ]
     metrics = dict(m.get("metrics") or {})

@@ -4,7 +4,8 @@ The model's input size for a frame is the bundle's :class:`Resolution`: a fixed 
 bundles of format 1 and 2 (every frame squeezed to it, whatever its aspect ratio), or, for
 bundles that declare a ``long_side`` or a pixel budget, the frame scaled to it with its aspect
 ratio kept (the graph pads to its stride inside and crops back). A frame (H, W, 3) uint8 RGB
-is resized to that (h, w) bilinearly with half-pixel centres, antialiased along an axis that shrinks (the arithmetic of
+is resized to that (h, w) bilinearly with half-pixel centres, antialiased along an axis that
+shrinks (the arithmetic of
 ``F.interpolate(mode="bilinear", align_corners=False, antialias=True)`` and PIL's triangle
 filter: a 4K camera squeezed 8x to the model's input would otherwise alias into textures the
 model never saw), scaled to [0, 1] and laid out (1, 3, h, w) float32. Normalisation and padding
@@ -54,7 +55,11 @@ class Resolution:
 
     @classmethod
     def of(cls, value) -> "Resolution":
-        """A Resolution from itself, a fixed (h, w), or a manifest's ``input.resolution`` dict."""
+        """Build a Resolution from ``value``.
+
+        ``value`` is a Resolution (returned as is), a fixed (h, w), or a manifest's
+        ``input.resolution`` dict.
+        """
         if isinstance(value, Resolution):
             return value
         if isinstance(value, dict):
@@ -79,7 +84,7 @@ class Resolution:
         return max(1, round(height * scale)), max(1, round(width * scale))
 
     def to_dict(self) -> dict:
-        """The manifest's ``input.resolution`` (None for a fixed size)."""
+        """Return the manifest's ``input.resolution`` (None for a fixed size)."""
         if self.fixed is not None:
             return None
         d = {"long_side": self.long_side, "pixels": self.pixels, "max_scale": self.max_scale}
@@ -138,13 +143,16 @@ def _resize_plane(plane: Image.Image, size: tuple[int, int]) -> np.ndarray:
 
 
 def resize_bilinear_np(img: np.ndarray, size: tuple[int, int], map_fn=map) -> np.ndarray:
-    """(H, W, C) any dtype -> (h, w, C) float32: torch's bilinear (align_corners=False),
-    antialiased along an axis that shrinks.
+    """Resize (H, W, C) any dtype -> (h, w, C) float32 like torch's antialiased bilinear.
+
+    The arithmetic is torch's bilinear (align_corners=False), antialiased along an axis that
+    shrinks.
 
     uint8 frames go through PIL's float resampler (the same triangle filter, in C: ~4x faster
     than the taps below at 640x480), one plane per channel: ``map_fn`` may run them on a thread
     pool (PIL releases the GIL while it resamples). Float maps, which may hold +-inf, go through
-    the taps."""
+    the taps.
+    """
     h, w = size
     if img.shape[:2] == (h, w):
         return img.astype(np.float32, copy=False)
@@ -161,10 +169,13 @@ def resize_bilinear_np(img: np.ndarray, size: tuple[int, int], map_fn=map) -> np
 
 def upsample_score_np(score: np.ndarray, size: tuple[int, int], map_fn=map,
                       chunks: int = 1) -> np.ndarray:
-    """A (h, w) float32 score map -> (H, W) float32: the taps of :func:`resize_bilinear_np`,
-    bit for bit, computed in ``chunks`` bands of output rows (``map_fn`` may run them on a
-    thread pool: numpy releases the GIL). A map that holds NaN or +-inf goes through the guarded
-    taps, which keep an infinite score from spreading into its neighbours' weights."""
+    """Upsample a (h, w) float32 score map -> (H, W) float32.
+
+    The result is the taps of :func:`resize_bilinear_np`, bit for bit, computed in ``chunks``
+    bands of output rows (``map_fn`` may run them on a thread pool: numpy releases the GIL). A
+    map that holds NaN or +-inf goes through the guarded taps, which keep an infinite score from
+    spreading into its neighbours' weights.
+    """
     if score.shape == tuple(size):
         return score.astype(np.float32, copy=False)
     if not np.isfinite(score).all():

@@ -1,4 +1,6 @@
-"""Reading a model bundle: the one artifact that export writes and the runtime, node and tools load.
+"""Reading a model bundle.
+
+A bundle is the one artifact that export writes and the runtime, node and tools load.
 
 A bundle is a directory::
 
@@ -113,8 +115,10 @@ class Bundle:
 
     @property
     def resolution(self) -> Resolution:
-        """How frames are sized for the model: kept aspect (format 3 with ``input.resolution``)
-        or squeezed to ``input_size``."""
+        """How frames are sized for the model.
+
+        Either kept aspect (format 3 with ``input.resolution``) or squeezed to ``input_size``.
+        """
         spec = self.manifest["input"].get("resolution")
         return Resolution.of(spec if spec else self.input_size)
 
@@ -142,8 +146,11 @@ class Bundle:
                          np.asarray(spec["scores"], np.float64)], axis=1)
 
     def mask_threshold(self, override: float | None = None) -> float:
-        """The mask threshold to use: ``override`` when it is a number, else (None or NaN, the
-        node's "use the bundle's") the calibrated one."""
+        """Return the mask threshold to use.
+
+        That is ``override`` when it is a number, else (None or NaN, the node's "use the
+        bundle's") the calibrated one.
+        """
         if override is None or math.isnan(override):
             return self.threshold
         return float(override)
@@ -158,20 +165,23 @@ _REQUIRED = {
 }
 
 
-def bundle_error(bundle: Path, what: str, fix: str = "re-export the bundle with `export`") -> BundleError:
-    """The error for ``bundle``: what is wrong, then what to do."""
+def bundle_error(bundle: Path, what: str,
+                 fix: str = "re-export the bundle with `export`") -> BundleError:
+    """Return the error for ``bundle``: what is wrong, then what to do."""
     return BundleError(f"bundle {bundle}: {what}; {fix}")
 
 
 def _read_manifest(path: Path) -> dict:
     mpath = path / MANIFEST
     if not mpath.is_file():
-        raise bundle_error(path, f"{MANIFEST} is missing (not a model bundle, or an incomplete copy)",
-                    "copy the whole bundle directory, or write one with `export`")
+        raise bundle_error(path,
+                           f"{MANIFEST} is missing (not a model bundle, or an incomplete copy)",
+                           "copy the whole bundle directory, or write one with `export`")
     try:
         manifest = json.loads(mpath.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise bundle_error(path, f"{MANIFEST} is not valid JSON ({exc}): the file is corrupted") from exc
+        raise bundle_error(
+            path, f"{MANIFEST} is not valid JSON ({exc}): the file is corrupted") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
         raise bundle_error(path, f"{MANIFEST} has format {got!r}, expected {FORMAT!r}")
@@ -182,13 +192,15 @@ def _read_manifest(path: Path) -> dict:
         import flowclas_ros
 
         writer = manifest.get("versions", {}).get("flowclas_ros", "?")
-        raise bundle_error(path, f"bundle format version {version} (written by flowclas_ros {writer}) is "
-                          f"too new: this flowclas_ros {flowclas_ros.__version__} reads up to "
-                          f"version {FORMAT_VERSION}",
-                    "upgrade flowclas_ros, or re-export the checkpoint with this version")
-    missing = [k for k in ("model", "input", "onnx", "weights", "threshold", "score_range", "files")
-               if k not in manifest]
-    missing += [f"{sec}.{k}" for sec, keys in _REQUIRED.items() if isinstance(manifest.get(sec), dict)
+        raise bundle_error(path, f"bundle format version {version} (written by flowclas_ros "
+                                 f"{writer}) is too new: this flowclas_ros "
+                                 f"{flowclas_ros.__version__} reads up to version "
+                                 f"{FORMAT_VERSION}",
+                           "upgrade flowclas_ros, or re-export the checkpoint with this version")
+    missing = [k for k in ("model", "input", "onnx", "weights", "threshold", "score_range",
+                           "files") if k not in manifest]
+    missing += [f"{sec}.{k}" for sec, keys in _REQUIRED.items()
+                if isinstance(manifest.get(sec), dict)
                 for k in keys if k not in manifest[sec]]
     if missing:
         raise bundle_error(path, f"{MANIFEST} lacks {', '.join(missing)}")
@@ -228,12 +240,13 @@ def _check_values(path: Path, m: dict) -> tuple[tuple[int, int], float, tuple[fl
             or not sr[0] < sr[1]):
         raise bundle_error(path, f"score_range must be [lo, hi] finite with lo < hi, got {sr!r}")
     if m["input"]["channel_order"] != "RGB":
-        raise bundle_error(path, f"input.channel_order {m['input']['channel_order']!r} is not supported "
-                          f"(the runtime feeds RGB)")
+        raise bundle_error(path, f"input.channel_order {m['input']['channel_order']!r} is not "
+                                 f"supported (the runtime feeds RGB)")
     try:
         ModelConfig.from_dict(m["model"]["config"])
     except (TypeError, ValueError) as exc:
-        raise bundle_error(path, f"model.config does not describe a FlowCLAS model ({exc})") from exc
+        raise bundle_error(
+            path, f"model.config does not describe a FlowCLAS model ({exc})") from exc
     exc = m["threshold"].get("exceedance")
     if exc:
         problem = _exceedance_problem(exc)
@@ -246,8 +259,8 @@ def _check_values(path: Path, m: dict) -> tuple[tuple[int, int], float, tuple[fl
         except (TypeError, ValueError, AttributeError) as exc:
             raise bundle_error(path, f"input.resolution {spec!r} is not valid ({exc})") from exc
         if not isinstance(spec, dict) or res.fixed is not None:
-            raise bundle_error(path, f"input.resolution must be {{long_side | pixels, max_scale}}, "
-                                     f"got {spec!r}")
+            raise bundle_error(path, "input.resolution must be "
+                                     f"{{long_side | pixels, max_scale}}, got {spec!r}")
         if not m["onnx"]["dynamic"]:
             raise bundle_error(path, "input.resolution keeps each frame's aspect ratio, which "
                                      "needs a graph with dynamic H and W (export --long-side)")
@@ -263,18 +276,20 @@ def _check_files(path: Path, m: dict, check_hashes: bool) -> None:
         f = path / name
         if not f.is_file():
             raise bundle_error(path, f"{name} is missing (listed in {MANIFEST})",
-                        "copy the whole bundle directory, or re-export it")
+                               "copy the whole bundle directory, or re-export it")
         size = f.stat().st_size
         if "bytes" in info and size != info["bytes"]:
-            raise bundle_error(path, f"{name} has {size} bytes, {MANIFEST} says {info['bytes']}: the file "
-                              f"is truncated or corrupted", "copy it again, or re-export")
+            raise bundle_error(path, f"{name} has {size} bytes, {MANIFEST} says {info['bytes']}: "
+                                     f"the file is truncated or corrupted",
+                               "copy it again, or re-export")
         if check_hashes:
             digest = sha256_file(f)
             if digest != info.get("sha256"):
-                raise bundle_error(path, f"{name} does not match its sha256 in {MANIFEST} (expected "
-                                  f"{str(info.get('sha256'))[:12]}..., found {digest[:12]}...): "
-                                  f"the file is corrupted or was modified after export",
-                            "copy it again, or re-export")
+                raise bundle_error(path, f"{name} does not match its sha256 in {MANIFEST} "
+                                         f"(expected {str(info.get('sha256'))[:12]}..., found "
+                                         f"{digest[:12]}...): the file is corrupted or was "
+                                         f"modified after export",
+                                   "copy it again, or re-export")
 
 
 def _dims(value_info) -> list[int | str]:
@@ -288,29 +303,31 @@ def _check_onnx(path: Path, m: dict, input_size: tuple[int, int]) -> None:
     try:
         proto = onnx.load(str(path / m["onnx"]["file"]), load_external_data=False)
     except Exception as exc:  # protobuf errors have no common base class
-        raise bundle_error(path, f"{m['onnx']['file']} is not a readable ONNX model ({exc})") from exc
+        raise bundle_error(
+            path, f"{m['onnx']['file']} is not a readable ONNX model ({exc})") from exc
     graph = proto.graph
     inits = {i.name for i in graph.initializer}
     inputs = [i for i in graph.input if i.name not in inits]
     if [i.name for i in inputs] != [m["onnx"]["input_name"]]:
-        raise bundle_error(path, f"the graph's inputs are {[i.name for i in inputs]}, the manifest says "
-                          f"[{m['onnx']['input_name']!r}]")
+        raise bundle_error(path, f"the graph's inputs are {[i.name for i in inputs]}, the "
+                                 f"manifest says [{m['onnx']['input_name']!r}]")
     if [o.name for o in graph.output] != [m["onnx"]["output_name"]]:
-        raise bundle_error(path, f"the graph's outputs are {[o.name for o in graph.output]}, the manifest "
-                          f"says [{m['onnx']['output_name']!r}]")
+        raise bundle_error(path, f"the graph's outputs are {[o.name for o in graph.output]}, the "
+                                 f"manifest says [{m['onnx']['output_name']!r}]")
     if inputs[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
         raise bundle_error(path, "the graph's input is not float32")
     h, w = input_size
     din, dout = _dims(inputs[0]), _dims(graph.output[0])
     if len(din) != 4 or din[:2] != [1, 3] or len(dout) != 3:
-        raise bundle_error(path, f"the graph takes {din} and returns {dout}; expected (1, 3, H, W) -> "
-                          f"(1, H, W)")
+        raise bundle_error(path, f"the graph takes {din} and returns {dout}; expected "
+                                 f"(1, 3, H, W) -> (1, H, W)")
     if m["onnx"]["dynamic"]:
         if any(isinstance(d, int) for d in din[2:]):
             raise bundle_error(path, f"the manifest says dynamic H/W but the graph takes {din}")
     elif din[2:] != [h, w] or dout[1:] != [h, w]:
-        raise bundle_error(path, f"manifest input size (H, W) = ({h}, {w}) but {m['onnx']['file']} takes "
-                          f"{tuple(din)} and returns {tuple(dout)}: manifest and graph disagree")
+        raise bundle_error(path, f"manifest input size (H, W) = ({h}, {w}) but "
+                                 f"{m['onnx']['file']} takes {tuple(din)} and returns "
+                                 f"{tuple(dout)}: manifest and graph disagree")
 
 
 def _check_weights(path: Path, m: dict) -> None:
@@ -324,20 +341,24 @@ def _check_weights(path: Path, m: dict) -> None:
             need = {"mean": (1, 3, 1, 1), "std": (1, 3, 1, 1), "norm.weight": (c,), "mu": (c,)}
             for k, shape in need.items():
                 if k not in keys:
-                    raise bundle_error(path, f"{wfile.name} has no tensor {k!r}: not FlowCLAS weights")
+                    raise bundle_error(
+                        path, f"{wfile.name} has no tensor {k!r}: not FlowCLAS weights")
                 got = tuple(f.get_slice(k).get_shape())
                 if got != shape:
-                    raise bundle_error(path, f"{wfile.name}: {k} has shape {got}, the manifest's model "
-                                      f"({c} channels) needs {shape}: manifest and weights disagree")
+                    raise bundle_error(path, f"{wfile.name}: {k} has shape {got}, the manifest's "
+                                             f"model ({c} channels) needs {shape}: manifest and "
+                                             f"weights disagree")
             for k in ("mean", "std"):
                 got = f.get_tensor(k).flatten().tolist()
                 want = m["input"][k]
                 if any(abs(a - b) > 1e-6 for a, b in zip(got, want)):
-                    raise bundle_error(path, f"{wfile.name}: {k} {got} differs from the manifest's {want}")
+                    raise bundle_error(
+                        path, f"{wfile.name}: {k} {got} differs from the manifest's {want}")
     except BundleError:
         raise
     except Exception as exc:  # safetensors raises its own error types
-        raise bundle_error(path, f"{wfile.name} is not a readable safetensors file ({exc})") from exc
+        raise bundle_error(
+            path, f"{wfile.name} is not a readable safetensors file ({exc})") from exc
 
 
 def load_bundle(path: str | Path, *, check_hashes: bool = True) -> Bundle:

@@ -14,7 +14,7 @@ from .reader import Bundle, bundle_error, load_bundle
 
 
 def build_torch_model(bundle: Bundle | str | Path) -> FlowCLAS:
-    """The FlowCLAS model of a bundle (eval mode, CPU), entirely from its weights file.
+    """Build the FlowCLAS model of a bundle (eval mode, CPU), entirely from its weights file.
 
     The backbone is built without its pretrained source (no network, no weights package): every
     tensor comes from ``weights.safetensors``.
@@ -34,9 +34,9 @@ def build_torch_model(bundle: Bundle | str | Path) -> FlowCLAS:
     wrong = [f"{k} {tuple(sd[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
              if k in sd and sd[k].shape != v.shape]
     if missing or unexpected or wrong:
-        raise bundle_error(bundle.path, f"{bundle.weights_path.name} does not fit the manifest's model: "
-                                 f"missing {missing[:5]}, unexpected {unexpected[:5]}, "
-                                 f"shape mismatches {wrong[:5]}")
+        raise bundle_error(bundle.path, f"{bundle.weights_path.name} does not fit the manifest's "
+                                        f"model: missing {missing[:5]}, unexpected "
+                                        f"{unexpected[:5]}, shape mismatches {wrong[:5]}")
     model.load_state_dict(sd, strict=True)
     return model.eval()
 

@@ -29,9 +29,11 @@ from .reader import FORMAT, FORMAT_VERSION, MANIFEST, MODEL_CARD, ONNX_FILE, WEI
 
 @contextmanager
 def staged(out_dir: str | Path) -> Iterator[Path]:
-    """A temporary sibling of ``out_dir`` to write into; it replaces ``out_dir`` (an existing
-    bundle) when the block succeeds and is removed when it fails. A folder that exists and is
-    not a bundle is never replaced."""
+    """Yield a temporary sibling of ``out_dir`` to write into.
+
+    It replaces ``out_dir`` (an existing bundle) when the block succeeds and is removed when it
+    fails. A folder that exists and is not a bundle is never replaced.
+    """
     out_dir = Path(out_dir)
     if out_dir.exists() and not (out_dir / MANIFEST).is_file() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} exists and is not a bundle; refusing to replace it")
@@ -49,7 +51,7 @@ def staged(out_dir: str | Path) -> Iterator[Path]:
 
 
 def save_weights(model, folder: Path) -> None:
-    """The full FlowCLAS state dict (backbone included) as ``weights.safetensors``."""
+    """Save the full FlowCLAS state dict (backbone included) as ``weights.safetensors``."""
     from safetensors.torch import save_file
 
     sd = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
@@ -70,7 +72,7 @@ def library_versions() -> dict[str, str | None]:
 
 
 def load_train_config(train_config: Any) -> Any:
-    """A training config given as a dict, or as a YAML file to read."""
+    """Return a training config given as a dict, or read it from a YAML file."""
     if isinstance(train_config, (str, Path)) and Path(train_config).is_file():
         import yaml
 
@@ -84,11 +86,13 @@ def make_manifest(model, *, input_size: tuple[int, int], threshold: float,
                   metrics: dict | None = None, train_config: Any = None,
                   resolution: Resolution | dict | None = None,
                   exceedance: dict | None = None) -> dict:
-    """The manifest of ``model`` (a FlowCLAS) exported at ``input_size`` (see
-    :mod:`.reader` for the fields); ``onnx`` is the graph's section (file aside).
+    """Build the manifest of ``model`` (a FlowCLAS) exported at ``input_size``.
+
+    See :mod:`.reader` for the fields; ``onnx`` is the graph's section (file aside).
     ``resolution``: frames keep their aspect ratio, scaled to it (the graph must be dynamic);
     None: every frame is resized to ``input_size``. ``exceedance``: the calibration set's
-    exceedance table as ``{levels, scores, pixels, source}`` (:func:`exceedance_section`)."""
+    exceedance table as ``{levels, scores, pixels, source}`` (:func:`exceedance_section`).
+    """
     h, w = (int(v) for v in input_size)
     lo, hi = (float(v) for v in score_range)
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
@@ -143,8 +147,11 @@ def exceedance_section(table, pixels: int | None = None, source: str = "") -> di
 
 
 def finish(folder: Path, manifest: dict, card_notes: str | None = None) -> None:
-    """Hash every file of ``folder`` into the manifest, then write manifest.json (strict JSON)
-    and MODEL_CARD.md (with ``card_notes`` appended)."""
+    """Hash every file of ``folder`` into the manifest, then write the manifest and card.
+
+    The manifest goes to manifest.json (strict JSON), the card to MODEL_CARD.md (with
+    ``card_notes`` appended).
+    """
     for f in sorted(folder.iterdir()):
         f.chmod(0o644)  # some writers create private files; the bundle is shared read-only
         if f.is_file() and f.name not in (MANIFEST, MODEL_CARD):

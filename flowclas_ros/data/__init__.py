@@ -9,10 +9,21 @@ No torch, no ROS: numpy and PIL only. One concept per module:
 * :mod:`.outlier_sources` - the objects to paste; :mod:`.pasting` - pasting them;
 * :mod:`.validation_set` - the pasted-CamVid development set.
 """
-from .datasets import (EVAL_DATASETS, TRAIN_DATASETS, ImageDataset, Sample, build_dataset,
-                       read_image, read_label)
-from .outlier_sources import (OutlierObject, OutlierSource, default_outlier_split,
-                              load_outlier_source)
+from .datasets import (
+    EVAL_DATASETS,
+    TRAIN_DATASETS,
+    ImageDataset,
+    Sample,
+    build_dataset,
+    read_image,
+    read_label,
+)
+from .outlier_sources import (
+    OutlierObject,
+    OutlierSource,
+    default_outlier_split,
+    load_outlier_source,
+)
 from .pasting import OutlierPaster, PasteConfig, PastedSample
 
 

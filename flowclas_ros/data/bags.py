@@ -41,8 +41,11 @@ EXTRACT_FORMAT = 1
 
 @dataclass(frozen=True)
 class BagSelection:
-    """Which frames of a bag: a topic, a time range (seconds from the bag's start), a stride, and
-    how the selection is split by time (fractions of train / calibration / test, gap seconds)."""
+    """Which frames of a bag, and how the selection is split by time.
+
+    A topic, a time range (seconds from the bag's start), a stride, and the time split
+    (fractions of train / calibration / test, gap seconds).
+    """
 
     topic: str
     start_s: float | None = None
@@ -93,7 +96,7 @@ def _decode(msg, msgtype: str) -> np.ndarray:
 
 def iter_bag_frames(path: str | Path, selection: BagSelection,
                     counts: dict | None = None) -> Iterator[BagFrame]:
-    """The selected frames in recording order, decoded to RGB, one at a time.
+    """Yield the selected frames in recording order, decoded to RGB, one at a time.
 
     ``counts`` (a dict) receives ``messages``, ``frames`` and ``skipped`` (messages that do not
     decode: an unsupported encoding, truncated data) as the iteration goes.
@@ -133,8 +136,11 @@ def iter_bag_frames(path: str | Path, selection: BagSelection,
 
 def time_split(timestamps: list[int], fractions=(0.7, 0.15, 0.15),
                gap_s: float = 1.0) -> dict[str, list[int]]:
-    """Indices of ``timestamps`` (ns, ascending) per part: contiguous spans of the recording in
-    the given fractions of its duration, frames within ``gap_s`` of a boundary left out."""
+    """Return the indices of ``timestamps`` (ns, ascending) per part.
+
+    The parts are contiguous spans of the recording in the given fractions of its duration,
+    frames within ``gap_s`` of a boundary left out.
+    """
     if not timestamps:
         return {s: [] for s in SPLITS}
     t = np.asarray(timestamps, dtype=np.float64) / 1e9
@@ -151,9 +157,12 @@ def time_split(timestamps: list[int], fractions=(0.7, 0.15, 0.15),
 
 def extract_bag(path: str | Path, selection: BagSelection, out: str | Path,
                 log=print) -> dict:
-    """Write the selected frames to ``out``/images/<timestamp>.jpg and ``out``/manifest.json
-    (selection, counts, the time split). Written to a temporary sibling, then moved into place:
-    an interrupted extraction leaves nothing that looks complete."""
+    """Write the selected frames to ``out``/images/<timestamp>.jpg and a manifest.
+
+    ``out``/manifest.json holds the selection, counts and the time split. Everything is written
+    to a temporary sibling, then moved into place: an interrupted extraction leaves nothing that
+    looks complete.
+    """
     path, out = Path(path), Path(out)
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -172,7 +181,7 @@ def extract_bag(path: str | Path, selection: BagSelection, out: str | Path,
     parts = time_split([r["timestamp"] for r in rows], selection.fractions, selection.gap_s)
     manifest = {"format": "flowclas_ros.bag_frames", "version": EXTRACT_FORMAT,
                 "bag": str(path.resolve()), "selection": asdict(selection),
-                "counts": {k: v for k, v in counts.items()}, "frames": rows,
+                "counts": dict(counts), "frames": rows,
                 "splits": {k: [rows[i]["name"] for i in v] for k, v in parts.items()},
                 "seconds": round(time.perf_counter() - t0, 1)}
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
@@ -195,8 +204,10 @@ def default_extract_dir() -> Path:
 
 def extracted(path: str | Path, selection: BagSelection, cache_dir: str | Path | None = None,
               log=print) -> Path:
-    """The frame folder of this bag and selection, extracted on first use (cached by a key of
-    the bag's files and the selection)."""
+    """Return the frame folder of this bag and selection, extracted on first use.
+
+    It is cached by a key of the bag's files and the selection.
+    """
     path = Path(path).resolve()
     if not path.exists():
         raise FileNotFoundError(f"bag {path} does not exist")
@@ -213,8 +224,10 @@ def extracted(path: str | Path, selection: BagSelection, cache_dir: str | Path |
 def bag_dataset(root: str | Path, split: str | None = None, *, topic: str = "",
                 start_s: float | None = None, end_s: float | None = None, stride: int = 1,
                 cache_dir: str | Path | None = None, log=print) -> ImageDataset:
-    """One time-split part (``train``, ``calibration``, ``test``; None = all frames) of a bag's
-    frames as an ImageDataset of all-inlier frames."""
+    """Return one time-split part of a bag's frames as an ImageDataset of all-inlier frames.
+
+    The parts are ``train``, ``calibration`` and ``test``; None = all frames.
+    """
     if not topic:
         found = bag_topics(root)  # FileNotFoundError first when root is no recording
         raise ValueError(f"bag {root}: say which camera topic to read (--topic / data.bag.topic);"
@@ -233,10 +246,13 @@ def bag_dataset(root: str | Path, split: str | None = None, *, topic: str = "",
 def write_bag(frames, out: str | Path, topic: str = "/camera/image_raw", *, rate: float = 10.0,
               compressed: bool = False, storage: str = "mcap", frame_id: str = "camera",
               start_ns: int = 1_700_000_000_000_000_000) -> int:
-    """Record (H, W, 3) uint8 RGB ``frames`` as a rosbag2 of sensor_msgs/Image rgb8 (or
-    CompressedImage jpeg) at ``rate`` Hz, header stamps = receive times. Returns the count.
+    """Record (H, W, 3) uint8 RGB ``frames`` as a rosbag2; return the count.
 
-    Turns a folder or video into a recording, for trying the bag tools without a robot."""
+    The bag holds sensor_msgs/Image rgb8 (or CompressedImage jpeg) at ``rate`` Hz, header
+    stamps = receive times.
+
+    Turns a folder or video into a recording, for trying the bag tools without a robot.
+    """
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore
 

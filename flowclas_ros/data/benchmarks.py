@@ -2,9 +2,9 @@
 
 Labels become INLIER / ANOMALY / VOID (:mod:`flowclas_ros.labels`; METHOD.md section 9).
 
-* ``road_anomaly``: ``ROOT/frames/<name>.jpg`` and ``ROOT/frames/<name>.labels/labels_semantic.png``
-  (2 anomaly, 0 inlier; any other value is void). ``ROOT/RoadAnomaly_jpg`` and
-  ``ROOT/RoadAnomaly`` are searched too.
+* ``road_anomaly``: ``ROOT/frames/<name>.jpg`` and
+  ``ROOT/frames/<name>.labels/labels_semantic.png`` (2 anomaly, 0 inlier; any other value is
+  void). ``ROOT/RoadAnomaly_jpg`` and ``ROOT/RoadAnomaly`` are searched too.
 * ``fishyscapes_laf`` / ``fishyscapes_static`` (labels 0 inlier, 1 anomaly, 255 void), any of:
   (a) ``ROOT/images/*`` + ``ROOT/labels/*.png`` or ``ROOT/labels_masks/*.png`` (preprocessed
   copies, as read by the authors' code); (b) ``ROOT/original/*`` + ``ROOT/labels/*.png``
@@ -30,8 +30,7 @@ import numpy as np
 
 from ..labels import ANOMALY, INLIER, VOID
 from .frames import ImageDataset, LutLabel, Record, binary_label, make_lut, read_image
-from .layout import (check_root, first_dir, images_in, is_image, no_frames, pair_labels,
-                     split_name)
+from .layout import check_root, first_dir, images_in, is_image, no_frames, pair_labels, split_name
 
 # --- Road Anomaly ------------------------------------------------------------------------------
 
@@ -63,9 +62,9 @@ def road_anomaly(root: str | Path, split: str | None = None) -> ImageDataset:
 
 # --- Fishyscapes -------------------------------------------------------------------------------
 
-def _paired_binary(name: str, root: Path, pairs: Sequence[tuple[str, str]], suffixes: Sequence[str],
-                   split: str | None) -> ImageDataset | None:
-    """The preprocessed layouts: an images folder beside a 0/1/255 labels folder."""
+def _paired_binary(name: str, root: Path, pairs: Sequence[tuple[str, str]],
+                   suffixes: Sequence[str], split: str | None) -> ImageDataset | None:
+    """Read the preprocessed layouts: an images folder beside a 0/1/255 labels folder."""
     for images_name, labels_name in pairs:
         images_dir, labels_dir = root / images_name, root / labels_name
         if images_dir.is_dir() and labels_dir.is_dir():
@@ -78,7 +77,10 @@ def _paired_binary(name: str, root: Path, pairs: Sequence[tuple[str, str]], suff
 
 
 class _OverlayDataset(ImageDataset):
-    """Fishyscapes Static (official): a Cityscapes frame plus a stored overlay, clipped to uint8."""
+    """Fishyscapes Static (official).
+
+    A Cityscapes frame plus a stored overlay, clipped to uint8.
+    """
 
     def __init__(self, records, label_fn, overlays: dict[str, Path], **kw):
         super().__init__(records, label_fn, **kw)
@@ -234,7 +236,10 @@ LOST_AND_FOUND_LUT = make_lut({0: VOID, 1: INLIER}, ranges=[(2, 200, ANOMALY)], 
 
 
 def lost_and_found(root: str | Path, split: str | None = None) -> ImageDataset:
-    """Lost and Found (raw gtCoarse labelIds): 1 road inlier, 2..200 obstacles anomaly, 0 ignore."""
+    """Lost and Found (raw gtCoarse labelIds).
+
+    Labels: 1 road inlier, 2..200 obstacles anomaly, 0 ignore.
+    """
     name = "lost_and_found"
     root = check_root(root, name)
     split = split_name(split, ("train", "test"), "test", name)

@@ -74,8 +74,11 @@ class Composite:
 
 
 def ground_from_mask(mask: np.ndarray, min_width: float = 0.02) -> Ground:
-    """A Ground from a road mask: the horizon is the top row where the road is still
-    ``min_width`` of the frame wide, kept within [0.25, 0.7] of the height."""
+    """Build a Ground from a road mask.
+
+    The horizon is the top row where the road is still ``min_width`` of the frame wide, kept
+    within [0.25, 0.7] of the height.
+    """
     h, w = mask.shape
     rows = np.flatnonzero(mask.sum(axis=1) >= min_width * w)
     top = float(rows[0]) if rows.size else 0.5 * h
@@ -84,7 +87,7 @@ def ground_from_mask(mask: np.ndarray, min_width: float = 0.02) -> Ground:
 
 def estimate_ground(image: np.ndarray, horizon_fraction: float = 0.45,
                     tolerance: float = 28.0) -> Ground:
-    """The drivable surface of an unlabelled road frame (a forward-looking vehicle camera).
+    """Estimate the drivable surface of an unlabelled road frame (forward-looking vehicle camera).
 
     The colour of the bottom-centre patch (rows 85-97 %, columns 40-60 %) is the road's; the
     road is the connected region below ``horizon_fraction`` of the height whose smoothed colour
@@ -106,7 +109,8 @@ def estimate_ground(image: np.ndarray, horizon_fraction: float = 0.45,
     seeds = seeds[seeds > 0]
     road = np.isin(regions, seeds)
     road = ndimage.binary_opening(road, iterations=1)
-    full = np.asarray(Image.fromarray(road.astype(np.uint8) * 255).resize((w, h), Image.NEAREST)) > 0
+    full = np.asarray(Image.fromarray(road.astype(np.uint8) * 255)
+                      .resize((w, h), Image.NEAREST)) > 0
     ground = ground_from_mask(full)
     ground.horizon = max(ground.horizon, horizon_fraction * h * 0.9)
     return ground
@@ -132,8 +136,11 @@ def _resize_object(image: np.ndarray, mask: np.ndarray, size: tuple[int, int],
 
 def match_light(obj: np.ndarray, weight: np.ndarray, scene: np.ndarray, light: float,
                 contrast: float) -> np.ndarray:
-    """Move the object's brightness and colour cast (fraction ``light``) and its contrast
-    (fraction ``contrast``) towards the scene pixels ``scene`` (N, 3). obj (h, w, 3) float."""
+    """Move the object's brightness, colour cast and contrast towards the scene pixels.
+
+    Brightness and colour cast move by the fraction ``light``, contrast by the fraction
+    ``contrast``, towards the scene pixels ``scene`` (N, 3). obj (h, w, 3) float.
+    """
     wsum = max(float(weight.sum()), 1e-6)
     mean_o = (obj * weight[..., None]).reshape(-1, 3).sum(0) / wsum
     mean_s = scene.mean(0)
@@ -152,9 +159,12 @@ def match_light(obj: np.ndarray, weight: np.ndarray, scene: np.ndarray, light: f
 
 def _foot_for_height(feet: np.ndarray, width: int, horizon: float, cfg: CompositeConfig,
                      cap: float, rng: np.random.Generator) -> tuple[int, int, float] | None:
-    """(foot row, foot column, height) for a height drawn log-uniformly from ``cfg.height_px``:
-    the row is where ``k * (row - horizon)`` gives it (``k`` from ``height_ratio``), within
-    2 % of the distance below the horizon; None when the road has no pixel there."""
+    """Return (foot row, foot column, height) for a height drawn log-uniformly from the config.
+
+    The height is drawn from ``cfg.height_px``; the row is where ``k * (row - horizon)`` gives
+    it (``k`` from ``height_ratio``), within 2 % of the distance below the horizon; None when the
+    road has no pixel there.
+    """
     lo, hi = cfg.height_px
     target = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
     k = float(rng.uniform(*cfg.height_ratio))

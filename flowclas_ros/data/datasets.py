@@ -19,8 +19,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from .benchmarks import (fishyscapes_laf, fishyscapes_static, lost_and_found, road_anomaly,
-                         smiyc_anomaly, smiyc_obstacle)
+from .benchmarks import (
+    fishyscapes_laf,
+    fishyscapes_static,
+    lost_and_found,
+    road_anomaly,
+    smiyc_anomaly,
+    smiyc_obstacle,
+)
 from .frames import ImageDataset, Record, Sample, read_image, read_label
 from .hires_road import hires_road
 from .inlier_sets import allo, camvid, cityscapes, folder, idd_lite, kitti_road
@@ -56,7 +62,7 @@ READERS: dict[str, Callable[..., ImageDataset]] = {
 
 
 def build_dataset(name: str, root: str | Path, split: str | None = None, **kw) -> ImageDataset:
-    """The reader for ``name`` (see the module docstring) applied to ``root``.
+    """Apply the reader for ``name`` (see the module docstring) to ``root``.
 
     ``split=None`` picks the dataset's usual split: ``train`` for the training sets, ``test``
     for Lost and Found; single-split benchmarks (Road Anomaly, Fishyscapes, SMIYC) ignore it.

@@ -20,9 +20,13 @@ from PIL import Image
 
 from ..labels import INLIER, VOID
 
+
 @dataclass
 class Sample:
-    """One frame: ``image`` (H, W, 3) uint8 RGB, ``label`` (H, W) uint8 0/1/255, stable ``name``."""
+    """One frame with a stable ``name``.
+
+    ``image`` is (H, W, 3) uint8 RGB, ``label`` (H, W) uint8 0/1/255.
+    """
 
     image: np.ndarray
     label: np.ndarray
@@ -67,7 +71,7 @@ def read_label(path: str | Path) -> np.ndarray:
 
 def make_lut(mapping: dict[int, int] | None = None, default: int = VOID,
              ranges: Sequence[tuple[int, int, int]] = ()) -> np.ndarray:
-    """A 256-entry uint8 lookup table raw id -> 0/1/255.
+    """Build a 256-entry uint8 lookup table raw id -> 0/1/255.
 
     ``ranges`` holds inclusive (lo, hi, value) spans applied before ``mapping``.
     """

@@ -124,7 +124,7 @@ class HiresRoadDataset(ImageDataset):
 
 
 def hires_road(root: str | Path, split: str | None = None) -> HiresRoadDataset:
-    """The hires-road frames of ``split`` (train, protocol, protocol_pasted, protocol_clean)."""
+    """Read hires-road frames of ``split`` (train, protocol, protocol_pasted, protocol_clean)."""
     name = "hires_road"
     root = check_root(root, name)
     split = split or "train"

@@ -35,13 +35,21 @@ import numpy as np
 
 from ..labels import ANOMALY, INLIER, VOID
 from .frames import ImageDataset, LutLabel, Record, apply_lut, binary_label, make_lut
-from .layout import (check_root, first_dir, images_in, is_image, no_frames, pair_labels,
-                     split_name, stem_key)
+from .layout import (
+    check_root,
+    first_dir,
+    images_in,
+    is_image,
+    no_frames,
+    pair_labels,
+    split_name,
+    stem_key,
+)
 
 # Cityscapes labelIds that have a trainId (the 19 evaluated classes); every other id is ignored.
 CITYSCAPES_EVAL_IDS = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
 CITYSCAPES_TRAINID_LUT = make_lut({255: VOID}, default=INLIER)
-CITYSCAPES_LABELID_LUT = make_lut({i: INLIER for i in CITYSCAPES_EVAL_IDS}, default=VOID)
+CITYSCAPES_LABELID_LUT = make_lut(dict.fromkeys(CITYSCAPES_EVAL_IDS, INLIER), default=VOID)
 
 
 def _cityscapes_label(raw: np.ndarray, path: Path) -> np.ndarray:
@@ -205,7 +213,10 @@ def kitti_road(root: str | Path, split: str | None = None) -> ImageDataset:
 
 
 def folder(root: str | Path, split: str | None = None) -> ImageDataset:
-    """A plain folder: ``images/`` (+ optional ``labels/`` 0/1/255 PNGs), or images directly."""
+    """Read a plain folder.
+
+    The folder holds ``images/`` (+ optional ``labels/`` 0/1/255 PNGs), or images directly.
+    """
     name = "folder"
     root = check_root(root, name)
     base = root

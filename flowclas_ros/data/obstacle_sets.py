@@ -104,7 +104,7 @@ def obstacle_rng(seed: int, part: str, name: str) -> np.random.Generator:
 
 def cargo_source(held_out: OutlierSource, held_out_classes: OutlierSource,
                  cfg: ObstacleConfig) -> OutlierSource:
-    """The lost-cargo COCO instances no training run pastes, then the procedural objects."""
+    """Collect the lost-cargo COCO instances no training run pastes, then procedural objects."""
     wanted = set(cfg.cargo_classes)
     coco = [e for src in (held_out_classes, held_out) for e in src.entries
             if getattr(e, "category", "") in wanted]
@@ -112,22 +112,28 @@ def cargo_source(held_out: OutlierSource, held_out_classes: OutlierSource,
     synth = synthetic_source(max(n, 1 if not coco else 0), seed=cfg.synthetic_seed).entries
     if not coco and not synth:
         raise ValueError("no obstacle objects: no COCO cargo instance and no synthetic ones")
-    return OutlierSource(coco + synth, kind="obstacles", root=held_out.root, filter=held_out.filter,
-                         info={"coco": len(coco), "synthetic": len(synth)})
+    return OutlierSource(coco + synth, kind="obstacles", root=held_out.root,
+                         filter=held_out.filter, info={"coco": len(coco), "synthetic": len(synth)})
 
 
 def vegetation_like(image: np.ndarray, ratio: float = 0.2) -> np.ndarray:
-    """(H, W) bool: green or yellow pixels (9x9 mean colour with G - B above ``ratio`` of its
-    brightness): sunlit grass and verges that the Cityscapes model takes for road on KITTI
-    (asphalt is grey, or bluish in shadow)."""
+    """Return (H, W) bool: the green or yellow pixels.
+
+    A pixel is green or yellow when its 9x9 mean colour has G - B above ``ratio`` of its
+    brightness: sunlit grass and verges that the Cityscapes model takes for road on KITTI
+    (asphalt is grey, or bluish in shadow).
+    """
     sm = ndimage.uniform_filter(np.asarray(image, np.float32), (9, 9, 1))
     return (sm[..., 1] - sm[..., 2]) > ratio * np.maximum(sm.mean(2), 25.0)
 
 
 def clean_road(mask: np.ndarray, valid: np.ndarray, min_fraction: float = 0.002) -> np.ndarray:
-    """The drivable surface a robot drives on, from a road segmentation: valid pixels only,
-    connected regions of at least ``min_fraction`` of the frame that reach the bottom quarter of
-    the valid rows (a road seen across a median or through a gap is dropped)."""
+    """Return the drivable surface a robot drives on, from a road segmentation.
+
+    Valid pixels only, connected regions of at least ``min_fraction`` of the frame that reach
+    the bottom quarter of the valid rows (a road seen across a median or through a gap is
+    dropped).
+    """
     road = np.asarray(mask, bool) & valid
     regions, n = ndimage.label(road, structure=np.ones((3, 3), bool))
     if n == 0:
@@ -186,7 +192,7 @@ def _cityscapes(root: Path, variants: int) -> Iterator[Frame]:
 
 def hires_frames(part: str, root: Path, cfg: ObstacleConfig,
                  road_fn: RoadFn | None) -> Iterator[Frame]:
-    """The frames of a small-obstacle part, before anything is pasted."""
+    """Return an iterator over the frames of a small-obstacle part, before anything is pasted."""
     kitti_drives = ("fmvg_", "cgebbe_", "sceneflow_")
     if part == "obstacles_kitti":
         def both():

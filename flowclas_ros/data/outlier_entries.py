@@ -1,6 +1,8 @@
-"""One outlier object on disk and how it is decoded: :class:`OutlierObject` and the lazy entries
-of each source layout (COCO JSON images and instances, YOLO-seg images and instances, mask
-PNGs). :mod:`.outlier_sources` finds the entries of a source and splits them.
+"""One outlier object on disk and how it is decoded.
+
+:class:`OutlierObject` and the lazy entries of each source layout (COCO JSON images and
+instances, YOLO-seg images and instances, mask PNGs). :mod:`.outlier_sources` finds the entries
+of a source and splits them.
 """
 from __future__ import annotations
 

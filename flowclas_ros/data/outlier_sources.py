@@ -33,8 +33,14 @@ import numpy as np
 
 from .coco import COCO_NAMES, FILTERS, YOLO_TO_COCO_ID
 from .layout import IMAGE_EXTS
-from .outlier_entries import (OutlierObject, _CocoEntry, _CocoInstance, _MaskEntry, _YoloEntry,
-                              _YoloInstance)
+from .outlier_entries import (
+    OutlierObject,
+    _CocoEntry,
+    _CocoInstance,
+    _MaskEntry,
+    _YoloEntry,
+    _YoloInstance,
+)
 
 DEFAULT_SPLIT_SEED = 0
 DEFAULT_VAL_FRACTION = 0.25
@@ -44,7 +50,8 @@ GRANULARITIES = ("image", "instance")  # one entry per photo (the authors') or p
 class OutlierSource(Sequence[OutlierObject]):
     """Lazily decoded outlier images (class filter already applied), sorted by ``keys``."""
 
-    def __init__(self, entries: Sequence, *, kind: str, root: Path, filter: str,
+    def __init__(self, entries: Sequence, *, kind: str, root: Path,
+                 filter: str,  # noqa: A002 - public keyword, stored as .filter
                  info: dict | None = None):
         self.entries = list(entries)
         self.kind = kind
@@ -126,7 +133,7 @@ class OutlierSource(Sequence[OutlierObject]):
 def default_outlier_split(source: OutlierSource, seed: int = DEFAULT_SPLIT_SEED,
                           val_fraction: float = DEFAULT_VAL_FRACTION
                           ) -> tuple[OutlierSource, OutlierSource]:
-    """The (train, held-out) split shared by training and the validation set builder.
+    """Return the (train, held-out) split shared by training and the validation set builder.
 
     Training pastes only ``train``; the pasted-CamVid validation set only ``held_out``: calling
     this with the same source, seed and fraction on both sides keeps the two disjoint.
@@ -134,10 +141,10 @@ def default_outlier_split(source: OutlierSource, seed: int = DEFAULT_SPLIT_SEED,
     return source.split(val_fraction, seed)
 
 
-def _excluded(filter: str) -> frozenset:
-    if filter not in FILTERS:
-        raise ValueError(f"unknown class filter {filter!r}; expected one of {sorted(FILTERS)}")
-    return FILTERS[filter]
+def _excluded(name: str) -> frozenset:
+    if name not in FILTERS:
+        raise ValueError(f"unknown class filter {name!r}; expected one of {sorted(FILTERS)}")
+    return FILTERS[name]
 
 
 def _find_images_dir(json_path: Path, split: str) -> Path | None:
@@ -151,7 +158,8 @@ def _check_granularity(granularity: str) -> None:
         raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
 
 
-def load_coco_json(json_path: str | Path, images: str | Path | None = None, *, filter: str = "road",
+def load_coco_json(json_path: str | Path, images: str | Path | None = None, *,
+                   filter: str = "road",  # noqa: A002 - public keyword (the class filter)
                    include_crowd: bool = True, granularity: str = "image",
                    min_area: float = 0.002) -> OutlierSource:
     """Official COCO instances JSON: one entry per image with at least one kept instance.
@@ -233,7 +241,8 @@ def _polygon_area(poly) -> float:
     return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
 
 
-def load_yolo_seg(root: str | Path, split: str | None = None, *, filter: str = "road",
+def load_yolo_seg(root: str | Path, split: str | None = None, *,
+                  filter: str = "road",  # noqa: A002 - public keyword (the class filter)
                   granularity: str = "image", min_area: float = 0.002) -> OutlierSource:
     """YOLO-seg ``root/images/<split>/*`` + ``root/labels/<split>/*.txt`` (the 80 COCO classes).
 
@@ -249,8 +258,9 @@ def load_yolo_seg(root: str | Path, split: str | None = None, *, filter: str = "
         split = subs[0] if subs else ""
     images_dir, labels_dir = root / "images" / split, root / "labels" / split
     if not images_dir.is_dir() or not labels_dir.is_dir():
-        raise FileNotFoundError(f"no images/{split} and labels/{split} under {root}: expected the "
-                                "YOLO-seg layout images/<split>/<id>.jpg + labels/<split>/<id>.txt")
+        raise FileNotFoundError(f"no images/{split} and labels/{split} under {root}: expected "
+                                "the YOLO-seg layout images/<split>/<id>.jpg + "
+                                "labels/<split>/<id>.txt")
     images = {p.stem: p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS}
     entries, n_dropped, n_images = [], 0, 0
     for txt in sorted(labels_dir.glob("*.txt")):
@@ -282,7 +292,7 @@ def load_yolo_seg(root: str | Path, split: str | None = None, *, filter: str = "
 
 
 def load_mask_pngs(images: str | Path, masks: str | Path, *, annotations: str | Path | None = None,
-                   filter: str = "road") -> OutlierSource:
+                   filter: str = "road") -> OutlierSource:  # noqa: A002 - public keyword
     """Images + mask PNGs paired by stem (nonzero = object).
 
     The class filter needs the COCO instances JSON (``annotations``, file stems being COCO image

@@ -14,7 +14,6 @@ from PIL import Image
 from ..labels import ANOMALY, INLIER, VOID
 from .outlier_sources import OutlierObject, OutlierSource
 
-
 AUX_BACKGROUNDS = ("inlier", "ignore")  # the auxiliary image's background label: INLIER or VOID
 # hardcopy: the authors' random place and scale (OutlierPaster); composite: on the estimated road,
 # at its perspective scale and light (flowclas_ros.data.compositing.Compositor)
@@ -44,8 +43,10 @@ class PasteConfig:
         self.check()
 
     def check(self) -> None:
-        """ValueError naming the field when a value is out of range (fields set after
-        construction, as a config loader does, are checked here too)."""
+        """Raise a ValueError naming the field when a value is out of range.
+
+        Fields set after construction, as a config loader does, are checked here too.
+        """
         if not self.scales or any(s <= 0 for s in self.scales):
             raise ValueError(f"scales must be positive, got {self.scales}")
         if self.aux_background not in AUX_BACKGROUNDS:

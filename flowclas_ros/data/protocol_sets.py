@@ -49,7 +49,7 @@ import time
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -59,10 +59,21 @@ from ..labels import ANOMALY, INLIER, VOID
 from .compositing import CompositeConfig, Compositor, Ground, estimate_ground, ground_from_mask
 from .frames import read_label
 from .inlier_sets import camvid, cityscapes, idd_lite, kitti_road
-from .obstacle_sets import (HIRES_PARTS, OBSTACLE_PARTS, ObstacleConfig, RoadFn,
-                            build_hires_part, cargo_source)
-from .outlier_sources import (DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION, OutlierSource,
-                              default_outlier_split, load_outlier_source)
+from .obstacle_sets import (
+    HIRES_PARTS,
+    OBSTACLE_PARTS,
+    ObstacleConfig,
+    RoadFn,
+    build_hires_part,
+    cargo_source,
+)
+from .outlier_sources import (
+    DEFAULT_SPLIT_SEED,
+    DEFAULT_VAL_FRACTION,
+    OutlierSource,
+    default_outlier_split,
+    load_outlier_source,
+)
 
 FORMAT = "flowclas_ros.validation_protocol"
 VERSION = 2  # 1: the seven legacy parts; 2: with the small-obstacle parts
@@ -80,8 +91,10 @@ FULL_PARTS = LEGACY_PARTS + HIRES_PARTS
 
 @dataclass
 class ProtocolConfig:
-    """What the protocol is built from; the defaults are the documented protocol (``parts``:
-    the legacy seven; :data:`FULL_PARTS` with the small-obstacle parts)."""
+    """What the protocol is built from; the defaults are the documented protocol.
+
+    ``parts``: the legacy seven; :data:`FULL_PARTS` with the small-obstacle parts.
+    """
 
     seed: int = 0
     outliers: str = "coco128-seg"  # relative to the data root
@@ -101,7 +114,7 @@ def frame_rng(seed: int, part: str, name: str) -> np.random.Generator:
 
 
 def crop_aspect(image: np.ndarray, aspect: float, rng: np.random.Generator) -> np.ndarray:
-    """A full-height crop of width ``aspect * H`` at a random offset (the frame if narrower)."""
+    """Crop to width ``aspect * H``, full height, at a random offset (the frame if narrower)."""
     h, w = image.shape[:2]
     cw = min(w, int(round(aspect * h)))
     x = int(rng.integers(0, w - cw + 1))
@@ -109,22 +122,26 @@ def crop_aspect(image: np.ndarray, aspect: float, rng: np.random.Generator) -> n
 
 
 def outlier_parts(cfg: ProtocolConfig, data_root: Path) -> dict[str, OutlierSource]:
-    """The instances the protocol composites: {"held_out": other classes, held-out images;
-    "held_out_classes": the held-out classes}."""
+    """Return the instances the protocol composites.
+
+    {"held_out": other classes, held-out images; "held_out_classes": the held-out classes}.
+    """
     src = load_outlier_source(data_root / cfg.outliers, filter=cfg.outlier_filter,
                               granularity="instance")
     others, classes = src.split_by_category(cfg.held_out_classes)
     _, held = default_outlier_split(others, seed=cfg.split_seed, val_fraction=cfg.val_fraction)
     if len(held) == 0 or len(classes) == 0:
-        raise ValueError(f"{data_root / cfg.outliers}: too few outlier instances for the protocol "
-                         f"({len(held)} held-out, {len(classes)} of the held-out classes)")
+        raise ValueError(f"{data_root / cfg.outliers}: too few outlier instances for the "
+                         f"protocol ({len(held)} held-out, {len(classes)} of the held-out "
+                         f"classes)")
     return {"held_out": held, "held_out_classes": classes}
 
 
 Frame = tuple[str, np.ndarray, np.ndarray, Ground | None]  # name, image, label, ground
 
 
-def _kitti_frames(root: Path, cfg: ProtocolConfig, part: str, with_ground: bool) -> Iterator[Frame]:
+def _kitti_frames(root: Path, cfg: ProtocolConfig, part: str,
+                  with_ground: bool) -> Iterator[Frame]:
     ds = kitti_road(root / "kitti-road")
     for i in range(len(ds)):
         s = ds[i]
@@ -254,7 +271,10 @@ def build_protocol(data_root: str | Path, out: str | Path, cfg: ProtocolConfig |
 
 
 def load_protocol(path: str | Path) -> dict:
-    """The description of a complete protocol build (FileNotFoundError naming how to build it)."""
+    """Load the description of a complete protocol build.
+
+    A missing build raises FileNotFoundError naming how to build it.
+    """
     f = Path(path) / PROTOCOL_FILE
     if not f.is_file():
         raise FileNotFoundError(f"{path} is not a built validation protocol (no {PROTOCOL_FILE}): "

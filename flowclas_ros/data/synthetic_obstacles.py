@@ -73,8 +73,11 @@ def _ellipse(shape, cx, cy, a, b) -> np.ndarray:
 
 def _dome_shading(mask: np.ndarray, light: np.ndarray, bumps: np.ndarray | None = None,
                   spec: float = 0.0, power: float = 30.0) -> tuple[np.ndarray, np.ndarray]:
-    """Lambert term and specular term of a dome over ``mask`` (height ~ sqrt of the distance to
-    the outline), optionally roughened by ``bumps``."""
+    """Return the Lambert term and specular term of a dome over ``mask``.
+
+    The dome's height goes as the sqrt of the distance to the outline, optionally roughened by
+    ``bumps``.
+    """
     d = ndimage.distance_transform_edt(mask)
     height = np.sqrt(d / max(float(d.max()), 1.0)) * max(float(d.max()), 1.0) * 0.8
     if bumps is not None:
@@ -137,7 +140,8 @@ def _box(rng) -> tuple[np.ndarray, np.ndarray]:
     tex = _noise(shape, rng, ((0.7, 0.6), (4.0, 0.3), (12.0, 0.4)))
     img += (rng.uniform(4, 12) * tex)[..., None]
     if rng.random() < 0.6:  # corrugation seen on the faces: faint vertical stripes
-        img += (2.0 * np.sin(np.arange(W) * rng.uniform(0.8, 1.6)))[None, :, None] * front[..., None]
+        img += ((2.0 * np.sin(np.arange(W) * rng.uniform(0.8, 1.6)))[None, :, None]
+                * front[..., None])
     if rng.random() < 0.7:  # tape over the top and down the front
         cx, tw = x0 + wf / 2 + rng.uniform(-0.1, 0.1) * wf, wf * rng.uniform(0.06, 0.16)
         xx = np.arange(W)[None, :]
@@ -224,7 +228,7 @@ def _tyre_flat(rng) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _blob(rng, roughness: float, squash: tuple[float, float]) -> tuple[np.ndarray, float]:
-    """An irregular outline resting on the ground: mask, and its radius."""
+    """Draw an irregular outline resting on the ground: return its mask, and its radius."""
     r = SIZE / 2
     H, W = int(2 * r + 8), int(2.4 * r + 8)
     th = np.linspace(0, 2 * np.pi, 180, endpoint=False)
@@ -264,12 +268,13 @@ def _binbag(rng) -> tuple[np.ndarray, np.ndarray]:
     ys, xs = np.nonzero(mask)
     top, cx = ys.min(), xs.mean() + rng.uniform(-0.2, 0.2) * r
     neck_w, neck_h = r * rng.uniform(0.1, 0.18), r * rng.uniform(0.15, 0.3)
-    knot = _poly(shape, [(cx - neck_w, top + 4), (cx + neck_w, top + 4), (cx + 0.5 * neck_w,
-                                                                          top - neck_h + 4),
+    knot = _poly(shape, [(cx - neck_w, top + 4), (cx + neck_w, top + 4),
+                         (cx + 0.5 * neck_w, top - neck_h + 4),
                          (cx - 0.5 * neck_w, top - neck_h + 4)])
     tip = top - neck_h + 5
     ears = _poly(shape, [(cx, tip), (cx - 2.2 * neck_w, tip - 1.2 * neck_h),
-                         (cx - 0.6 * neck_w, tip - 0.2 * neck_h), (cx + 0.6 * neck_w, tip - 0.2 * neck_h),
+                         (cx - 0.6 * neck_w, tip - 0.2 * neck_h),
+                         (cx + 0.6 * neck_w, tip - 0.2 * neck_h),
                          (cx + 2.0 * neck_w, tip - 1.0 * neck_h)])
     mask = mask | knot | (ears if rng.random() < 0.7 else np.zeros_like(mask))
     mask[:1] = False

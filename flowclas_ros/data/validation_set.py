@@ -1,4 +1,4 @@
-"""A development validation set: CamVid val/test frames with held-out COCO objects pasted.
+r"""A development validation set: CamVid val/test frames with held-out COCO objects pasted.
 
 No real road anomaly ships with the project's data, so checkpoint selection and the mask
 threshold calibration use CamVid frames (every pixel inlier, void ignored) into which objects
@@ -16,7 +16,7 @@ Output, read back with ``build_dataset("folder", out_dir)``::
 Each frame's draw uses its own generator seeded by (seed, frame name), so a frame is the same
 whatever ``limit`` or ``splits`` are. CLI::
 
-    python -m flowclas_ros.tools.build_validation_set --camvid ROOT --coco ROOT --out DIR \\
+    python -m flowclas_ros.tools.build_validation_set --camvid ROOT --coco ROOT --out DIR \
         [--seed 0] [--split-seed 0] [--val-fraction 0.25] [--splits val test] [--limit N]
 """
 from __future__ import annotations
@@ -33,15 +33,20 @@ from PIL import Image
 
 from ..labels import ANOMALY, INLIER, VOID
 from .inlier_sets import camvid
-from .outlier_sources import (DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION, OutlierSource,
-                              default_outlier_split, load_outlier_source)
+from .outlier_sources import (
+    DEFAULT_SPLIT_SEED,
+    DEFAULT_VAL_FRACTION,
+    OutlierSource,
+    default_outlier_split,
+    load_outlier_source,
+)
 from .pasting import OutlierPaster, PasteConfig
 
 MANIFEST = "manifest.json"
 
 
 def frame_rng(seed: int, name: str) -> np.random.Generator:
-    """The generator of one frame: independent of the order and number of frames built."""
+    """Return the generator of one frame: independent of the order and number of frames built."""
     return np.random.default_rng([int(seed), zlib.crc32(name.encode("utf-8"))])
 
 

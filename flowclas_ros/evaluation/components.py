@@ -64,7 +64,7 @@ class FrameComponents:
 
 
 def frame_components(pred, labels, config: ComponentConfig | str = "anomaly") -> FrameComponents:
-    """sIoU of the ground-truth and PPV of the predicted components of one frame.
+    """SIoU of the ground-truth and PPV of the predicted components of one frame.
 
     pred: (H, W) bool, the binarised prediction; labels: (H, W) 0 inlier / 1 anomaly / 255 void.
     """
@@ -96,7 +96,7 @@ def frame_components(pred, labels, config: ComponentConfig | str = "anomaly") ->
 
 
 def _component_values(g: np.ndarray, p: np.ndarray, n_gt: int, n_pred: int) -> FrameComponents:
-    """sIoU and PPV from the ROI pixels' GT ids g and prediction ids p (0 = none), (M,) each."""
+    """SIoU and PPV from the ROI pixels' GT ids g and prediction ids p (0 = none), (M,) each."""
     fg = (g > 0) | (p > 0)
     key = g[fg].astype(np.int64) * (n_pred + 1) + p[fg]
     uniq, count = np.unique(key, return_counts=True)  # the sparse contingency table C[i, j]

@@ -22,8 +22,8 @@ import numpy as np
 from .components import ComponentConfig, ComponentMetrics, track_config
 from .metrics import ExactPixelMetrics, PixelResult
 from .plots import Example
-from .streaming_metrics import StreamingPixelMetrics
 from .scoring import EvaluationError, Scorer, backend_scorer, model_scorer, module_device
+from .streaming_metrics import StreamingPixelMetrics
 
 OBSTACLE_DATASETS = ("smiyc_obstacle", "lost_and_found")
 COMPONENT_CHOICES = ("auto", "anomaly", "obstacle", "none")
@@ -32,7 +32,10 @@ def default_track(dataset: str) -> str:
 
 
 def load_dataset(name: str, root: str | Path, split: str = "test"):
-    """The dataset reader of flowclas_ros.data (imported here: evaluation does not need it)."""
+    """Build a dataset with the reader of flowclas_ros.data.
+
+    Imported here: evaluation does not need it.
+    """
     from flowclas_ros.data.datasets import build_dataset
 
     return build_dataset(name, root, split)
@@ -50,8 +53,9 @@ def _check_map(score, label: np.ndarray, name: str) -> np.ndarray:
         raise EvaluationError(f"no score map for image {name!r}")
     score = np.asarray(score)
     if score.shape != label.shape:
-        raise EvaluationError(f"score map for image {name!r} has shape {score.shape} but its label "
-                              f"is {label.shape}: maps must be (H, W) at the image's resolution")
+        raise EvaluationError(f"score map for image {name!r} has shape {score.shape} but its "
+                              f"label is {label.shape}: maps must be (H, W) at the image's "
+                              "resolution")
     return score
 
 
@@ -73,7 +77,8 @@ def run_evaluation(scores: Scorer | Iterable[np.ndarray], dataset, *, streaming:
         raise EvaluationError("the dataset has no images to evaluate")
     pixel = StreamingPixelMetrics(bins=bins) if streaming else ExactPixelMetrics()
     cfg = None if components in (None, "none") else track_config(components)
-    want = set(np.linspace(0, n - 1, n_examples).round().astype(int).tolist() if n_examples else [])
+    want = set(np.linspace(0, n - 1, n_examples).round().astype(int).tolist()
+               if n_examples else [])
     examples: list[Example] = []
     get = scores if callable(scores) else None
     it = None if get else iter(scores)
@@ -130,7 +135,10 @@ def run_evaluation(scores: Scorer | Iterable[np.ndarray], dataset, *, streaming:
 
 
 def evaluate_scores(scores: Scorer | Iterable[np.ndarray], dataset, **kwargs) -> dict:
-    """Metrics dict of score maps against ``dataset``; keyword arguments of :func:`run_evaluation`."""
+    """Return the metrics dict of score maps against ``dataset``.
+
+    Keyword arguments of :func:`run_evaluation`.
+    """
     return run_evaluation(scores, dataset, **kwargs).metrics
 
 
@@ -148,7 +156,8 @@ def evaluate_model(model_or_backend, dataset, *, device: str | None = None,
 
     model = model_or_backend
     if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"expected a torch module or a runtime Backend, got {type(model).__name__}")
+        raise TypeError("expected a torch module or a runtime Backend, "
+                        f"got {type(model).__name__}")
     was_training, was_on = model.training, module_device(model)
     try:
         return run_evaluation(model_scorer(model, device, autocast), dataset, **kwargs).metrics

@@ -15,12 +15,12 @@ valid pixel, sorted in place. TP changes only at positive scores, so every metri
 positive pixels of counts found by binary search in the two sorted arrays, done in chunks of 2^18
 positives (no per-threshold arrays: extra memory is the chunk's, not the set's).
 
-Streaming mode (:class:`.streaming_metrics.StreamingPixelMetrics`) counts scores in ``bins`` equal-width bins per
-class (default 2^20, 16 MiB whatever the number of frames). The bin range is taken from the first
-frame (or given up front) and doubled, merging neighbouring bins, whenever a later score falls
-outside, so no first pass is needed. The curve is then exact at the bin edges; the only error is
-that scores sharing a bin count as tied (AUROC error <= half the fraction of positive-negative
-pairs sharing a bin; measured in test/test_metrics.py).
+Streaming mode (:class:`.streaming_metrics.StreamingPixelMetrics`) counts scores in ``bins``
+equal-width bins per class (default 2^20, 16 MiB whatever the number of frames). The bin range is
+taken from the first frame (or given up front) and doubled, merging neighbouring bins, whenever a
+later score falls outside, so no first pass is needed. The curve is then exact at the bin edges;
+the only error is that scores sharing a bin count as tied (AUROC error <= half the fraction of
+positive-negative pairs sharing a bin; measured in test/test_metrics.py).
 
 Scores are compared as float32 (float64 inputs are rounded, which can only create ties).
 Non-finite scores: NaN in a valid (non-void) pixel raises ValueError (a NaN score is a bug in the
@@ -105,7 +105,10 @@ class PixelResult:
 
 
 def _thin(n: int, max_points: int) -> np.ndarray:
-    """Indices of at most ~max_points evenly spaced points of n, first and last included."""
+    """Return the indices of at most ~max_points evenly spaced points of n.
+
+    The first and last points are included.
+    """
     if n <= max_points:
         return np.arange(n)
     return np.unique(np.linspace(0, n - 1, max_points).round().astype(np.int64))
@@ -127,7 +130,8 @@ def curve_from_groups(pos_counts, neg_counts, values) -> PixelResult:
     n_neg = int(fp[-1]) if fp.size else 0
     nan = float("nan")
     if n_pos == 0:
-        warnings.warn("no anomaly pixels: AUPRC, AUROC and FPR95 are undefined (NaN)", stacklevel=3)
+        warnings.warn("no anomaly pixels: AUPRC, AUROC and FPR95 are undefined (NaN)",
+                      stacklevel=3)
         return PixelResult(nan, nan, nan, nan, nan, nan, n_pos, n_neg)
     tp_f = tp.astype(np.float64)
     fp_f = fp.astype(np.float64)
@@ -182,7 +186,8 @@ def _exact_result(pos: np.ndarray, neg: np.ndarray, chunk: int = 1 << 18) -> Pix
     n_pos, n_neg = pos.size, neg.size
     nan = float("nan")
     if n_pos == 0:
-        warnings.warn("no anomaly pixels: AUPRC, AUROC and FPR95 are undefined (NaN)", stacklevel=3)
+        warnings.warn("no anomaly pixels: AUPRC, AUROC and FPR95 are undefined (NaN)",
+                      stacklevel=3)
         return PixelResult(nan, nan, nan, nan, nan, nan, n_pos, n_neg)
     prec_sum = 0.0
     rank_sum = 0  # sum over positives of 2 #neg<x + #neg==x (exact integers)
@@ -263,7 +268,7 @@ class _ScoreBuffer:
         self.n = need
 
     def sorted(self) -> np.ndarray:
-        """The scores so far, sorted ascending in place (a view)."""
+        """Return the scores so far, sorted ascending in place (a view)."""
         view = self._buf[:self.n]
         if self._sorted_n != self.n:
             view.sort()

@@ -46,8 +46,13 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from flowclas_ros.data.obstacle_sets import (HIRES_CALIBRATION_PART, OBSTACLE_PARTS, ROADS,
-                                             SIZE_BUCKETS, size_bucket)
+from flowclas_ros.data.obstacle_sets import (
+    HIRES_CALIBRATION_PART,
+    OBSTACLE_PARTS,
+    ROADS,
+    SIZE_BUCKETS,
+    size_bucket,
+)
 
 from ..labels import ANOMALY, INLIER, VOID
 from .metrics import ExactPixelMetrics
@@ -78,7 +83,10 @@ class ComponentCounts:
 
     def update(self, flagged: np.ndarray, roi: np.ndarray, label: np.ndarray,
                boxes: Sequence[Sequence[int]]) -> None:
-        """flagged, roi (H, W) bool; label 0/1/255; boxes [y0, x0, h, w] of the obstacles."""
+        """Add one frame's counts.
+
+        flagged, roi (H, W) bool; label 0/1/255; boxes [y0, x0, h, w] of the obstacles.
+        """
         obstacle = label == ANOMALY
         for y0, x0, h, w in boxes:
             sl = (slice(y0, y0 + h), slice(x0, x0 + w))
@@ -189,7 +197,7 @@ class _PartScorer:
 def evaluate_hires_parts(scorer: Scorer, root: str | Path, parts: Sequence[str], *,
                          fpr: float, threshold: float | None = None, limit: int | None = None,
                          log: Callable[[str], None] | None = None) -> dict:
-    """The figures of the small-obstacle ``parts`` of a built protocol (module docstring).
+    """Compute the figures of the small-obstacle ``parts`` of a built protocol (module docstring).
 
     Returns {"parts": {part: figures}, "threshold": t, "calibrated_on": part or None}.
     """

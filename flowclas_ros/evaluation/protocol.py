@@ -43,9 +43,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..labels import ANOMALY, INLIER
 from flowclas_ros.data.obstacle_sets import HIRES_CALIBRATION_PART, HIRES_PARTS
 
+from ..labels import ANOMALY, INLIER
 from .evaluate import run_evaluation
 from .metrics import threshold_at_fpr
 from .obstacle_scoring import OBSTACLE_SELECTION_PARTS, evaluate_hires_parts, obstacle_score
@@ -61,8 +61,10 @@ SCORE_PARTS = SELECTION_PARTS + (CALIBRATION_PART,) + OBSTACLE_SELECTION_PARTS +
 
 
 def selection_score(results: dict[str, dict], parts: Sequence[str] = SELECTION_PARTS) -> float:
-    """mean over ``parts`` of (AUPRC - FPR95) / 2 + 0.5: the legacy half of the score (see the
-    module docstring)."""
+    """Return the mean over ``parts`` of (AUPRC - FPR95) / 2 + 0.5.
+
+    This is the legacy half of the score (see the module docstring).
+    """
     vals = [(results[p]["auprc"] - results[p]["fpr95"]) / 2 + 0.5 for p in parts]
     return float(np.mean(vals))
 
@@ -72,9 +74,12 @@ def _has(results: dict, parts, key: str = "auprc") -> bool:
 
 
 def combined_score(results: dict[str, dict]) -> dict:
-    """{"score"} from the legacy parts, or with every small-obstacle part scored, {"score",
-    "score_legacy", "score_obstacles"} (see the module docstring); {} or only the obstacle
-    half where the selection parts are missing."""
+    """Return the combined score of ``results`` (see the module docstring).
+
+    {"score"} from the legacy parts, or with every small-obstacle part scored, {"score",
+    "score_legacy", "score_obstacles"}; {} or only the obstacle half where the selection parts
+    are missing.
+    """
     out: dict = {}
     legacy = selection_score(results) if _has(results, SELECTION_PARTS) else None
     if _has(results, OBSTACLE_SELECTION_PARTS) and _has(results, OBSTACLE_SELECTION_PARTS,
@@ -172,8 +177,11 @@ def evaluate_protocol(scorer: Scorer, protocol: str | Path, *, fpr: float = DEFA
 def evaluate_model_on_protocol(model, protocol: str | Path, input_size: tuple[int, int],
                                *, device: str | None = None, autocast: bool = False,
                                **kwargs) -> dict:
-    """:func:`evaluate_protocol` for a torch FlowCLAS model run as a bundle of ``input_size``
-    would be; the model's train/eval mode and device are restored afterwards."""
+    """Run :func:`evaluate_protocol` for a torch FlowCLAS model.
+
+    The model runs as a bundle of ``input_size`` would be; the model's train/eval mode and
+    device are restored afterwards.
+    """
     was_training, was_on = model.training, module_device(model)
     try:
         return evaluate_protocol(model_scorer(model, device, autocast, input_size), protocol,

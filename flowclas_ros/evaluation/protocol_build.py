@@ -22,7 +22,8 @@ from flowclas_ros.data.protocol_sets import build_protocol as build_parts
 
 WEIGHTS_ENV = "FLOWCLAS_ESPNETV2"
 WEIGHTS_FILE = Path("weights/espnetv2-cityscapes/espnetv2_s_2.0_city_1024x512.pth")
-ROAD_INPUT_HEIGHT = 512  # the frames are scaled to this height: Cityscapes' 1024x512 training scale
+# the frames are scaled to this height: Cityscapes' 1024x512 training scale
+ROAD_INPUT_HEIGHT = 512
 # parts whose drivable surface comes from labels, not a model
 LABELLED_ROAD_PARTS = ("obstacles_cityscapes", "cityscapes_hires_clean")
 
@@ -35,9 +36,12 @@ def default_weights(data_root: str | Path) -> Path:
 
 def espnet_road_fn(weights: str | Path, device: str = "cpu",
                    height: int = ROAD_INPUT_HEIGHT) -> RoadFn:
-    """image (H, W, 3) uint8 -> (H, W) bool: where the Cityscapes ESPNetv2 says "road" (class 0
-    has the largest logit), the frame scaled to ``height`` rows for the network (antialiased)
-    and the logits scaled back (bilinear)."""
+    """Build a road function: image (H, W, 3) uint8 -> (H, W) bool.
+
+    True where the Cityscapes ESPNetv2 says "road" (class 0 has the largest logit), the frame
+    scaled to ``height`` rows for the network (antialiased) and the logits scaled back
+    (bilinear).
+    """
     import torch
     import torch.nn.functional as F
 

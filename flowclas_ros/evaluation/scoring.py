@@ -32,7 +32,10 @@ class EvaluationError(ValueError):
 
 
 def read_score_map(path: str | Path) -> np.ndarray:
-    """A saved anomaly map -> (H, W) float32. .npy (any real dtype) or 16-bit / 8-bit PNG."""
+    """Load a saved anomaly map -> (H, W) float32.
+
+    .npy (any real dtype) or 16-bit / 8-bit PNG.
+    """
     path = Path(path)
     if path.suffix == ".npy":
         arr = np.load(path, allow_pickle=False)
@@ -86,7 +89,7 @@ class ScoreFolder:
 
 
 def module_device(model) -> str:
-    """The device of a module's first parameter or buffer (cpu when it has none)."""
+    """Return the device of a module's first parameter or buffer (cpu when it has none)."""
     for t in itertools.chain(model.parameters(), model.buffers()):
         return str(t.device)
     return "cpu"
@@ -124,7 +127,7 @@ def model_scorer(model, device: str | None = None, autocast: bool = False,
 
 
 def backend_scorer(backend) -> Scorer:
-    """A runtime Backend: its raw heatmap at input resolution."""
+    """Score with a runtime Backend: its raw heatmap at input resolution."""
 
     def score(sample) -> np.ndarray:
         return backend.infer(sample.image, heatmap=True, mask=False, overlay=False).heatmap
@@ -145,7 +148,8 @@ def load_scorer(path: str | Path, device: str = "cpu",
 
         b = create_backend(path, backend=backend, device=device)
         return backend_scorer(b), b.close
-    raise FileNotFoundError(f"--model {path} does not exist (a checkpoint file or a bundle folder)")
+    raise FileNotFoundError(f"--model {path} does not exist "
+                            "(a checkpoint file or a bundle folder)")
 
 
 def void_ignored(label: np.ndarray, ignore) -> np.ndarray:

@@ -27,7 +27,8 @@ class StreamingPixelMetrics:
     Thresholds are the bin lower edges, at which TP/FP are exact; scores sharing a bin are tied.
     """
 
-    def __init__(self, bins: int = 2 ** 20, range: tuple[float, float] | None = None):
+    def __init__(self, bins: int = 2 ** 20,
+                 range: tuple[float, float] | None = None):  # noqa: A002 - public kwarg
         if bins < 2 or bins % 2:
             raise ValueError(f"bins must be an even number >= 2, got {bins}")
         self.bins = int(bins)

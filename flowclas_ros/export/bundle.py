@@ -2,8 +2,8 @@
 
 The bundle's format and reader live in :mod:`flowclas_ros.bundle`; this module is the exporting
 side: it stages a folder (:func:`flowclas_ros.bundle.writer.staged`), exports and verifies the
-ONNX graph into it (:mod:`flowclas_ros.bundle.onnx_export`), saves the weights, writes the manifest and model card,
-and returns the bundle as the runtime will load it.
+ONNX graph into it (:mod:`flowclas_ros.bundle.onnx_export`), saves the weights, writes the
+manifest and model card, and returns the bundle as the runtime will load it.
 """
 from __future__ import annotations
 
@@ -14,9 +14,8 @@ from typing import Any
 
 from flowclas_ros.bundle import reader as _reader
 from flowclas_ros.bundle import writer
-from flowclas_ros.model.flowclas import FlowCLAS
-
 from flowclas_ros.bundle.onnx_export import export_onnx, verify_onnx
+from flowclas_ros.model.flowclas import FlowCLAS
 
 log = logging.getLogger("flowclas_ros.export")
 
@@ -37,8 +36,9 @@ def write_bundle(model: FlowCLAS, out_dir: str | Path, *, input_size: tuple[int,
     was calibrated at (None = not calibrated). score_range (lo, hi): the display range.
     train_config: a dict, or a YAML file, stored with its sha256. opset: the minimum opset (the
     dynamo exporter emits 18 or newer). exporter: "auto" | "dynamo" | "torchscript" (see
-    :func:`flowclas_ros.bundle.onnx_export.export_onnx`). verify: compare ONNX Runtime with torch on a real
-    photograph and record the difference. card_notes: Markdown appended to the card.
+    :func:`flowclas_ros.bundle.onnx_export.export_onnx`). verify: compare ONNX Runtime with
+    torch on a real photograph and record the difference. card_notes: Markdown appended to the
+    card.
     resolution: ``{"long_side": L}`` and/or ``{"pixels": P}`` (and ``max_scale``): frames keep
     their aspect ratio, scaled to it, through a graph with dynamic H and W (``input_size`` is
     then the reference size the graph is verified at); None: frames are resized to input_size.
@@ -75,11 +75,12 @@ def write_bundle(model: FlowCLAS, out_dir: str | Path, *, input_size: tuple[int,
     return bundle
 
 
-_MOVED = {name: "flowclas_ros.bundle.reader" for name in (
-    "FORMAT", "FORMAT_VERSION", "MANIFEST", "ONNX_FILE", "WEIGHTS_FILE", "MODEL_CARD", "Bundle",
-    "BundleError", "load_bundle")}
+_MOVED = dict.fromkeys(("FORMAT", "FORMAT_VERSION", "MANIFEST", "ONNX_FILE", "WEIGHTS_FILE",
+                        "MODEL_CARD", "Bundle", "BundleError", "load_bundle"),
+                       "flowclas_ros.bundle.reader")
 _MOVED.update(build_torch_model="flowclas_ros.bundle.torch_model",
-              sha256_file="flowclas_ros.bundle.hashing", config_sha256="flowclas_ros.bundle.hashing",
+              sha256_file="flowclas_ros.bundle.hashing",
+              config_sha256="flowclas_ros.bundle.hashing",
               canonical_json="flowclas_ros.bundle.hashing",
               INPUT_NAME="flowclas_ros.bundle.graph", OUTPUT_NAME="flowclas_ros.bundle.graph",
               RESIZE_METHOD="flowclas_ros.bundle.preprocess",
@@ -87,8 +88,11 @@ _MOVED.update(build_torch_model="flowclas_ros.bundle.torch_model",
 
 
 def __getattr__(name):
-    """The bundle's reader moved to flowclas_ros.bundle in 0.2 (the runtime no longer reaches
-    into the exporter to load a model); the old names still resolve, with a warning."""
+    """Resolve the names that moved to flowclas_ros.bundle, with a FutureWarning.
+
+    The bundle's reader moved to flowclas_ros.bundle in 0.2 (the runtime no longer reaches into
+    the exporter to load a model); the old names still resolve, with a warning.
+    """
     if name in _MOVED:
         import importlib
 

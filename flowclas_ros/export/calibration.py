@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from flowclas_ros.bundle.onnx_export import sample_images
 from flowclas_ros.data.datasets import Sample, build_dataset
 from flowclas_ros.evaluation.metrics import pixel_metrics, threshold_at_fpr
 from flowclas_ros.evaluation.scoring import IgnoringDataset, model_scorer
@@ -35,14 +36,13 @@ from flowclas_ros.labels import ANOMALY, INLIER, VOID
 from flowclas_ros.model.flowclas import FlowCLAS
 from flowclas_ros.outputs.regions import exceedance_table
 
-from flowclas_ros.bundle.onnx_export import sample_images
-
 log = logging.getLogger("flowclas_ros.export")
 
 INLIER_LO_PCT, ALL_HI_PCT = 1.0, 99.9
 
 
-def _valid_scores(model: FlowCLAS, dataset, input_size, device) -> tuple[np.ndarray, np.ndarray, int]:
+def _valid_scores(model: FlowCLAS, dataset, input_size,
+                  device) -> tuple[np.ndarray, np.ndarray, int]:
     """(scores, labels) of every non-void pixel of ``dataset``, scored as the runtime does."""
     score = model_scorer(model, device, input_size=input_size)  # as the runtime runs the bundle
     scores, labels = [], []
@@ -61,9 +61,11 @@ def _valid_scores(model: FlowCLAS, dataset, input_size, device) -> tuple[np.ndar
 
 def calibrate(model: FlowCLAS, root, input_size: tuple[int, int], fpr: float,
               device: str = "cpu", name: str | None = None, ignore=None) -> dict:
-    """Threshold at ``fpr`` and display range from a labelled folder dataset (see module doc);
-    ``root`` may also be an ImageDataset (``name`` then says what it is); ``ignore``: an
-    IgnoreMask whose pixels are VOID."""
+    """Calibrate the threshold at ``fpr`` and the display range on a labelled folder dataset.
+
+    See the module doc. ``root`` may also be an ImageDataset (``name`` then says what it is);
+    ``ignore``: an IgnoreMask whose pixels are VOID.
+    """
     dataset = build_dataset("folder", root) if isinstance(root, (str, Path)) else root
     name = name or Path(root).name
     if ignore is not None:
@@ -98,10 +100,13 @@ def calibrate(model: FlowCLAS, root, input_size: tuple[int, int], fpr: float,
 
 def calibrate_on_bag(model: FlowCLAS, bag: str | Path, topic: str, input_size: tuple[int, int],
                      fpr: float, device: str = "cpu", stride: int = 1, ignore=None) -> dict:
-    """Threshold so that at most ``fpr`` of the pixels of the robot's own normal frames are
-    flagged: calibrated on the bag's ``calibration`` part (every pixel an inlier: a recording of
-    normal operation), the rate then measured on its held-out ``test`` part (later in time).
-    ``ignore``: an IgnoreMask whose pixels are VOID in both parts."""
+    """Calibrate the threshold on a bag of the robot's own normal frames.
+
+    At most ``fpr`` of the pixels of those frames are flagged: calibrated on the bag's
+    ``calibration`` part (every pixel an inlier: a recording of normal operation), the rate then
+    measured on its held-out ``test`` part (later in time). ``ignore``: an IgnoreMask whose
+    pixels are VOID in both parts.
+    """
     from flowclas_ros.data.bags import bag_dataset
 
     cal_set = bag_dataset(bag, "calibration", topic=topic, stride=stride, log=log.info)

@@ -30,7 +30,10 @@ def default_input_size(cfg: ModelConfig) -> tuple[int, int]:
 
 
 def load_checkpoint_model(path: str | Path, backbone_weights: str | None = None):
-    """(model, checkpoint dict) from a training checkpoint; the backbone is rebuilt from its config."""
+    """Load (model, checkpoint dict) from a training checkpoint.
+
+    The backbone is rebuilt from its config.
+    """
     data = load_checkpoint(path)
     cfg = ModelConfig.from_dict(data["model_config"])
     if backbone_weights:

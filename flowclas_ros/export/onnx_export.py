@@ -1,5 +1,8 @@
-"""Moved: the ONNX serialisation of the score graph is :mod:`flowclas_ros.bundle.onnx_export`
-(the runtime derives fp16 graphs with it, and the runtime sits below export)."""
+"""Moved: see :mod:`flowclas_ros.bundle.onnx_export`.
+
+The ONNX serialisation of the score graph is :mod:`flowclas_ros.bundle.onnx_export` (the
+runtime derives fp16 graphs with it, and the runtime sits below export).
+"""
 import importlib
 import warnings
 

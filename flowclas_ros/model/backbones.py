@@ -29,8 +29,12 @@ from .backbone_base import IMAGENET_MEAN, IMAGENET_STD, Backbone  # noqa: F401 (
 from .config import BackboneConfig
 from .weights import load_weights_only
 
+
 class TinyBackbone(Backbone):
-    """Three stride-2 convolutions (stride 8), seeded random weights. (B,3,H,W) -> (B,C,H/8,W/8)."""
+    """Three stride-2 convolutions (stride 8), seeded random weights.
+
+    (B,3,H,W) -> (B,C,H/8,W/8).
+    """
 
     def __init__(self, channels: int = 16, seed: int = 0):
         super().__init__()
@@ -88,8 +92,9 @@ def _lite_key_map(model: nn.Module) -> dict[str, str]:
     return m
 
 
-def load_packaged_lite_weights(variant: int, path: Path, target: dict[str, Tensor]) -> dict[str, Tensor]:
-    """The packaged (lukemelas-style) weights file renamed onto timm's ``target`` state dict.
+def load_packaged_lite_weights(variant: int, path: Path,
+                               target: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Load the packaged (lukemelas-style) weights file renamed onto timm's ``target`` state dict.
 
     Every tensor of ``target`` must be covered with the right shape; tensors of the file that
     ``target`` does not hold (the classifier head, for a features-only model) are dropped, and
@@ -114,18 +119,20 @@ def load_packaged_lite_weights(variant: int, path: Path, target: dict[str, Tenso
         elif dst not in target:
             continue  # the classifier head, or blocks past the last stage a backbone uses
         elif target[dst].shape != value.shape:
-            problems.append(f"{key} -> {dst}: shape {tuple(value.shape)} != {tuple(target[dst].shape)}")
+            problems.append(
+                f"{key} -> {dst}: shape {tuple(value.shape)} != {tuple(target[dst].shape)}")
         else:
             mapped[dst] = value
     problems += [f"model tensor {k} not in {path.name}" for k in target if k not in mapped]
     if problems:
-        raise ValueError(f"{path} does not fit EfficientNet-Lite{variant}:\n  " + "\n  ".join(problems[:20]))
+        raise ValueError(f"{path} does not fit EfficientNet-Lite{variant}:\n  "
+                         + "\n  ".join(problems[:20]))
     return mapped
 
 
 def load_efficientnet_lite_classifier(variant: int = 0, weights: str | Path | None = None,
                                       pretrained: bool = True) -> nn.Module:
-    """timm ``tf_efficientnet_lite{variant}`` with the packaged ImageNet weights, in eval mode."""
+    """Timm ``tf_efficientnet_lite{variant}`` with the packaged ImageNet weights, in eval mode."""
     import timm
 
     model = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
@@ -238,7 +245,8 @@ def _from_transformers(sd: dict[str, Tensor]) -> dict[str, Tensor]:
                 if part in layer_parts:
                     out[f"blocks.{i}.{layer_parts[part]}.{leaf}"] = v
         # mask_token and anything else unknown is left out; strict loading reports gaps
-    n_layers = 1 + max((int(k.split(".")[2]) for k in sd if k.startswith("encoder.layer.")), default=-1)
+    n_layers = 1 + max((int(k.split(".")[2]) for k in sd if k.startswith("encoder.layer.")),
+                       default=-1)
     for i in range(n_layers):
         pre = f"encoder.layer.{i}.attention.attention"
         for leaf in ("weight", "bias"):
@@ -249,7 +257,10 @@ def _from_transformers(sd: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """A state dict from .safetensors or a weights-only torch file (never unpickles objects)."""
+    """Read a state dict from .safetensors or a weights-only torch file.
+
+    It never unpickles objects.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} does not exist")

@@ -63,7 +63,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def model_payload(model: FlowCLAS) -> dict[str, Any]:
-    """The part of a checkpoint that rebuilds the model."""
+    """Return the part of a checkpoint that rebuilds the model."""
     return {"model_config": model.config.to_dict(), "model": model.trainable_state_dict()}
 
 

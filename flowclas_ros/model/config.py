@@ -47,8 +47,11 @@ class BackboneConfig:
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:
-        """Its fields; ``fuse`` only where it has parts (what configs without it always held,
-        so that their hashes, e.g. the feature cache's key, stay as they were)."""
+        """Return its fields; ``fuse`` only where it has parts.
+
+        Without parts the dict is what configs without ``fuse`` always held, so that their
+        hashes, e.g. the feature cache's key, stay as they were.
+        """
         d = dataclasses.asdict(self)
         if not self.fuse:
             del d["fuse"]
@@ -57,15 +60,17 @@ class BackboneConfig:
 
 @dataclass
 class RoadPriorConfig:
-    """The Cityscapes ESPNetv2's road segmentation as a prior on the score (off while ``weight``
-    is 0): ``score + weight * (road - 0.5)``, ``road`` on the feature grid 1 where the road
-    probability is at least ``threshold``, else 0 (with ``threshold`` null the probability
-    itself: it then also reorders pixels within the road), max-pooled over ``dilate`` x
-    ``dilate`` cells (an obstacle on the road is not road itself,
-    but the road surrounds it), the network run on the frame resized to ``input_size`` (fixed:
+    """The Cityscapes ESPNetv2's road segmentation as a prior on the score.
+
+    Off while ``weight`` is 0: ``score + weight * (road - 0.5)``, ``road`` on the feature grid 1
+    where the road probability is at least ``threshold``, else 0 (with ``threshold`` null the
+    probability itself: it then also reorders pixels within the road), max-pooled over
+    ``dilate`` x ``dilate`` cells (an obstacle on the road is not road itself, but the road
+    surrounds it), the network run on the frame resized to ``input_size`` (fixed:
     :mod:`.road_prior` says why). Inside the exported graph; the network's weights
     (``weights``, loaded while ``backbone.pretrained`` is true, as the backbone's own) travel in
-    the bundle. Needs ``score: nll``."""
+    the bundle. Needs ``score: nll``.
+    """
 
     weight: float = 0.0
     weights: str | None = None  # espnetv2_s_2.0_city_1024x512.pth; None = random (tests)
@@ -119,7 +124,8 @@ class ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown model config keys {sorted(unknown)}; known: {sorted(known)}")
+            raise ValueError(
+                f"unknown model config keys {sorted(unknown)}; known: {sorted(known)}")
         backbone = BackboneConfig.from_dict(d.pop("backbone", {}))
         flow = FlowConfig(**d.pop("flow", {}))
         road = RoadPriorConfig(**d.pop("road_prior", {}))
@@ -127,8 +133,10 @@ class ModelConfig:
 
 
 def uses_cityscapes_weights(cfg: ModelConfig) -> bool:
-    """Whether a model of ``cfg`` carries the Cityscapes-trained ESPNetv2's weights (as its
-    backbone, a part of a fused one, or its road prior)."""
+    """Return whether a model of ``cfg`` carries the Cityscapes-trained ESPNetv2's weights.
+
+    They are carried as its backbone, a part of a fused one, or its road prior.
+    """
     parts = [cfg.backbone, *cfg.backbone.fuse]
     return cfg.road_prior.enabled or any(p.name == "espnetv2" for p in parts)
 
@@ -141,8 +149,11 @@ CITYSCAPES_NOTE = (
 
 
 def licence_notes(cfg: ModelConfig) -> str | None:
-    """Model-card text naming the licences a bundle of ``cfg`` inherits from weights it carries
-    beyond its own (None where there is nothing to add)."""
+    """Return model-card text naming the licences a bundle of ``cfg`` inherits.
+
+    The licences come from weights it carries beyond its own (None where there is nothing to
+    add).
+    """
     return CITYSCAPES_NOTE if uses_cityscapes_weights(cfg) else None
 
 

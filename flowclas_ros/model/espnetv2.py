@@ -71,7 +71,7 @@ class EESPNetEncoder(nn.Module):
                                     for _ in range(7))
 
     def forward(self, x: Tensor, levels: int = 4) -> list[Tensor]:
-        """The outputs of levels 1..``levels`` (later levels are not computed)."""
+        """Return the outputs of levels 1..``levels`` (later levels are not computed)."""
         out = self.level1(x)
         feats = [out]
         image = F.avg_pool2d(x, 3, stride=2, padding=1)  # the image at level1's size
@@ -125,7 +125,7 @@ class ESPNetv2Seg(nn.Module):
         _init_weights(self)
 
     def decode(self, feats: list[Tensor]) -> Tensor:
-        """Encoder levels 1..4 -> logits at level1's size (stride 2)."""
+        """Decode encoder levels 1..4 -> logits at level1's size (stride 2)."""
         out = self.bu_dec_l1(feats[3])
         for i, skip in zip((2, 3, 4), (feats[2], feats[1], feats[0])):
             out = _double_to(out, skip) + getattr(self, f"merge_enc_dec_l{i}")(skip)
@@ -149,7 +149,8 @@ class ESPNetv2Seg(nn.Module):
             raise ValueError(f"{path} is not a plain state dict of tensors")
         own = self.state_dict()
         problems = [f"missing tensor {k} {tuple(v.shape)}" for k, v in own.items() if k not in sd]
-        problems += [f"unexpected tensor {k} {tuple(v.shape)}" for k, v in sd.items() if k not in own]
+        problems += [f"unexpected tensor {k} {tuple(v.shape)}" for k, v in sd.items()
+                     if k not in own]
         problems += [f"{k}: shape {tuple(v.shape)} in the file, {tuple(own[k].shape)} in the model"
                      for k, v in sd.items() if k in own and v.shape != own[k].shape]
         if problems:
@@ -160,8 +161,11 @@ class ESPNetv2Seg(nn.Module):
 
 
 def _resize_to(x: Tensor, size: tuple[int, int], area: bool = False) -> Tensor:
-    """(N, C, h, w) -> (N, C, *size): bilinear, anti-aliased when shrinking (the runtime's
-    filter); ``area`` averages whole cells when shrinking instead."""
+    """Resize (N, C, h, w) -> (N, C, *size).
+
+    Bilinear, anti-aliased when shrinking (the runtime's filter); ``area`` averages whole cells
+    when shrinking instead.
+    """
     size = tuple(int(v) for v in size)
     if tuple(x.shape[-2:]) == size:
         return x
@@ -205,9 +209,11 @@ class ESPNetv2Backbone(Backbone):
                                                     align_corners=False) for m in maps[1:]], 1)
 
     def road_probability(self, x: Tensor, size: tuple[int, int] | None = None) -> Tensor:
-        """(B, 3, H, W) normalised -> (B, 1, h, w): the softmax probability of class 0 (road),
-        per input pixel, averaged over each cell of the grid ``size`` (default: the feature
-        grid, ceil(H / stride) x ceil(W / stride))."""
+        """Map (B, 3, H, W) normalised -> (B, 1, h, w) road probability.
+
+        The softmax probability of class 0 (road), per input pixel, averaged over each cell of
+        the grid ``size`` (default: the feature grid, ceil(H / stride) x ceil(W / stride)).
+        """
         if size is None:
             size = (-(-x.shape[-2] // self.stride), -(-x.shape[-1] // self.stride))
         road = self.net(x).softmax(1)[:, ROAD:ROAD + 1]
@@ -215,8 +221,10 @@ class ESPNetv2Backbone(Backbone):
 
 
 def softmax_entropy(logits: Tensor) -> Tensor:
-    """(B, C, H, W) logits -> (B, H, W) entropy of the softmax over C, divided by log C: in
-    [0, 1], 0 for a one-hot prediction, 1 for a uniform one."""
+    """Map (B, C, H, W) logits -> (B, H, W) entropy of the softmax over C, divided by log C.
+
+    In [0, 1], 0 for a one-hot prediction, 1 for a uniform one.
+    """
     logp = logits.float().log_softmax(1)
     ent = -(logp.exp() * logp).sum(1) / math.log(logits.shape[1])
     return ent.clamp_(0.0, 1.0)
@@ -224,7 +232,7 @@ def softmax_entropy(logits: Tensor) -> Tensor:
 
 def entropy_scorer(model: nn.Module, device: str | torch.device | None = None,
                    input_size: tuple[int, int] | None = None) -> Callable[[object], np.ndarray]:
-    """The softmax-entropy anomaly baseline as a scorer: Sample -> (H, W) float32 map.
+    """Build the softmax-entropy anomaly baseline as a scorer: Sample -> (H, W) float32 map.
 
     model: an :class:`ESPNetv2Seg` (or an :class:`ESPNetv2Backbone`, whose network is used).
     Each frame (``sample.image``, (H, W, 3) uint8 RGB) is scaled to [0, 1], resized to

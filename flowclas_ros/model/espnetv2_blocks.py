@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 def _conv(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, dilation: int = 1,
           bias: bool = False) -> nn.Conv2d:
-    """A k x k convolution padded to keep the size (up to the stride)."""
+    """Build a k x k convolution padded to keep the size (up to the stride)."""
     return nn.Conv2d(cin, cout, k, stride=stride, padding=dilation * (k - 1) // 2,
                      dilation=dilation, groups=groups, bias=bias)
 
@@ -94,7 +94,8 @@ class ChannelShuffle(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
-        return x.reshape(b, self.groups, c // self.groups, h, w).transpose(1, 2).reshape(b, c, h, w)
+        return (x.reshape(b, self.groups, c // self.groups, h, w).transpose(1, 2)
+                .reshape(b, c, h, w))
 
 
 def branch_dilations(branches: int, max_receptive: int) -> list[int]:
@@ -211,8 +212,11 @@ class PyramidPool(nn.Module):
 
 
 class GatedMerge(nn.Module):
-    """(B, cin, H, W) -> (B, cout, H, W): grouped 3x3 conv-BN-PReLU (gcd(cin, cout) groups) times
-    a per-channel sigmoid gate from a 1x1 conv of the global average of the input."""
+    """Gated merge (B, cin, H, W) -> (B, cout, H, W).
+
+    A grouped 3x3 conv-BN-PReLU (gcd(cin, cout) groups) times a per-channel sigmoid gate from a
+    1x1 conv of the global average of the input.
+    """
 
     def __init__(self, cin: int, cout: int):
         super().__init__()

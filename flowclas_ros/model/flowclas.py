@@ -32,6 +32,7 @@ from .config import SCORES, ModelConfig
 from .flow import Flow
 from .losses import gaussian_nll_map
 
+
 class FlowCLAS(nn.Module):
     """Backbone (frozen) + LayerNorm + flow + Gaussian + projection head.
 
@@ -79,8 +80,11 @@ class FlowCLAS(nn.Module):
 
     # 1. frozen features ---------------------------------------------------------------------
     def normalize_and_pad(self, images: Tensor) -> Tensor:
-        """(B, 3, H, W) in [0, 1] -> normalised, zero-padded to the backbone's multiple (a fused
-        backbone: its parts' inputs, each normalised and padded, stacked: (B, 3 x parts, ...))."""
+        """Normalise (B, 3, H, W) in [0, 1] and zero-pad it to the backbone's multiple.
+
+        For a fused backbone: its parts' inputs, each normalised and padded, stacked:
+        (B, 3 x parts, ...).
+        """
         x = (images - self.mean) / self.std
         if getattr(self.backbone, "fused", False):
             return self.backbone.prepare(x)  # x is the image itself: mean 0, std 1
@@ -100,10 +104,11 @@ class FlowCLAS(nn.Module):
 
     # 2. flow -------------------------------------------------------------------------------
     def latent(self, feats: Tensor) -> tuple[Tensor, Tensor]:
-        """features (B, C, h, w) -> z (B, C, h, w), per-pixel log-determinant (B, h, w).
+        """Features (B, C, h, w) -> z (B, C, h, w), per-pixel log-determinant (B, h, w).
 
         With the road prior's channel appended (B, C + 1, h, w: the backbone's own output),
-        ``weight * (road - 0.5)`` is folded into the log-determinant (module docstring)."""
+        ``weight * (road - 0.5)`` is folded into the log-determinant (module docstring).
+        """
         c = self.channels
         road = feats[:, c] if feats.shape[1] == c + 1 else None
         x = self.norm(feats[:, :c].float().permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
@@ -124,7 +129,7 @@ class FlowCLAS(nn.Module):
         return gaussian_nll_map(z, logdet, self.mu, self.log_sigma)
 
     def latent_score_map(self, z: Tensor) -> Tensor:
-        """The authors' score -log p~ = mean_c[0.5 u_c^2 + log sigma_c]: (B, h, w)."""
+        """Return the authors' score -log p~ = mean_c[0.5 u_c^2 + log sigma_c]: (B, h, w)."""
         u = (z - self.mu.view(1, -1, 1, 1)) * torch.exp(-self.log_sigma).view(1, -1, 1, 1)
         return (0.5 * u * u + self.log_sigma.view(1, -1, 1, 1)).mean(dim=1)
 
@@ -142,12 +147,15 @@ class FlowCLAS(nn.Module):
         """(B, h, w) on the padded grid -> (B, H, W): bilinear to h*stride, then crop padding."""
         h, w = score.shape[-2:]
         s = self.stride
-        up = F.interpolate(score[:, None], size=(h * s, w * s), mode="bilinear", align_corners=False)
+        up = F.interpolate(score[:, None], size=(h * s, w * s), mode="bilinear",
+                           align_corners=False)
         return up[:, 0, : size[0], : size[1]]
 
     def forward(self, images: Tensor) -> Tensor:
-        """(B, 3, H, W) RGB in [0, 1] -> anomaly score (B, H, W), float32 (as the deployed graph
-        computes it, the road prior included)."""
+        """Map (B, 3, H, W) RGB in [0, 1] to the anomaly score (B, H, W), float32.
+
+        As the deployed graph computes it, the road prior included.
+        """
         with torch.no_grad():
             feats = self.backbone(self.normalize_and_pad(images))
         z, logdet = self.latent(feats)

@@ -27,8 +27,10 @@ def _stats(values, parts: int) -> Tensor:
 
 
 class FusedBackbone(Backbone):
-    """Several frozen backbones as one: (B, 3 x parts, H, W) -> (B, sum of channels, H / s,
-    W / s), ``s`` the finest part's stride (see the module docstring).
+    """Several frozen backbones as one.
+
+    (B, 3 x parts, H, W) -> (B, sum of channels, H / s, W / s), ``s`` the finest part's stride
+    (see the module docstring).
 
     ``pad_multiple`` is the least common multiple of the parts' (every part's grid is then
     exactly H / its stride); ``mean`` / ``std`` are the identity, the parts' own statistics are
@@ -51,8 +53,10 @@ class FusedBackbone(Backbone):
         self.freeze()
 
     def prepare(self, images: Tensor) -> Tensor:
-        """(B, 3, H, W) in [0, 1] -> (B, 3 x parts, H', W'): each part's normalisation, then zero
-        padding (bottom, right) to ``pad_multiple``."""
+        """Prepare (B, 3, H, W) in [0, 1] -> (B, 3 x parts, H', W').
+
+        Each part's normalisation, then zero padding (bottom, right) to ``pad_multiple``.
+        """
         x = (images.repeat(1, len(self.parts), 1, 1) - self.part_mean) / self.part_std
         m = self.pad_multiple
         h, w = x.shape[-2:]

@@ -19,7 +19,7 @@ from ..labels import ANOMALY, INLIER
 
 
 def gaussian_log_prob_map(z: Tensor, mu: Tensor, log_sigma: Tensor) -> Tensor:
-    """log N(z_p; mu, diag sigma^2) summed over channels: (B, C, h, w) -> (B, h, w)."""
+    """Log N(z_p; mu, diag sigma^2) summed over channels: (B, C, h, w) -> (B, h, w)."""
     c = z.shape[1]
     mu = mu.view(1, c, 1, 1)
     log_sigma = log_sigma.view(1, c, 1, 1)
@@ -49,7 +49,7 @@ def downsample_labels(labels: Tensor, size: tuple[int, int]) -> Tensor:
 
 
 def _take(emb: Tensor, labels: Tensor, cls: int, n: int, generator: torch.Generator | None):
-    """n random rows of ``emb`` (N, D) whose label is ``cls``."""
+    """N random rows of ``emb`` (N, D) whose label is ``cls``."""
     idx = torch.nonzero(labels == cls, as_tuple=False)[:, 0]
     if idx.numel() > n:
         perm = torch.randperm(idx.numel(), generator=generator, device="cpu").to(idx.device)
@@ -99,7 +99,7 @@ def supervised_contrastive(
     contrast_labels: Tensor,
     temperature: float = 0.13,
 ) -> Tensor:
-    """The FlowCLAS contrastive loss over L2-normalised embeddings.
+    """Compute the FlowCLAS contrastive loss over L2-normalised embeddings.
 
     The first A rows of ``contrast`` must be the anchors themselves (as :func:`sample_views`
     returns them), so that an anchor is never its own positive. For anchor i with positives P(i)

@@ -33,8 +33,11 @@ from .espnetv2 import DECODER_PAD, ROAD, ESPNetv2Seg
 
 @lru_cache(maxsize=64)
 def _pool_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in): row i averages input cells floor(i n_in / n_out) .. ceil((i + 1) n_in /
-    n_out) - 1, the bins of adaptive average pooling (numpy: one constant in a traced graph)."""
+    """Return the (n_out, n_in) averaging matrix of adaptive average pooling.
+
+    Row i averages input cells floor(i n_in / n_out) .. ceil((i + 1) n_in / n_out) - 1, the bins
+    of adaptive average pooling (numpy: one constant in a traced graph).
+    """
     m = np.zeros((n_out, n_in), np.float32)
     for i in range(n_out):
         a, b = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
@@ -43,8 +46,10 @@ def _pool_matrix(n_in: int, n_out: int) -> np.ndarray:
 
 
 def adaptive_avg_pool(x: Tensor, size: tuple[int, int]) -> Tensor:
-    """``F.adaptive_avg_pool2d(x, size)`` for a map of constant size: average pooling where the
-    sizes divide, else two products with constant averaging matrices."""
+    """Compute ``F.adaptive_avg_pool2d(x, size)`` for a map of constant size.
+
+    Average pooling where the sizes divide, else two products with constant averaging matrices.
+    """
     h, w = (int(v) for v in x.shape[-2:])
     oh, ow = (int(v) for v in size)
     if h % oh == 0 and w % ow == 0:
@@ -60,8 +65,10 @@ def _resize(x: Tensor, size) -> Tensor:
 
 
 def pyramid_pool(pp, x: Tensor) -> Tensor:
-    """:class:`~.espnetv2_blocks.PyramidPool` ``pp`` applied to ``x`` (same weights, same
-    arithmetic), its adaptive pooling by :func:`adaptive_avg_pool`."""
+    """Apply :class:`~.espnetv2_blocks.PyramidPool` ``pp`` to ``x``.
+
+    Same weights, same arithmetic, its adaptive pooling by :func:`adaptive_avg_pool`.
+    """
     x = pp.projection_layer(x)
     h, w = (int(v) for v in x.shape[-2:])
     outs = []
@@ -78,8 +85,10 @@ def pyramid_pool(pp, x: Tensor) -> Tensor:
 
 
 def decode(net: ESPNetv2Seg, feats: list[Tensor]) -> Tensor:
-    """:meth:`~.espnetv2.ESPNetv2Seg.decode` (encoder levels 1..4 -> logits at stride 2) with
-    :func:`pyramid_pool`: exportable at a fixed input size."""
+    """Run :meth:`~.espnetv2.ESPNetv2Seg.decode` with :func:`pyramid_pool`.
+
+    Encoder levels 1..4 -> logits at stride 2, exportable at a fixed input size.
+    """
     out = pyramid_pool(net.bu_dec_l1, feats[3])
     for i, skip in zip((2, 3, 4), (feats[2], feats[1], feats[0])):
         out = _resize(out, skip.shape[-2:]) + getattr(net, f"merge_enc_dec_l{i}")(skip)
@@ -127,8 +136,10 @@ class RoadPriorBackbone(Backbone):
         return self.inner.prepare(images)
 
     def road_map(self, x: Tensor) -> Tensor:
-        """(B, 1, h', w'): the road probability at stride 2 of ``input_size`` (the image of the
-        first three channels of ``x`` resized to it)."""
+        """Return (B, 1, h', w'): the road probability at stride 2 of ``input_size``.
+
+        The image of the first three channels of ``x`` is resized to ``input_size``.
+        """
         image = x[:, :3] * self.in_std + self.in_mean
         y = (image - self.road_mean) / self.road_std
         y = F.interpolate(y, size=self.input_size, mode="bilinear", align_corners=False)
@@ -136,8 +147,11 @@ class RoadPriorBackbone(Backbone):
         return logits.float().softmax(1)[:, ROAD:ROAD + 1]
 
     def road_grid(self, x: Tensor, size) -> Tensor:
-        """(B, 1, *size): :meth:`road_map` resized to the feature grid, binarised at
-        ``threshold`` (if set), max-pooled over ``dilate`` x ``dilate`` cells."""
+        """Return (B, 1, *size): :meth:`road_map` resized to the feature grid.
+
+        The map is binarised at ``threshold`` (if set), then max-pooled over ``dilate`` x
+        ``dilate`` cells.
+        """
         road = F.interpolate(self.road_map(x), size=size, mode="bilinear", align_corners=False)
         if self.threshold is not None:
             road = (road >= self.threshold).to(road.dtype)

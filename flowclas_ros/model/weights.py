@@ -14,8 +14,11 @@ import torch
 
 
 def load_weights_only(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
-    """``torch.load(path, weights_only=True)``, with one clear error for a file that holds
-    pickled Python objects (which flowclas_ros never unpickles: unpickling can run code)."""
+    """Load ``path`` with ``torch.load(path, weights_only=True)``.
+
+    Raise one clear error for a file that holds pickled Python objects (which flowclas_ros never
+    unpickles: unpickling can run code).
+    """
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:

@@ -44,19 +44,29 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.qos import QoSProfile, ReliabilityPolicy, HistoryPolicy, qos_profile_sensor_data
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image
 
-from ..image_codec import (ImageFormatError, ImageLayout, ImageTooLarge, compressed_format,
-                           compressed_to_rgb, image_to_rgb, validate_image)
+from ..image_codec import (
+    ImageFormatError,
+    ImageLayout,
+    ImageTooLarge,
+    compressed_format,
+    compressed_to_rgb,
+    image_to_rgb,
+    validate_image,
+)
 from ..paths import package_file
 from . import parameters
 from .backend_loading import ConfigureError, load_backend
 from .diagnostics import node_status
 from .image_conversion import bgr_to_msg, heatmap_to_msg, mask_to_msg
 from .mailbox import InferenceWorker
-from .rclpy_workarounds import (answer_queries_during_transitions, guard_change_state_service,
-                                no_event_handlers)
+from .rclpy_workarounds import (
+    answer_queries_during_transitions,
+    guard_change_state_service,
+    no_event_handlers,
+)
 from .robot_outputs import RobotOutputs
 from .stats import Counters, LatencyWindow, RateMeter
 
@@ -70,7 +80,7 @@ RELIABLE_INPUT_QOS = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE,
 
 
 def default_model_path() -> str:
-    """The demo bundle: installed share/flowclas_ros/models/ first, else the repo's models/.
+    """Return the demo bundle: installed share/flowclas_ros/models/ first, else repo models/.
 
     Returns the repo path even where it does not exist (configure then says what to fix).
     """
@@ -96,8 +106,9 @@ class AnomalyNode(LifecycleNode):
 
     ``backend_factory(bundle, backend, device, precision, **options) -> Backend`` (``bundle``:
     the loaded :class:`~flowclas_ros.bundle.reader.Bundle`, which create_backend also takes;
-    options: cpu_threads, cpu_spinning, torch_compile, cuda_graphs) replaces :func:`flowclas_ros.runtime.create_backend` (tests wrap
-    it); other kwargs go to ``Node`` (``namespace``, ``context``, ``parameter_overrides``, ...).
+    options: cpu_threads, cpu_spinning, torch_compile, cuda_graphs) replaces
+    :func:`flowclas_ros.runtime.create_backend` (tests wrap it); other kwargs go to ``Node``
+    (``namespace``, ``context``, ``parameter_overrides``, ...).
     """
 
     def __init__(self, node_name: str = NODE_NAME, *,
@@ -308,8 +319,11 @@ class AnomalyNode(LifecycleNode):
             self.counters.add("replaced")
 
     def _on_compressed(self, msg: CompressedImage) -> None:
-        """Executor thread: the format field only (decoding waits for the worker), then the
-        single-slot mailbox. Never raises."""
+        """Check a compressed frame's format, then hand it to the single-slot mailbox.
+
+        Executor thread: the format field only (decoding waits for the worker), then the
+        single-slot mailbox. Never raises.
+        """
         now = time.monotonic()
         self._in_rate.tick(now)
         self.counters.add("received")

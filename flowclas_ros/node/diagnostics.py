@@ -14,7 +14,6 @@ from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 
-
 REFUSALS = ("malformed", "oversize", "errors", "depth_malformed", "camera_info_malformed",
             "depth_refused", "ignore_refused")
 
@@ -23,9 +22,12 @@ def node_status(name: str, state: str, last_error: str, backend, threshold: floa
                 model_path: str, stats: dict[str, Any],
                 previous: dict[str, Any] | None = None,
                 outputs: tuple[dict[str, Any], list[str]] | None = None) -> DiagnosticStatus:
-    """``backend``: the loaded runtime Backend or None; ``stats``: AnomalyNode.stats() now,
+    """Build the node's DiagnosticStatus.
+
+    ``backend``: the loaded runtime Backend or None; ``stats``: AnomalyNode.stats() now,
     ``previous``: at the previous status (None: the counters start from zero); ``outputs``:
-    the robot outputs' (values, notes), notes making an active node WARN."""
+    the robot outputs' (values, notes), notes making an active node WARN.
+    """
     status = DiagnosticStatus()
     status.name = f"{name}: FlowCLAS anomaly segmentation"
     status.hardware_id = backend.device if backend is not None else "none"

@@ -82,7 +82,8 @@ def compressed_to_msg(rgb: np.ndarray, codec: str = "jpeg", header=None, quality
     msg = CompressedImage()
     if header is not None:
         msg.header = header
-    msg.format = f"rgb8; {codec} compressed bgr8" if codec == "jpeg" else f"rgb8; {codec} compressed"
+    msg.format = (f"rgb8; {codec} compressed bgr8" if codec == "jpeg"
+                  else f"rgb8; {codec} compressed")
     buf = array.array("B")
     buf.frombytes(rgb_to_compressed(rgb, codec, quality))
     msg.data = buf

@@ -32,12 +32,15 @@ from .image_conversion import compressed_to_msg, numpy_to_msg
 
 
 def default_sequence() -> Path:
-    """The demo sequence shipped with the package (installed share/ first, then the source tree)."""
+    """Return the demo sequence shipped with the package.
+
+    The installed share/ first, then the source tree.
+    """
     return package_file("models", "demo_sequence")
 
 
 def is_bag(path: str | Path) -> bool:
-    """A rosbag2 folder (metadata.yaml) or an .mcap / .db3 file."""
+    """Tell whether ``path`` is a rosbag2 folder (metadata.yaml) or an .mcap / .db3 file."""
     p = Path(path)
     return (p.is_dir() and (p / "metadata.yaml").is_file()) or p.suffix.lower() in (".mcap",
                                                                                      ".db3")
@@ -54,7 +57,7 @@ class Frame:
 
 
 def iter_source(source: str | Path, topic: str = "") -> Iterator[Frame]:
-    """The frames of a folder, image, video (no stamps) or bag (recorded stamps), in order."""
+    """Yield the frames of a folder, image, video (no stamps) or bag (recorded stamps) in order."""
     if is_bag(source):
         from flowclas_ros.data.bags import BagSelection, bag_topics, iter_bag_frames
 
@@ -69,8 +72,11 @@ def iter_source(source: str | Path, topic: str = "") -> Iterator[Frame]:
 
 
 class ImagePlayer(Node):
-    """Publishes frames from ``source`` on ``image`` (or ``image/compressed``); counts what it
-    sent and keeps each published stamp's publish time (``sent_at``, ns of this node's clock)."""
+    """Publishes frames from ``source`` on ``image`` (or ``image/compressed``).
+
+    Counts what it sent and keeps each published stamp's publish time (``sent_at``, ns of this
+    node's clock).
+    """
 
     def __init__(self, node_name: str = "image_player", **kwargs):
         super().__init__(node_name, **kwargs)
@@ -100,11 +106,13 @@ class ImagePlayer(Node):
 
         Frames are paced by a thread of their own on the monotonic clock, so the replay's timing
         does not depend on how (or whether) an executor spins this node; a recording's frames go
-        out at their recorded offsets, a late one at once, never ahead of time."""
+        out at their recorded offsets, a late one at once, never ahead of time.
+        """
         rate = float(self.get_parameter("rate").value)
         source = self.get_parameter("source").value
         if rate <= 0 and not is_bag(source):
-            raise ValueError(f"rate must be > 0 Hz for {source} (0 = the recorded rate, bags only)")
+            raise ValueError(f"rate must be > 0 Hz for {source} "
+                             "(0 = the recorded rate, bags only)")
         self._frames = self._open()
         self._thread = threading.Thread(target=self._play, args=(rate,), name="image_player",
                                         daemon=True)
@@ -123,8 +131,10 @@ class ImagePlayer(Node):
             return next(self._frames, None)
 
     def _due(self, frame: Frame, start: float, rate: float) -> float:
-        """Monotonic time at which ``frame`` goes out: every 1/rate s, or at a recording's own
-        offsets (rate 0)."""
+        """Return the monotonic time at which ``frame`` goes out.
+
+        Every 1/rate s, or at a recording's own offsets (rate 0).
+        """
         if rate > 0 or frame.timestamp is None:
             return start + (self.sent + 1) / rate  # the first frame one period in, as a camera
         if self._t0 is None:
@@ -143,7 +153,8 @@ class ImagePlayer(Node):
                     break
                 self._publish(frame)
         except Exception as exc:  # a source that fails mid-way ends the replay, with the reason
-            self.get_logger().error(f"replay of {self.get_parameter('source').value} stopped: {exc}")
+            self.get_logger().error(
+                f"replay of {self.get_parameter('source').value} stopped: {exc}")
         finally:
             self.finished = True
 

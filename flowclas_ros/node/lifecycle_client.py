@@ -57,8 +57,11 @@ class NoReply(TimeoutError):
 
 def call(client, request, timeout_s: float, attempt_s: float = 5.0,
          alive: Callable[[], bool] | None = None):
-    """``client``'s response to ``request``, resending it every ``attempt_s`` (idempotent
-    services only) until ``timeout_s``; NoReply after that, or as soon as ``alive()`` is False."""
+    """Return ``client``'s response to ``request``, resending it every ``attempt_s``.
+
+    Resending is for idempotent services only; it goes on until ``timeout_s``; NoReply after
+    that, or as soon as ``alive()`` is False.
+    """
     deadline = time.monotonic() + timeout_s
     while True:
         if not client.wait_for_service(timeout_sec=max(min(attempt_s, deadline - time.monotonic()),
@@ -100,7 +103,7 @@ class LifecycleClient:
 
     def change_state(self, transition_id: int, timeout_s: float = 120.0,
                      alive: Callable[[], bool] | None = None) -> bool:
-        """True when the node made the transition; False when it refused or failed it."""
+        """Return True when the node made the transition; False when it refused or failed it."""
         goal, start = GOAL.get(transition_id), START.get(transition_id)
         deadline = time.monotonic() + timeout_s
         req = ChangeState.Request()
@@ -130,8 +133,10 @@ class LifecycleClient:
 
 
     def _settled_state(self, deadline: float, alive: Callable[[], bool] | None) -> str:
-        """The node's state once no transition is running (a slow configure is waited for,
-        not mistaken for a failed one); NoReply at the deadline."""
+        """Return the node's state once no transition is running; NoReply at the deadline.
+
+        A slow configure is waited for, not mistaken for a failed one.
+        """
         pause = threading.Event()
         while True:
             state = self.get_state(max(deadline - time.monotonic(), 0.01), alive)

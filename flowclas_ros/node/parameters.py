@@ -16,8 +16,13 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
-                                ParameterType, SetParametersResult)
+from rcl_interfaces.msg import (
+    FloatingPointRange,
+    IntegerRange,
+    ParameterDescriptor,
+    ParameterType,
+    SetParametersResult,
+)
 
 from ..options import BACKENDS, COLORMAPS, DEVICE_PATTERN, IMAGE_QOS, IMAGE_TRANSPORTS, PRECISIONS
 
@@ -75,7 +80,8 @@ class Param:
         """Why ``value`` is not acceptable (type of a float, choices, range, check), or None.
 
         ``type_``: the rcl_interfaces ParameterType of a new value (float parameters accept
-        integers and doubles, nothing else)."""
+        integers and doubles, nothing else).
+        """
         if self.type is float and type_ is not None and type_ not in (
                 ParameterType.PARAMETER_DOUBLE, ParameterType.PARAMETER_INTEGER):
             return f"{self.name} must be a number, got {value!r}"
@@ -89,7 +95,7 @@ class Param:
 
 
 def table() -> tuple[Param, ...]:
-    """The node's parameters."""
+    """Return the node's parameters."""
     return (
         Param("model_path", str, "", STRUCTURAL,
               "Bundle folder written by `export` (manifest.json + weights + ONNX). Empty = the "
@@ -228,8 +234,10 @@ def _pair_problem(values: dict) -> str | None:
 
 
 def declare(node, params: tuple[Param, ...]) -> None:
-    """Declare every parameter on ``node``; start-up values of read-only ones are checked here
-    (rclpy enforces read-only only after start-up, so a bad one could never be fixed)."""
+    """Declare every parameter on ``node``; start-up values of read-only ones are checked here.
+
+    rclpy enforces read-only only after start-up, so a bad one could never be fixed.
+    """
     for p in params:
         node.declare_parameter(p.name, p.default_value(), p.descriptor())
     for p in params:
@@ -241,9 +249,11 @@ def declare(node, params: tuple[Param, ...]) -> None:
 
 def check_changes(params: tuple[Param, ...], changes, configured: bool,
                   current: dict | None = None) -> SetParametersResult:
-    """The on-set-parameters callback: refuse invalid values, and structural changes while
-    ``configured`` (a backend is loaded). ``current``: the parameters' values now, for the
-    constraints between two of them (:data:`PAIRS`)."""
+    """Act as the on-set-parameters callback: refuse invalid values and some structural changes.
+
+    Structural changes are refused while ``configured`` (a backend is loaded). ``current``: the
+    parameters' values now, for the constraints between two of them (:data:`PAIRS`).
+    """
     by_name = {p.name: p for p in params}
     after = dict(current or {})
     for change in changes:

@@ -15,16 +15,20 @@ from rclpy.callback_groups import ReentrantCallbackGroup
 
 
 def no_event_handlers(cls):
-    """No QoS event handlers for entities created and destroyed at transitions: in rclpy an
-    event handler destroyed while a multi-threaded executor builds its wait set raises
-    InvalidHandle in the executor (ros2/rclpy#1142, #1206, #1284) and stops the spin."""
+    """Return no QoS event handlers, for entities created and destroyed at transitions.
+
+    In rclpy an event handler destroyed while a multi-threaded executor builds its wait set
+    raises InvalidHandle in the executor (ros2/rclpy#1142, #1206, #1284) and stops the spin.
+    """
     return cls(use_default_callbacks=False)
 
 
 def guard_change_state_service(node) -> None:
-    """Answer an invalid transition request (e.g. activate while unconfigured) with
-    success=False. rclpy's own handler raises RCLError there, which would end the executor's
-    spin (and with it the node) instead of answering the caller."""
+    """Answer an invalid transition request (e.g. activate while unconfigured) with success=False.
+
+    rclpy's own handler raises RCLError there, which would end the executor's spin (and with it
+    the node) instead of answering the caller.
+    """
     srv = getattr(node, "_service_change_state", None)
     if srv is None:
         return
@@ -44,10 +48,12 @@ def guard_change_state_service(node) -> None:
 
 
 def answer_queries_during_transitions(node) -> None:
-    """get_state and the other read-only lifecycle services in a reentrant group of their
-    own: a configure that builds an engine for minutes runs in the default group, and
-    get_state must still answer (with "configuring") meanwhile. With a multi-threaded
-    executor (the ``anomaly_node`` command uses one) they run beside the transition."""
+    """Move get_state and the other read-only lifecycle services to a reentrant group of their own.
+
+    A configure that builds an engine for minutes runs in the default group, and get_state must
+    still answer (with "configuring") meanwhile. With a multi-threaded executor (the
+    ``anomaly_node`` command uses one) they run beside the transition.
+    """
     group = ReentrantCallbackGroup()
     for attr in ("_service_get_state", "_service_get_available_states",
                  "_service_get_available_transitions", "_service_get_transition_graph"):

@@ -15,8 +15,11 @@ import numpy as np
 
 @dataclass
 class Counters:
-    """Frame accounting. received = published + replaced + malformed + oversize + skipped
-    + errors + discarded + (waiting or in flight)."""
+    """Frame accounting.
+
+    received = published + replaced + malformed + oversize + skipped + errors + discarded
+    + (waiting or in flight).
+    """
 
     received: int = 0
     published: int = 0  # frames whose outputs were published
@@ -105,7 +108,10 @@ class LatencyWindow:
             self.count += 1
 
     def percentiles(self, *qs: float) -> tuple[float, ...]:
-        """The requested percentiles (0..100) in ms; NaN for each when there are no samples."""
+        """Return the requested percentiles (0..100) in ms.
+
+        NaN for each when there are no samples.
+        """
         with self._lock:
             data = np.fromiter(self._samples, dtype=np.float64, count=len(self._samples))
         if data.size == 0:

@@ -1,5 +1,7 @@
-"""Depth images to 3-D points: validated decoding, CameraInfo intrinsics, size matching and
-back-projection of the anomalous pixels (no ROS: the message fields are duck-typed).
+"""Depth images to 3-D points.
+
+Validated decoding, CameraInfo intrinsics, size matching and back-projection of the anomalous
+pixels (no ROS: the message fields are duck-typed).
 
 * :func:`decode_depth`: a sensor_msgs/Image (``height``, ``width``, ``encoding``,
   ``is_bigendian``, ``step``, ``data``) in the encodings of REP 118, ``16UC1`` (millimetres, 0 =
@@ -46,8 +48,10 @@ DEPTH_ENCODINGS: dict[str, tuple[str, int, float]] = {
 
 
 class DepthFormatError(ValueError):
-    """The depth image cannot be used: unknown encoding, sizes that do not add up, or a size
-    that does not match the camera image."""
+    """The depth image cannot be used.
+
+    Unknown encoding, sizes that do not add up, or a size that does not match the camera image.
+    """
 
 
 class CameraInfoError(ValueError):
@@ -56,8 +60,10 @@ class CameraInfoError(ValueError):
 
 @dataclass(frozen=True)
 class DepthImage:
-    """A decoded depth image: ``raw`` (H, W) is a view of the message's bytes in its own
-    dtype and byte order (rows may be padded: not contiguous); ``scale`` = metres per unit.
+    """A decoded depth image.
+
+    ``raw`` (H, W) is a view of the message's bytes in its own dtype and byte order (rows may be
+    padded: not contiguous); ``scale`` = metres per unit.
 
     The view keeps the message's buffer alive; do not modify the message while this is used.
     """
@@ -85,7 +91,7 @@ class DepthImage:
         return vals
 
     def metres(self) -> np.ndarray:
-        """The whole image in metres, (H, W) float32 (a new array)."""
+        """Return the whole image in metres, (H, W) float32 (a new array)."""
         out = self.raw.astype(np.float32)
         if self.scale != 1.0:
             out *= np.float32(self.scale)
@@ -100,8 +106,11 @@ def _field(msg, name: str):
 
 
 def decode_depth(msg, max_pixels: int | None = None) -> DepthImage:
-    """Validate a depth Image message and view its pixels (module docstring); raises
-    :class:`DepthFormatError`. ``max_pixels`` (None or <= 0: no limit) refuses larger images."""
+    """Validate a depth Image message and view its pixels (module docstring).
+
+    Raises :class:`DepthFormatError`. ``max_pixels`` (None or <= 0: no limit) refuses larger
+    images.
+    """
     encoding = str(_field(msg, "encoding"))
     if encoding not in DEPTH_ENCODINGS:
         raise DepthFormatError(f"depth encoding {encoding!r} is not supported; REP 118 depth "
@@ -140,8 +149,10 @@ def decode_depth(msg, max_pixels: int | None = None) -> DepthImage:
 
 @dataclass(frozen=True)
 class Intrinsics:
-    """Pinhole intrinsics of an image of ``width`` x ``height`` pixels (pixel-centre
-    convention: pixel (u, v) has its centre at (u, v), as in CameraInfo's K)."""
+    """Pinhole intrinsics of an image of ``width`` x ``height`` pixels.
+
+    Pixel-centre convention: pixel (u, v) has its centre at (u, v), as in CameraInfo's K.
+    """
 
     fx: float
     fy: float
@@ -151,7 +162,7 @@ class Intrinsics:
     height: int
 
     def scaled(self, width: int, height: int) -> "Intrinsics":
-        """The same camera seen at another resolution (the same field of view)."""
+        """Return the same camera seen at another resolution (the same field of view)."""
         if (width, height) == (self.width, self.height):
             return self
         sx, sy = width / self.width, height / self.height
@@ -160,8 +171,10 @@ class Intrinsics:
 
 
 def intrinsics_from_camera_info(msg) -> Intrinsics:
-    """Validated intrinsics of a sensor_msgs/CameraInfo (module docstring), or
-    :class:`CameraInfoError` with the reason."""
+    """Return the validated intrinsics of a sensor_msgs/CameraInfo (module docstring).
+
+    Raises :class:`CameraInfoError` with the reason otherwise.
+    """
     try:
         k = np.asarray(list(msg.k), dtype=np.float64)
         width, height = int(msg.width), int(msg.height)
@@ -197,8 +210,11 @@ def intrinsics_from_camera_info(msg) -> Intrinsics:
 
 @dataclass(frozen=True)
 class DepthGeometry:
-    """How the camera image reads a depth image: ``rows[v]``, ``cols[u]`` = the depth pixel of
-    camera pixel (u, v); ``intrinsics`` = the depth camera's intrinsics on the camera grid."""
+    """How the camera image reads a depth image.
+
+    ``rows[v]``, ``cols[u]`` = the depth pixel of camera pixel (u, v); ``intrinsics`` = the depth
+    camera's intrinsics on the camera grid.
+    """
 
     rows: np.ndarray
     cols: np.ndarray
@@ -206,12 +222,15 @@ class DepthGeometry:
 
 
 def depth_geometry(camera_hw, depth_hw, depth_intrinsics: Intrinsics) -> DepthGeometry:
-    """The :class:`DepthGeometry` of a camera image of ``camera_hw`` and a depth image of
-    ``depth_hw`` whose CameraInfo gave ``depth_intrinsics`` (cached per combination).
+    """Return the :class:`DepthGeometry` of a camera image and a depth image.
+
+    The camera image is of ``camera_hw``, the depth image of ``depth_hw``, whose CameraInfo gave
+    ``depth_intrinsics`` (cached per combination).
 
     Raises :class:`DepthFormatError` when the aspect ratios differ by more than a pixel (the
     CameraInfo's own size against the depth image's, then the depth image's against the
-    camera's). ``camera_hw``, ``depth_hw``: (height, width)."""
+    camera's). ``camera_hw``, ``depth_hw``: (height, width).
+    """
     return _geometry((int(camera_hw[0]), int(camera_hw[1])), (int(depth_hw[0]), int(depth_hw[1])),
                      depth_intrinsics)
 
@@ -233,9 +252,12 @@ def _geometry(camera_hw: tuple[int, int], depth_hw: tuple[int, int],
 
 @dataclass(frozen=True)
 class Points:
-    """Back-projected points: ``xyz`` (N, 3) float32 metres in the depth optical frame,
-    ``score`` (N,) float32; ``candidates`` = pixels given, ``valid`` = those with a usable
-    depth (before subsampling to ``max_points``)."""
+    """Back-projected points.
+
+    ``xyz`` (N, 3) float32 metres in the depth optical frame, ``score`` (N,) float32;
+    ``candidates`` = pixels given, ``valid`` = those with a usable depth (before subsampling to
+    ``max_points``).
+    """
 
     xyz: np.ndarray
     score: np.ndarray

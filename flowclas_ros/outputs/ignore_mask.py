@@ -29,8 +29,8 @@ the whole recording (the caller samples; each frame is stride-subsampled to at m
    ``min_area`` and at most ``max_area`` of the image (the scene itself is never static, even
    in a recording with little texture) and its median deviation is at most ``threshold``;
 4. the static segments with the edge band along their outline (the outline is static too),
-   opened (spikes removed) and holes filled, are scaled back to the input size (bilinear, > 0.5) and
-   written as a PNG (:func:`save_ignore_mask`, 255 = ignore) for the user to check and edit.
+   opened (spikes removed) and holes filled, are scaled back to the input size (bilinear, > 0.5)
+   and written as a PNG (:func:`save_ignore_mask`, 255 = ignore) for the user to check and edit.
 """
 from __future__ import annotations
 
@@ -97,8 +97,10 @@ class IgnoreMask:
         return float(self.mask.mean())
 
     def for_size(self, height: int, width: int) -> np.ndarray:
-        """(height, width) bool, read-only: the mask for a frame of that size (cached: the
-        first call per size resizes, the next ones are a dictionary look-up)."""
+        """Return the mask for a frame of that size: (height, width) bool, read-only.
+
+        Cached: the first call per size resizes, the next ones are a dictionary look-up.
+        """
         key = (int(height), int(width))
         out = self._cache.get(key)
         if out is not None:
@@ -119,9 +121,12 @@ class IgnoreMask:
 
 @dataclass
 class StaticMask:
-    """The result of :meth:`StaticMaskBuilder.build`: ``mask`` (H, W) bool at the input size;
-    ``deviation`` the robust temporal deviation at the working size; ``edges`` the persistent
-    edges; ``segments``: (area fraction, median deviation, touches the border, static) each."""
+    """The result of :meth:`StaticMaskBuilder.build`.
+
+    ``mask`` (H, W) bool at the input size; ``deviation`` the robust temporal deviation at the
+    working size; ``edges`` the persistent edges; ``segments``: (area fraction, median
+    deviation, touches the border, static) each.
+    """
 
     mask: np.ndarray
     deviation: np.ndarray
@@ -135,8 +140,10 @@ class StaticMask:
 
 
 class StaticMaskBuilder:
-    """Collects frames (:meth:`add`) and finds what stays constant (:meth:`build`); see the
-    module docstring. Memory: the subsampled frames (200 frames at 480x270: 78 MB)."""
+    """Collects frames (:meth:`add`) and finds what stays constant (:meth:`build`).
+
+    See the module docstring. Memory: the subsampled frames (200 frames at 480x270: 78 MB).
+    """
 
     def __init__(self, work_side: int = 480):
         if work_side < 16:
@@ -193,7 +200,7 @@ class StaticMaskBuilder:
 
     def build(self, threshold: float = 10.0, min_area: float = 0.005,
               edge_coherence: float = 0.7, max_area: float = 0.5) -> StaticMask:
-        """The static mask of the frames added so far (needs at least 3)."""
+        """Return the static mask of the frames added so far (needs at least 3)."""
         if len(self._frames) < 3:
             raise ValueError(f"a static mask needs at least 3 frames, got {len(self._frames)}")
         dev = self.deviation()

@@ -32,8 +32,11 @@ from typing import Any
 
 
 def stamp_ns(stamp) -> int:
-    """Integer nanoseconds of an int, a builtin_interfaces/Time (``sec``, ``nanosec``) or a
-    std_msgs/Header (its ``stamp``)."""
+    """Return the integer nanoseconds of a stamp.
+
+    The stamp is an int, a builtin_interfaces/Time (``sec``, ``nanosec``) or a std_msgs/Header
+    (its ``stamp``).
+    """
     if isinstance(stamp, numbers.Integral) and not isinstance(stamp, bool):
         return int(stamp)
     if hasattr(stamp, "stamp"):
@@ -43,8 +46,11 @@ def stamp_ns(stamp) -> int:
 
 @dataclass(frozen=True)
 class Paired:
-    """A match: the depth item as given to :meth:`DepthPairer.add`, its stamp, and
-    ``skew_ns`` = depth stamp - camera stamp (signed)."""
+    """A match.
+
+    The depth item as given to :meth:`DepthPairer.add`, its stamp, and ``skew_ns`` = depth
+    stamp - camera stamp (signed).
+    """
 
     item: Any
     stamp_ns: int
@@ -65,15 +71,21 @@ class DepthPairer:
         self.counts = {"depth": 0, "matched": 0, "unmatched": 0}
 
     def add(self, stamp, item: Any) -> None:
-        """A depth frame arrived (any thread): ``stamp`` as for :func:`stamp_ns`; ``item`` is
-        returned as is by :meth:`match` (the message, or an already decoded image)."""
+        """Buffer a depth frame that arrived (any thread).
+
+        ``stamp`` as for :func:`stamp_ns`; ``item`` is returned as is by :meth:`match` (the
+        message, or an already decoded image).
+        """
         t = stamp_ns(stamp)
         with self._lock:
             self._buf.append((t, item))
             self.counts["depth"] += 1
 
     def match(self, stamp) -> Paired | None:
-        """The depth frame nearest to the camera ``stamp`` within ``max_skew_s``, or None."""
+        """Return the depth frame nearest to the camera ``stamp`` within ``max_skew_s``.
+
+        None when there is none.
+        """
         t = stamp_ns(stamp)
         best: tuple[int, int, int] | None = None  # (|skew|, stamp, -arrival)
         best_item = None

@@ -1,5 +1,7 @@
-"""``persistence_n`` of ``persistence_m``: report a region only once it has been seen in at least
-n of the last m frames, under an id that stays the same while it persists.
+"""``persistence_n`` of ``persistence_m``: report a region once seen in n of the last m frames.
+
+Report a region only once it has been seen in at least n of the last m frames, under an id that
+stays the same while it persists.
 
 Rule (:class:`Persistence`, one :meth:`~Persistence.update` per processed frame):
 
@@ -37,8 +39,10 @@ from .regions import Region
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of (N, 4) and (M, 4) boxes ``(x, y, width, height)`` (pixel-edge, width/height > 0)
-    -> (N, M) float64."""
+    """Return the IoU of (N, 4) and (M, 4) boxes ``(x, y, width, height)`` as (N, M) float64.
+
+    Boxes are pixel-edge, width/height > 0.
+    """
     a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
     b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
     ax0, ay0, ax1, ay1 = a[:, 0:1], a[:, 1:2], a[:, 0:1] + a[:, 2:3], a[:, 1:2] + a[:, 3:4]
@@ -67,9 +71,12 @@ class Detection:
     age: int
 
     def as_dict(self, class_id: str = "anomaly") -> dict:
-        """Plain data (JSON, the snapshot writer): id, class_id, score, the box in input pixels
-        (x, y, width, height, pixel-edge) and as BoundingBox2D (center_x, center_y, size_x,
-        size_y, pixel-centre), pixels, peak, new, seen, age."""
+        """Return the detection as plain data (JSON, the snapshot writer).
+
+        id, class_id, score, the box in input pixels (x, y, width, height, pixel-edge) and as
+        BoundingBox2D (center_x, center_y, size_x, size_y, pixel-centre), pixels, peak, new,
+        seen, age.
+        """
         r = self.region
         cx, cy, sx, sy = r.bbox2d()
         return {"id": self.id, "class_id": class_id, "score": r.score, "x": r.x, "y": r.y,
@@ -117,8 +124,10 @@ class Persistence:
         self._tracks = []
 
     def update(self, regions: Sequence[Region]) -> list[Detection]:
-        """Feed one frame's regions; return the detections to report in this frame, in the
-        order of ``regions``."""
+        """Feed one frame's regions; return the detections to report in this frame.
+
+        The detections come in the order of ``regions``.
+        """
         frame = self._frame
         self._frame += 1
         for t in self._tracks:

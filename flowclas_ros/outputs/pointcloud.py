@@ -73,7 +73,7 @@ def pack_points(xyz: np.ndarray, score: np.ndarray | None = None) -> PackedCloud
 
 
 def unpack_points(data: bytes) -> np.ndarray:
-    """The inverse, for tests and tools: (N, 4) float32 ``x, y, z, score``."""
+    """Return the inverse, for tests and tools: (N, 4) float32 ``x, y, z, score``."""
     return np.frombuffer(data, dtype="<f4").reshape(-1, 4)
 
 

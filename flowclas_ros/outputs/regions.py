@@ -40,15 +40,19 @@ EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
 def default_levels() -> np.ndarray:
-    """The quantile levels of :func:`exceedance_table`: 0..0.99 in 0.001 steps, then
-    1 - 10^-2.1 .. 1 - 10^-6 in 0.1 decades, then 1 (1032 levels)."""
+    """Return the quantile levels of :func:`exceedance_table` (1032 levels).
+
+    0..0.99 in 0.001 steps, then 1 - 10^-2.1 .. 1 - 10^-6 in 0.1 decades, then 1.
+    """
     body = np.arange(991) / 1000.0
     tail = 1.0 - 10.0 ** -np.arange(2.1, 6.05, 0.1)
     return np.concatenate([body, tail, [1.0]])
 
 
 def exceedance_table(scores, levels: np.ndarray | None = None) -> np.ndarray:
-    """The (K, 2) table ``[level, quantile(scores, level)]`` of the finite values of ``scores``.
+    """Return the (K, 2) table ``[level, quantile(scores, level)]`` of finite ``scores``.
+
+    The table covers the finite values of ``scores``.
 
     ``scores``: any array (or a list of arrays) of the raw scores of **normal** calibration pixels
     (an all-inlier recording: every pixel). Non-finite values are ignored; no finite value raises
@@ -71,8 +75,10 @@ def exceedance_table(scores, levels: np.ndarray | None = None) -> np.ndarray:
 
 
 def check_exceedance_table(table) -> np.ndarray:
-    """``table`` (e.g. read back from a manifest) as a validated (K, 2) float64 array, or a
-    ValueError saying what is wrong."""
+    """Return ``table`` (e.g. read back from a manifest) as a validated (K, 2) float64 array.
+
+    Raises a ValueError saying what is wrong otherwise.
+    """
     t = np.asarray(table, dtype=np.float64)
     if t.ndim != 2 or t.shape[1] != 2 or t.shape[0] < 2:
         raise ValueError(f"exceedance table must have shape (K >= 2, 2), got {t.shape}")
@@ -87,7 +93,9 @@ def check_exceedance_table(table) -> np.ndarray:
 
 
 def exceedance(table: np.ndarray, values) -> np.ndarray:
-    """The fraction of calibration pixels scoring below each of ``values`` (same shape, float64).
+    """Return the fraction of calibration pixels scoring below each of ``values``.
+
+    Same shape as ``values``, float64.
 
     Between two table rows ``(l0, q0), (l1, q1)`` with ``q0 < v <= q1`` the level is interpolated
     linearly; ``v <= q_min`` gives 0, ``v > q_max`` gives 1, NaN gives NaN. Where several rows
@@ -130,8 +138,11 @@ class Region:
         return (self.x, self.y, self.width, self.height)
 
     def bbox2d(self) -> tuple[float, float, float, float]:
-        """vision_msgs BoundingBox2D ``(center_x, center_y, size_x, size_y)``: pixel-centre
-        convention, centre ``x + (width - 1) / 2``, size ``width`` (module docstring)."""
+        """Return the vision_msgs BoundingBox2D ``(center_x, center_y, size_x, size_y)``.
+
+        Pixel-centre convention, centre ``x + (width - 1) / 2``, size ``width`` (module
+        docstring).
+        """
         return (self.x + (self.width - 1) / 2.0, self.y + (self.height - 1) / 2.0,
                 float(self.width), float(self.height))
 
@@ -161,10 +172,12 @@ class Regions:
         return self._labels
 
     def pixel_indices(self, labels=None) -> np.ndarray:
-        """Flat (row * W + col) indices of the pixels of the regions with these labels (default:
-        all of :attr:`regions`), region by region, each in raster order; (N,) intp.
+        """Return the flat (row * W + col) indices of the pixels of the regions with these labels.
 
-        Cost proportional to the regions' boxes, not to the image."""
+        Default: all of :attr:`regions`; region by region, each in raster order; (N,) intp.
+
+        Cost proportional to the regions' boxes, not to the image.
+        """
         want = [r.label for r in self.regions] if labels is None else [int(i) for i in labels]
         width = self.shape[1]
         parts = []
@@ -186,8 +199,10 @@ class Regions:
 
 
 def _components_full(m: np.ndarray, min_px: int):
-    """(slice pair, inside mask, count) of each component of ``m`` with > ``min_px`` pixels,
-    labelling the whole image at its resolution."""
+    """Yield (slice pair, inside mask, count) of each component of ``m`` with > ``min_px`` pixels.
+
+    Labels the whole image at its resolution.
+    """
     labels, n = ndimage.label(m, structure=EIGHT_CONNECTED)
     for i, sl in enumerate(ndimage.find_objects(labels, max_label=n), start=1):
         if sl is None or (sl[0].stop - sl[0].start) * (sl[1].stop - sl[1].start) <= min_px:
@@ -199,14 +214,17 @@ def _components_full(m: np.ndarray, min_px: int):
 
 
 def _components_pooled(m: np.ndarray, min_px: int, max_windows: int, block: int = 4):
-    """The same components, found on the ``block`` x ``block``-pooled mask and refined at full
-    resolution in each pooled component's window; None (label the full image instead) when
-    more than ``max_windows`` windows would be needed or they would cover half the image.
+    """Return the same components, found on the ``block`` x ``block``-pooled mask.
+
+    They are refined at full resolution in each pooled component's window; None (label the full
+    image instead) when more than ``max_windows`` windows would be needed or they would cover
+    half the image.
 
     Exact: two 8-connected pixels lie in the same or 8-adjacent blocks, so every component lies
     inside one pooled component; labelling that pooled component's own pixels at full
     resolution (in its window) finds exactly the components it contains. The windows are laid
-    side by side, a blank column apart, and labelled in one call."""
+    side by side, a blank column apart, and labelled in one call.
+    """
     h, w = m.shape
     ph, pw = -h % block, -w % block
     if ph or pw:
@@ -260,7 +278,7 @@ def find_regions(mask: np.ndarray, score: np.ndarray | None = None, *,
                  min_region_pixels: int = 0, ignore: np.ndarray | None = None,
                  table: np.ndarray | None = None, max_regions: int = 0,
                  pooled: bool = True) -> Regions:
-    """The 8-connected regions of ``mask`` with more than ``min_region_pixels`` pixels.
+    """Find the 8-connected regions of ``mask`` with more than ``min_region_pixels`` pixels.
 
     ``mask``: (H, W) bool or uint8 (non-zero = anomalous; the node's mono8 mask or
     ``score >= threshold``); ``score``: (H, W) float raw scores (the heatmap) for ``peak``

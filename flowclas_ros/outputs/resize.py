@@ -24,8 +24,10 @@ def nearest_indices(src: int, dst: int) -> np.ndarray:
 
 
 def resize_nearest(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """``image`` (H, W, ...) resized to (height, width, ...) nearest-neighbour (a new array;
-    the same array when the size already matches)."""
+    """Return ``image`` (H, W, ...) resized to (height, width, ...) nearest-neighbour.
+
+    A new array; the same array when the size already matches.
+    """
     h, w = image.shape[:2]
     if (h, w) == (height, width):
         return image
@@ -33,9 +35,12 @@ def resize_nearest(image: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def same_aspect(a_hw: tuple[int, int], b_hw: tuple[int, int]) -> bool:
-    """True when the aspect ratios agree within a pixel: the smaller image's height, predicted
-    from the larger one's by the ratio of the widths, is within one pixel of its actual height
-    (the rule for resizing depth images and ignore masks)."""
+    """Return True when the aspect ratios agree within a pixel.
+
+    That is, the smaller image's height, predicted from the larger one's by the ratio of the
+    widths, is within one pixel of its actual height (the rule for resizing depth images and
+    ignore masks).
+    """
     (ha, wa), (hb, wb) = a_hw, b_hw
     if wa > wb:
         (ha, wa), (hb, wb) = (hb, wb), (ha, wa)

@@ -42,7 +42,7 @@ JPEG_FORMAT = "rgb8; jpeg compressed bgr8"
 
 @lru_cache(maxsize=1)
 def typestore():
-    """rosbags' ROS 2 Jazzy typestore with vision_msgs 4.x registered (one per process)."""
+    """Rosbags' ROS 2 Jazzy typestore with vision_msgs 4.x registered (one per process)."""
     from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
     ts = get_typestore(Stores.ROS2_JAZZY)
@@ -75,8 +75,11 @@ class SnapshotSerializer:
                             frame_id=str(frame_id))
 
     def frame(self, frame: Any, stamp_ns: int, frame_id: str) -> tuple[str, bytes]:
-        """(message type, CDR bytes) of a camera frame: a CompressedImage (has ``format``) or a
-        raw Image (duck-typed fields). Raises image_codec.ImageFormatError for a bad frame."""
+        """Return (message type, CDR bytes) of a camera frame.
+
+        The frame is a CompressedImage (has ``format``) or a raw Image (duck-typed fields).
+        Raises image_codec.ImageFormatError for a bad frame.
+        """
         t = self.ts.types
         header = self.header(stamp_ns, frame_id)
         if hasattr(frame, "format"):
@@ -105,9 +108,11 @@ class SnapshotSerializer:
         return bytes(self.ts.serialize_cdr(msg, IMAGE))
 
     def detections(self, detections, stamp_ns: int, frame_id: str) -> bytes:
-        """CDR bytes of a Detection2DArray of detection dicts (keys: ``id``, ``score``,
-        ``center_x``, ``center_y``, ``size_x``, ``size_y``; optional ``class_id``, default
-        "anomaly"; :meth:`.persistence.Detection.as_dict` gives them)."""
+        """Return the CDR bytes of a Detection2DArray of detection dicts.
+
+        Keys: ``id``, ``score``, ``center_x``, ``center_y``, ``size_x``, ``size_y``; optional
+        ``class_id``, default "anomaly"; :meth:`.persistence.Detection.as_dict` gives them.
+        """
         t = self.ts.types
         header = self.header(stamp_ns, frame_id)
         out = []

@@ -84,8 +84,10 @@ class _Writing:
 
 
 class SnapshotRecorder:
-    """Ring buffer + event logic on the caller's side, an MCAP writer thread behind it (module
-    docstring). ``stats()`` gives the counters for diagnostics."""
+    """Ring buffer + event logic on the caller's side, an MCAP writer thread behind it.
+
+    See the module docstring. ``stats()`` gives the counters for diagnostics.
+    """
 
     def __init__(self, folder: str | Path, *, pre_s: float = 2.0, post_s: float = 3.0,
                  max_mb: float = 1000.0, image_topic: str = "/camera/image_raw",
@@ -125,9 +127,12 @@ class SnapshotRecorder:
 
     # caller side -------------------------------------------------------------------------------
     def add(self, stamp, frame=None, heatmap=None, detections=(), frame_id: str = "") -> None:
-        """One processed frame (O(1), references only). ``stamp``: int ns or a Time/Header;
-        ``frame``: the CompressedImage or Image as received (None: none); ``heatmap``: (H, W)
-        float array; ``detections``: dicts as :meth:`.persistence.Detection.as_dict`."""
+        """Add one processed frame (O(1), references only).
+
+        ``stamp``: int ns or a Time/Header; ``frame``: the CompressedImage or Image as received
+        (None: none); ``heatmap``: (H, W) float array; ``detections``: dicts as
+        :meth:`.persistence.Detection.as_dict`.
+        """
         item = SnapshotItem(stamp_ns(stamp), frame, heatmap, tuple(detections), str(frame_id))
         with self._lock:
             ring = self._ring
@@ -146,7 +151,7 @@ class SnapshotRecorder:
                     self._finish_locked()
 
     def trigger(self, stamp, reason: str = "") -> None:
-        """An event at ``stamp``: start one, or extend the open one (module docstring)."""
+        """Signal an event at ``stamp``: start one, or extend the open one (module docstring)."""
         t = stamp_ns(stamp)
         with self._lock:
             ev = self._event
@@ -164,8 +169,11 @@ class SnapshotRecorder:
                     ev.sent_until = item.stamp
 
     def finish(self) -> None:
-        """Finish the open event now and empty the ring (deactivate, the end of a stream: a
-        later event starts afresh and never repeats what this one wrote)."""
+        """Finish the open event now and empty the ring.
+
+        For deactivate, the end of a stream: a later event starts afresh and never repeats what
+        this one wrote.
+        """
         with self._lock:
             self._finish_locked()
             self._ring.clear()
@@ -176,8 +184,10 @@ class SnapshotRecorder:
             return self._cond.wait_for(lambda: self._pending == 0, timeout)
 
     def close(self, timeout: float | None = 30.0) -> None:
-        """Finish the open event, write what is queued and stop the writer thread (later calls
-        of :meth:`add` and :meth:`trigger` write nothing)."""
+        """Finish the open event, write what is queued and stop the writer thread.
+
+        Later calls of :meth:`add` and :meth:`trigger` write nothing.
+        """
         self.finish()
         with self._cond:
             self._stopping = True
@@ -185,10 +195,13 @@ class SnapshotRecorder:
         self._thread.join(timeout)
 
     def stats(self) -> dict:
-        """Counters: events_started, events_written, events_deleted, bytes_written (files),
-        items_written, dropped_queue (the writer was behind), dropped_size (the bound was
-        reached), dropped_error (the event's file could not be opened), errors; pending, open,
-        last_file, last_error."""
+        """Return the counters.
+
+        events_started, events_written, events_deleted, bytes_written (files), items_written,
+        dropped_queue (the writer was behind), dropped_size (the bound was reached),
+        dropped_error (the event's file could not be opened), errors; pending, open, last_file,
+        last_error.
+        """
         with self._cond:
             out = dict(self._counts)
             out["pending"] = self._pending
@@ -254,8 +267,11 @@ class SnapshotRecorder:
         self._close(current)
 
     def _scan(self) -> None:
-        """This recorder's finished event files with their sizes, oldest first (modification
-        time, then name): read at each event's start, kept up to date while it is written."""
+        """Scan for this recorder's finished event files with their sizes, oldest first.
+
+        Ordered by modification time, then name; read at each event's start, kept up to date
+        while it is written.
+        """
         files = []
         for p in self.folder.glob(f"{self.prefix}_*.mcap"):
             try:

@@ -1,9 +1,10 @@
-"""The inference backend interface: :class:`Backend`, :class:`FrameResult`, :class:`BackendUnavailable`.
+"""The inference backend interface.
 
-A backend turns an (H, W, 3) uint8 RGB frame of any size into a :class:`FrameResult`: the frame
-is resized to the bundle's input size, scored, and the score is brought back to (H, W) and turned
-into only the outputs asked for (see :mod:`.pipeline` and :mod:`.visualisation`), all on the
-backend's device. Backends:
+It defines :class:`Backend`, :class:`FrameResult` and :class:`BackendUnavailable`. A backend turns
+an (H, W, 3) uint8 RGB frame of any size into a :class:`FrameResult`: the frame is resized to the
+bundle's input size, scored, and the score is brought back to (H, W) and turned into only the
+outputs asked for (see :mod:`.pipeline` and :mod:`.visualisation`), all on the backend's device.
+Backends:
 
 * ``torch`` (:mod:`.torch_backend`): CPU or CUDA, fp32/fp16/bf16, torch.compile, CUDA graphs;
 * ``onnxruntime`` (:mod:`.onnx_backend`): CPU, CUDA and TensorRT execution providers;
@@ -81,8 +82,10 @@ class Backend:
         pass
 
     def device_guard(self):
-        """The context every call of this backend runs in: the backend's CUDA device made
-        current (CUDA backends), nothing on the CPU."""
+        """Return the context every call of this backend runs in.
+
+        That is the backend's CUDA device made current (CUDA backends), nothing on the CPU.
+        """
         if str(self.device).startswith("cuda"):
             import torch
 
@@ -90,7 +93,7 @@ class Backend:
         return contextlib.nullcontext()
 
     def describe(self) -> dict:
-        """What runs where, for logs and diagnostics."""
+        """Describe what runs where, for logs and diagnostics."""
         res = self.bundle.resolution
         return {"backend": self.name, "device": self.device, "precision": self.precision,
                 "input_size": list(self.bundle.input_size),
@@ -126,8 +129,11 @@ class Backend:
         return FrameResult(heatmap=heat, mask=m, overlay=ov, inference_ms=ms)
 
     def warmup(self, height: int, width: int, iterations: int = 2) -> None:
-        """Run a few full inferences on a synthetic (height, width) frame: allocations, kernel
-        selection, compilation and graph capture happen here, not on the first real frame."""
+        """Run a few full inferences on a synthetic (height, width) frame.
+
+        Allocations, kernel selection, compilation and graph capture happen here, not on the
+        first real frame.
+        """
         frame = np.random.default_rng(0).integers(0, 256, (int(height), int(width), 3), np.uint8)
         t0 = time.perf_counter()
         for _ in range(max(1, iterations)):

@@ -1,4 +1,4 @@
-"""The node's outputs for a recording, written to a new bag beside it (the ``bag_outputs`` command).
+"""The node's outputs for a recording, written to a new bag beside it: the ``bag_outputs`` command.
 
 Every frame of ``--topic`` (sensor_msgs/Image or CompressedImage) goes through the same runtime
 backend, threshold and colour map as the node, and ``/anomaly/heatmap`` (32FC1), ``/anomaly/mask``

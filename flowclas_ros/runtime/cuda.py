@@ -14,8 +14,11 @@ _NVIDIA_DRIVER = "/proc/driver/nvidia/version"
 
 
 def cuda_available() -> bool:
-    """True when torch sees a CUDA GPU. Without an NVIDIA driver the answer is False without
-    importing torch (about 900 MiB of a small robot's memory)."""
+    """Return True when torch sees a CUDA GPU.
+
+    Without an NVIDIA driver the answer is False without importing torch (about 900 MiB of a
+    small robot's memory).
+    """
     if not os.path.exists(_NVIDIA_DRIVER) and not os.path.exists("/dev/nvidia0"):
         return False
     try:
@@ -26,8 +29,11 @@ def cuda_available() -> bool:
 
 
 def require_cuda(device: str, backend: str):
-    """The ``torch.device`` of ``device`` (``cuda`` or ``cuda:N``; ``cuda`` = the current GPU)
-    for ``backend``; :class:`BackendUnavailable` saying why when it cannot run there."""
+    """Return the ``torch.device`` of ``device`` for ``backend``.
+
+    ``device`` is ``cuda`` or ``cuda:N`` (``cuda`` = the current GPU); raises
+    :class:`BackendUnavailable` saying why when it cannot run there.
+    """
     import torch
 
     if not str(device).startswith("cuda"):

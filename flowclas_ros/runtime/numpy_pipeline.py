@@ -6,10 +6,10 @@ bilinear back to the frame's (H, W) -> ``nan_to_num`` (NaN and +inf become the l
 i.e. "most anomalous", -inf the lowest) -> only the outputs asked for: the heatmap (the raw
 score), and the mask and overlay of :mod:`.visualisation`.
 
-An HD frame costs more host work than the model on a small CPU, so it is spread over the
-cores: the three colour planes resize in parallel, and the score's upsampling and the overlay
-run in two bands of rows (PIL and numpy release the GIL). The heatmap and mask are bit for bit
-what a single pass gives; the overlay is within one grey level of the integer blend. Its twin on a device is
+An HD frame costs more host work than the model on a small CPU, so it is spread over the cores: the
+three colour planes resize in parallel, and the score's upsampling and the overlay run in two bands
+of rows (PIL and numpy release the GIL). The heatmap and mask are bit for bit what a single pass
+gives; the overlay is within one grey level of the integer blend. Its twin on a device is
 :class:`.torch_pipeline.TorchPipeline` (same interface: ``prepare``, ``finish``).
 """
 from __future__ import annotations
@@ -18,7 +18,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from flowclas_ros.bundle.preprocess import Resolution, check_image, frame_to_input, upsample_score_np
+from flowclas_ros.bundle.preprocess import (
+    Resolution,
+    check_image,
+    frame_to_input,
+    upsample_score_np,
+)
 
 from .visualisation import mask_np, overlay_np
 
@@ -46,7 +51,10 @@ class NumpyPipeline:
 
     def finish(self, score: np.ndarray, frame: np.ndarray, *, heatmap: bool, mask: bool,
                overlay: bool, threshold: float, alpha: float, colormap: str):
-        """score (h, w) float32 -> (heatmap, mask, overlay) at the frame's size, None if not asked."""
+        """Turn the score (h, w) float32 into (heatmap, mask, overlay) at the frame's size.
+
+        Each output is None if not asked.
+        """
         if not (heatmap or mask or overlay):
             return None, None, None
         H = frame.shape[0]

@@ -53,7 +53,8 @@ class OnnxRuntimeBackend(Backend):
         if provider == "auto":
             provider = "cpu" if on_cpu else "cuda"
         if provider not in PROVIDERS:
-            raise BackendUnavailable(f"provider must be auto, cpu, cuda or tensorrt, got {provider!r}")
+            raise BackendUnavailable(f"provider must be auto, cpu, cuda or tensorrt, "
+                                     f"got {provider!r}")
         if (provider == "cpu") != on_cpu:
             raise BackendUnavailable(f"provider {provider} does not run on device {device}")
         ep = PROVIDERS[provider]
@@ -72,9 +73,9 @@ class OnnxRuntimeBackend(Backend):
                 precision = "fp16"
             else:
                 raise BackendUnavailable(
-                    f"ONNX Runtime runs the graph's precision ({graph_precision}); for {precision} "
-                    f"export the bundle with --fp16, or use provider tensorrt (fp16) or the torch "
-                    f"backend")
+                    f"ONNX Runtime runs the graph's precision ({graph_precision}); for "
+                    f"{precision} export the bundle with --fp16, or use provider tensorrt (fp16) "
+                    f"or the torch backend")
         device_id = int(str(device).partition(":")[2] or 0)
         providers: list = []
         if provider == "tensorrt":

@@ -1,5 +1,8 @@
-"""Moved: :mod:`.numpy_pipeline` (ONNX Runtime on the CPU, no torch), :mod:`.torch_pipeline`
-(torch on the backend's device); the deployed resize is :mod:`flowclas_ros.bundle.preprocess`."""
+"""Moved: see :mod:`.numpy_pipeline` and :mod:`.torch_pipeline`.
+
+:mod:`.numpy_pipeline` (ONNX Runtime on the CPU, no torch), :mod:`.torch_pipeline` (torch on
+the backend's device); the deployed resize is :mod:`flowclas_ros.bundle.preprocess`.
+"""
 import importlib
 import warnings
 

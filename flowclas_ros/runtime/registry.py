@@ -47,18 +47,19 @@ def resolve_device(device: str) -> str:
 
 
 def _accepted(cls, options: dict) -> dict:
-    """The options ``cls`` takes (auto passes everyone the same options)."""
+    """Return the options ``cls`` takes (auto passes everyone the same options)."""
     params = inspect.signature(cls.__init__).parameters
     return {k: v for k, v in options.items() if k in params}
 
 
 def backend_options(backend: str, cpu_threads: int = 0, cpu_spinning: bool = True,
                     torch_compile: bool = False, cuda_graphs: bool = False) -> dict:
-    """The node's settings in the words of one backend class (0 threads = its default).
+    """Return the node's settings in the words of one backend class (0 threads = its default).
 
     cpu_threads / cpu_spinning: ONNX Runtime's intra-op pool (torch's threads; torch has no
     spin-wait setting). torch_compile / cuda_graphs: the torch backend's (the others compile
-    anyway, or capture nothing)."""
+    anyway, or capture nothing).
+    """
     if backend == "onnxruntime":
         return {"intra_op_num_threads": int(cpu_threads), "allow_spinning": bool(cpu_spinning)}
     if backend == "torch":

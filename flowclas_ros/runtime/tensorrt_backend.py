@@ -10,12 +10,12 @@ threshold calibration keep it in fp32. So ``precision: fp16`` means the bundle's
 (:func:`graph_for_precision`: the backbone in float16, the flow and the score in float32, as
 ``export --fp16`` makes it), cached beside the engines. TensorRT 10 and 11 are supported; an
 older TensorRT, or one that lacks an API used here, raises :class:`BackendUnavailable` naming
-what is missing (:func:`check_api`). Engines are stored in an :class:`EngineCache`. An engine is only valid for the exact TensorRT version, GPU model and
-compute capability, precision, input shape and graph it was built from, so those six make the
-cache key (:class:`EngineKey`). The engine file's name is the key's sha256 and a JSON sidecar
-repeats the key and the engine's own sha256: a different key never finds an old engine, and a
-sidecar that disagrees (or a corrupted engine) is rebuilt with a warning, never reused. Builds
-are logged with their duration.
+what is missing (:func:`check_api`). Engines are stored in an :class:`EngineCache`. An engine is
+only valid for the exact TensorRT version, GPU model and compute capability, precision, input shape
+and graph it was built from, so those six make the cache key (:class:`EngineKey`). The engine
+file's name is the key's sha256 and a JSON sidecar repeats the key and the engine's own sha256: a
+different key never finds an old engine, and a sidecar that disagrees (or a corrupted engine) is
+rebuilt with a warning, never reused. Builds are logged with their duration.
 
 Frames, scores and post-processing stay on the GPU (torch tensors; TensorRT reads and writes
 them in place on torch's current stream).
@@ -70,7 +70,7 @@ class EngineKey:
 
 def engine_cache_key(*, trt_version: str, gpu_name: str, compute_capability: str,
                      precision: str, input_shape, onnx_sha256: str) -> str:
-    """The cache key (hex sha256) of an engine built under these conditions."""
+    """Return the cache key (hex sha256) of an engine built under these conditions."""
     return EngineKey(str(trt_version), str(gpu_name), str(compute_capability), str(precision),
                      tuple(int(v) for v in input_shape), str(onnx_sha256)).digest()
 
@@ -97,7 +97,10 @@ class EngineCache:
         return self.root / f"{d}.engine", self.root / f"{d}.json"
 
     def load(self, key: EngineKey) -> bytes | None:
-        """The cached engine for exactly ``key``, or None (absent, mismatched or corrupted)."""
+        """Return the cached engine for exactly ``key``.
+
+        None when it is absent, mismatched or corrupted.
+        """
         engine, meta = self.paths(key)
         if not engine.is_file() or not meta.is_file():
             return None
@@ -177,8 +180,11 @@ def check_api(trt) -> None:
 
 
 def network_flags(trt) -> int:
-    """Strongly typed (precision from the graph's own types); explicit batch on TensorRT
-    versions that still have the flag (a no-op there since 10)."""
+    """Return the network creation flags.
+
+    Strongly typed (precision from the graph's own types); explicit batch on TensorRT versions
+    that still have the flag (a no-op there since 10).
+    """
     flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     if hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH"):
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
@@ -187,8 +193,10 @@ def network_flags(trt) -> int:
 
 def build_engine(trt, onnx_path: Path, input_shape: tuple[int, ...], input_name: str,
                  workspace_bytes: int = 4 << 30) -> bytes:
-    """Parse ``onnx_path`` into a strongly typed network and build a serialized engine for
-    exactly ``input_shape``."""
+    """Parse ``onnx_path`` into a strongly typed network and build a serialized engine.
+
+    The engine is for exactly ``input_shape``.
+    """
     check_api(trt)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -242,9 +250,11 @@ def graph_for_precision(bundle: Bundle, precision: str, cache_dir: Path) -> tupl
 
 
 class TensorRTBackend(Backend):
-    """One engine per model input shape: a bundle with a fixed input size has one; an
-    aspect-keeping bundle (format 3) one per camera resolution, built (or loaded from the
-    cache) at the first frame of that shape and kept."""
+    """TensorRT backend: one engine per model input shape.
+
+    A bundle with a fixed input size has one; an aspect-keeping bundle (format 3) one per camera
+    resolution, built (or loaded from the cache) at the first frame of that shape and kept.
+    """
 
     name = "tensorrt"
 

@@ -32,7 +32,8 @@ class TorchBackend(Backend):
     name = "torch"
 
     def __init__(self, bundle: Bundle, device: str = "cpu", precision: str = "fp32", *,
-                 compile: bool = False, cuda_graphs: bool = False, compile_mode: str | None = None,
+                 compile: bool = False,  # noqa: A002 - public kwarg (torch.compile on/off)
+                 cuda_graphs: bool = False, compile_mode: str | None = None,
                  num_threads: int | None = None, model: FlowCLAS | None = None):
         if str(device) == "cpu":
             dev = torch.device("cpu")

@@ -77,7 +77,7 @@ class TorchPipeline:
 
     def finish(self, score: Tensor, frame: Tensor, *, heatmap: bool, mask: bool, overlay: bool,
                threshold: float, alpha: float, colormap: str):
-        """score (h, w) on device -> (heatmap, mask, overlay) numpy at the frame's size."""
+        """Score (h, w) on device -> (heatmap, mask, overlay) numpy at the frame's size."""
         if not (heatmap or mask or overlay):
             return None, None, None
         size = tuple(frame.shape[:2])

@@ -60,12 +60,16 @@ def program_key(tt, precision: str, input_shape, weights_sha256: str, device) ->
 
 
 def key_digest(key: dict) -> str:
-    return hashlib.sha256(json.dumps(key, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return hashlib.sha256(
+        json.dumps(key, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def compile_program(tt, graph: torch.nn.Module, example: torch.Tensor, workspace_bytes: int):
-    """torch_tensorrt.compile with explicit typing where this version has it (TensorRT 11
-    has no weak typing), else with the graph's own precisions enabled."""
+    """Compile ``graph`` with torch_tensorrt.compile.
+
+    With explicit typing where this version has it (TensorRT 11 has no weak typing), else with
+    the graph's own precisions enabled.
+    """
     kwargs = {"ir": "dynamo", "inputs": [tt.Input(tuple(example.shape), dtype=torch.float32)],
               "workspace_size": workspace_bytes, "min_block_size": 1}
     params = inspect.signature(tt.compile).parameters
@@ -79,8 +83,11 @@ def compile_program(tt, graph: torch.nn.Module, example: torch.Tensor, workspace
 
 
 class TorchTensorRTBackend(Backend):
-    """One compiled program per model input shape (an aspect-keeping bundle: one per camera
-    resolution, compiled or loaded at its first frame), each cached on disk."""
+    """torch-tensorrt backend: one compiled program per model input shape, each cached on disk.
+
+    An aspect-keeping bundle has one per camera resolution, compiled or loaded at its first
+    frame.
+    """
 
     name = "torch_tensorrt"
 
@@ -122,7 +129,8 @@ class TorchTensorRTBackend(Backend):
         meta = path.with_suffix(".json")
         t0 = time.perf_counter()
         with torch.cuda.device(dev):
-            if path.is_file() and meta.is_file() and json.loads(meta.read_text()).get("key") == key:
+            if (path.is_file() and meta.is_file()
+                    and json.loads(meta.read_text()).get("key") == key):
                 try:
                     self._programs[shape] = tt.load(str(path)).module()
                     log.info("torch-tensorrt program cache hit: %s", path)

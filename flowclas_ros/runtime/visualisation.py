@@ -39,7 +39,7 @@ def check_alpha(alpha: float) -> float:
 
 
 def _jet(x: np.ndarray) -> np.ndarray:
-    """The classic piecewise-linear jet, (N,) in [0, 1] -> (N, 3) RGB in [0, 1]."""
+    """Apply the classic piecewise-linear jet: (N,) in [0, 1] -> (N, 3) RGB in [0, 1]."""
     return np.clip(np.stack([1.5 - np.abs(4 * x - c) for c in (3, 2, 1)], 1), 0, 1)
 
 
@@ -57,13 +57,14 @@ def colormap_lut(name: str) -> np.ndarray:
             rgb = matplotlib.colormaps[name](x)[:, :3]
         except ImportError:  # matplotlib is optional at run time: jet needs no table
             if name != "jet":
-                log.warning("colormap %r needs matplotlib, which is not installed: using jet", name)
+                log.warning("colormap %r needs matplotlib, which is not installed: using jet",
+                            name)
             rgb = _jet(x)
     return np.ascontiguousarray(np.rint(rgb[:, ::-1] * 255).astype(np.uint8))
 
 
 def blend_weight(alpha: float) -> int:
-    """The integer blend weight A (0..256) of the colour map."""
+    """Return the integer blend weight A (0..256) of the colour map."""
     return int(round(check_alpha(alpha) * 256))
 
 
@@ -86,11 +87,12 @@ def colour_index_np(score: np.ndarray, score_range: tuple[float, float]) -> np.n
 
 def overlay_np(score: np.ndarray, frame: np.ndarray, score_range: tuple[float, float],
                alpha: float, colormap: str) -> np.ndarray:
-    """score (H, W) float32, frame (H, W, 3) uint8 RGB -> (H, W, 3) uint8 BGR overlay.
+    """Score (H, W) float32, frame (H, W, 3) uint8 RGB -> (H, W, 3) uint8 BGR overlay.
 
     The colour table and the blend run in PIL (C): at 1080p about 5x faster than numpy; the
     blend rounds in floating point, so a pixel may differ by one grey level from the integer
-    formula of the module docstring (the torch version's)."""
+    formula of the module docstring (the torch version's).
+    """
     idx = Image.fromarray(colour_index_np(score, score_range), "L")
     idx.putpalette(_rgb_palette(colormap))
     out = Image.blend(Image.fromarray(np.ascontiguousarray(frame), "RGB"), idx.convert("RGB"),
@@ -111,8 +113,11 @@ def mask_torch(score, threshold: float):
 
 
 def overlay_torch(score, frame, score_range: tuple[float, float], alpha: float, lut):
-    """score (H, W) float32, frame (H, W, 3) uint8 RGB, lut (256, 3) uint8 BGR, one device ->
-    (H, W, 3) uint8 BGR overlay on that device."""
+    """Blend the colour map of ``score`` over ``frame``, on their device.
+
+    Score (H, W) float32, frame (H, W, 3) uint8 RGB, lut (256, 3) uint8 BGR, one device ->
+    (H, W, 3) uint8 BGR overlay on that device.
+    """
     lo, hi = score_range
     idx = ((score - lo) * (255.0 / (hi - lo))).clamp_(0, 255).round_().long()
     a = blend_weight(alpha)

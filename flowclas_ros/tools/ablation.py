@@ -1,6 +1,6 @@
-"""Train a list of candidate recipes and rank them on the validation protocol.
+r"""Train a list of candidate recipes and rank them on the validation protocol.
 
-    python -m flowclas_ros.tools.ablation --candidates config/ablation_small_obstacles.yaml \\
+    python -m flowclas_ros.tools.ablation --candidates config/ablation_small_obstacles.yaml \
         --protocol runs/protocol_v2 --out runs/ablation_small [--only NAME ...]
 
 The candidates file (YAML)::
@@ -51,8 +51,11 @@ LATENCY_FRAME = (1080, 1920)  # H, W of the frame the latency is measured on
 # --- the candidate's model and resolution ---------------------------------------------------
 
 def deployed(spec: dict, cfg_long_side: int | None, input_size) -> dict:
-    """{"resolution": {"long_side": L} or None, "input_size": (h, w) the graph is verified at,
-    "label": what the table says}."""
+    """Return the candidate's deployed resolution.
+
+    {"resolution": {"long_side": L} or None, "input_size": (h, w) the graph is verified at,
+    "label": what the table says}.
+    """
     long_side = spec.get("long_side") or cfg_long_side
     if long_side:
         from flowclas_ros.bundle.preprocess import Resolution
@@ -65,7 +68,7 @@ def deployed(spec: dict, cfg_long_side: int | None, input_size) -> dict:
 
 
 def _train(spec: dict, base: str, common: list[str], run: Path, keep_eval: bool):
-    """The candidate's config, trained into ``run`` unless it finished there already."""
+    """Return the candidate's config, trained into ``run`` unless it finished there already."""
     from flowclas_ros.training.config import load_config
     from flowclas_ros.training.trainer import Trainer
 
@@ -86,8 +89,11 @@ def _checkpoint(run: Path, keep_eval: bool) -> Path:
 
 
 def _from_model(spec: dict, out: Path, keep_eval: bool):
-    """(model, train config dict, source run) of a ``from`` candidate: the source's checkpoint
-    under its own model config with the candidate's ``score`` and ``model.*`` overrides."""
+    """Return (model, train config dict, source run) of a ``from`` candidate.
+
+    The model is the source's checkpoint under its own model config with the candidate's
+    ``score`` and ``model.*`` overrides.
+    """
     from flowclas_ros.model.checkpoint import load_checkpoint
     from flowclas_ros.model.config import ModelConfig
     from flowclas_ros.model.flowclas import FlowCLAS
@@ -112,9 +118,11 @@ def _from_model(spec: dict, out: Path, keep_eval: bool):
 
 def export_candidate(model, bundle: Path, dep: dict, protocol: Path, fpr: float,
                      train_config=None) -> None:
-    """Calibrate ``model`` as export does (torch, scored as the runtime runs it; threshold,
-    display range, exceedance table) on the protocol's clean part and write the bundle at the
-    deployed resolution ``dep``."""
+    """Calibrate ``model`` as export does and write the bundle at the deployed resolution ``dep``.
+
+    Calibration as in export: torch, scored as the runtime runs it; threshold, display range,
+    exceedance table; on the protocol's clean part.
+    """
     from flowclas_ros.bundle.preprocess import Resolution
     from flowclas_ros.bundle.writer import exceedance_section
     from flowclas_ros.export.bundle import write_bundle
@@ -150,8 +158,11 @@ def score_bundle(path: Path, protocol: Path, fpr: float) -> dict:
 
 def bundle_latency(path: Path, frames: int = 30, warmup: int = 3,
                    size: tuple[int, int] = LATENCY_FRAME) -> dict:
-    """ONNX Runtime on this CPU, one (H, W) = ``size`` frame in, heatmap + mask + overlay out
-    (Backend.infer, as the node with every output subscribed), with the node's defaults."""
+    """Time a bundle with ONNX Runtime on this CPU, one (H, W) = ``size`` frame in.
+
+    Heatmap + mask + overlay out (Backend.infer, as the node with every output subscribed),
+    with the node's defaults.
+    """
     from flowclas_ros.runtime import create_backend
 
     from .bench.common import latency_row, machine_line, time_ms

@@ -1,6 +1,6 @@
-"""``anomaly_node``: the FlowCLAS lifecycle node as a process.
+r"""``anomaly_node``: the FlowCLAS lifecycle node as a process.
 
-    ros2 run flowclas_ros anomaly_node --ros-args --params-file config/anomaly.yaml \\
+    ros2 run flowclas_ros anomaly_node --ros-args --params-file config/anomaly.yaml \
         -r image:=/camera/image_raw
 
 The node, its topics, parameters and lifecycle: :mod:`flowclas_ros.node.anomaly_node`.

@@ -1,6 +1,6 @@
-"""``bag_outputs``: the node's outputs for a recording, written to a new bag beside it.
+r"""``bag_outputs``: the node's outputs for a recording, written to a new bag beside it.
 
-    bag_outputs --bag drive.mcap --topic /camera/image_raw --model BUNDLE \\
+    bag_outputs --bag drive.mcap --topic /camera/image_raw --model BUNDLE \
         [--out drive_anomaly] [--storage mcap|sqlite3] [--backend auto] [--copy-input]
 
 The library: :func:`flowclas_ros.runtime.bag_outputs.write_outputs`.

@@ -15,6 +15,7 @@ from pathlib import Path
 from flowclas_ros.data.bags import bag_topics, write_bag
 from flowclas_ros.data.frame_sources import iter_frames
 
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m flowclas_ros.tools.bags",
                                 description="List the image topics of a recording, or record a "

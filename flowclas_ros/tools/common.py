@@ -18,8 +18,11 @@ def strip_ros_args(argv: list[str]) -> list[str]:
 
 
 def resolve_config(name: str) -> Path:
-    """A config file given as a path, or the name of one shipped in the package's config/
-    folder (``train_demo_lite2_camvid`` or ``train_demo_lite2_camvid.yaml``)."""
+    """Return a config file given as a path, or by the name of one shipped in the package.
+
+    Shipped configs are in the package's config/ folder (``train_demo_lite2_camvid`` or
+    ``train_demo_lite2_camvid.yaml``).
+    """
     path = Path(name).expanduser()
     if path.is_file():
         return path

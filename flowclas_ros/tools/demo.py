@@ -15,8 +15,8 @@
    ``<out>/summary.json``;
 5. shuts the node down through its lifecycle.
 
-``python -m flowclas_ros.tools.demo --build-sequence --camvid ROOT --coco ROOT`` rebuilds the shipped
-sequence from the project's data (see models/demo_sequence/ATTRIBUTION.md).
+``python -m flowclas_ros.tools.demo --build-sequence --camvid ROOT --coco ROOT`` rebuilds the
+shipped sequence from the project's data (see models/demo_sequence/ATTRIBUTION.md).
 """
 from __future__ import annotations
 
@@ -196,7 +196,8 @@ def run_demo(source: Path, out: Path, model: Path, backend: str, rate: float,
             "overlays_written": len(list(out.glob("overlay_*.png"))),
             "throughput_fps": round(len(latencies) / elapsed, 2) if elapsed > 0 else None,
             "latency_ms": {k: round(v, 1) for k, v in
-                           percentile_summary(latencies).items() if k in ("p50", "p99")}, "configure_s": round(configure_s, 2),
+                           percentile_summary(latencies).items() if k in ("p50", "p99")},
+            "configure_s": round(configure_s, 2),
             "output_dir": str(out),
         }
         transition(Transition.TRANSITION_DEACTIVATE, "deactivate")
@@ -236,8 +237,11 @@ in (the project's outlier-exposure paster, seed 0), saved as JPEG (quality 90). 
 
 
 def build_sequence(camvid: Path, coco: Path, out: Path, frames: int = 20) -> None:
-    """The shipped sequence: the first ``frames`` CamVid test frames (consecutive, one sequence)
-    with held-out COCO objects pasted, as the validation set builds them, saved as JPEG."""
+    """Build the shipped sequence: the first ``frames`` CamVid test frames, saved as JPEG.
+
+    Consecutive frames (one sequence) with held-out COCO objects pasted, as the validation set
+    builds them.
+    """
     from PIL import Image as PILImage
 
     from flowclas_ros.data.validation_set import build_validation_set

@@ -19,8 +19,13 @@ import time
 from pathlib import Path
 
 from flowclas_ros import jsonio
-from flowclas_ros.evaluation.evaluate import (COMPONENT_CHOICES, EvaluationError, default_track,
-                                              load_dataset, run_evaluation)
+from flowclas_ros.evaluation.evaluate import (
+    COMPONENT_CHOICES,
+    EvaluationError,
+    default_track,
+    load_dataset,
+    run_evaluation,
+)
 from flowclas_ros.evaluation.plots import plot_curves, plot_examples
 from flowclas_ros.evaluation.scoring import ScoreFolder, Scorer, load_scorer
 
@@ -114,9 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     summary = ", ".join(f"{k} {100 * metrics[k]:.2f}" for k in ("auprc", "fpr95", "auroc", "siou",
                                                                  "ppv", "mean_f1")
                         if isinstance(metrics.get(k), float) and math.isfinite(metrics[k]))
-    print(f"{args.dataset}: {summary} ({metrics['n_images']} images, {metrics['n_pixels']} pixels, "
-          f"{metrics['mode']}, {metrics['elapsed_s']:.1f} s, peak {metrics['peak_rss_mb']:.0f} MB) "
-          f"-> {out / 'metrics.json'}")
+    print(f"{args.dataset}: {summary} ({metrics['n_images']} images, "
+          f"{metrics['n_pixels']} pixels, {metrics['mode']}, {metrics['elapsed_s']:.1f} s, "
+          f"peak {metrics['peak_rss_mb']:.0f} MB) -> {out / 'metrics.json'}")
     return 0
 
 

@@ -1,9 +1,9 @@
-"""``export``: a training checkpoint -> a model bundle (``ros2 run flowclas_ros export``).
+r"""``export``: a training checkpoint -> a model bundle (``ros2 run flowclas_ros export``).
 
-    export --checkpoint runs/x/checkpoints/best.pt --out models/my_bundle \\
-           [--input-size H W] [--dynamic] [--fp16] [--opset 17] \\
-           [--calibration DIR --fpr 0.05 | --calibration-bag BAG --topic T] [--threshold X] \\
-           [--ignore-mask PNG] \\
+    export --checkpoint runs/x/checkpoints/best.pt --out models/my_bundle \
+           [--input-size H W] [--dynamic] [--fp16] [--opset 17] \
+           [--calibration DIR --fpr 0.05 | --calibration-bag BAG --topic T] [--threshold X] \
+           [--ignore-mask PNG] \
            [--protocol DIR] [--card-notes FILE] [--backbone-weights FILE]
 
 What it does: :func:`flowclas_ros.export.export.export_checkpoint`; how the threshold is set:

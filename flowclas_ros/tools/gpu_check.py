@@ -40,8 +40,8 @@ AIMS = {"demo_bundle_640x480_fps": 500, "vitl14_16step_1036x518_fp16_fps": 100}
 
 
 def _frames(size: tuple[int, int]) -> list[np.ndarray]:
-    from flowclas_ros.bundle.preprocess_torch import frame_to_input
     from flowclas_ros.bundle.onnx_export import sample_images
+    from flowclas_ros.bundle.preprocess_torch import frame_to_input
 
     out = []
     for _, img in sample_images():
@@ -111,7 +111,8 @@ def check_bundle(bundle_path: Path, device: str, iters: int, budget_s: float,
                 for f, r in zip(fr, ref[s]):
                     p = parity(r, be.infer(f, mask=False, overlay=False).heatmap,
                                bundle.score_range, bundle.threshold)
-                    if worst is None or p["relative_to_score_range"] > worst["relative_to_score_range"]:
+                    if (worst is None or p["relative_to_score_range"]
+                            > worst["relative_to_score_range"]):
                         worst = p
                 row["sizes"][f"{s[1]}x{s[0]}"] = {"parity": worst,
                                                    "latency": _latency(be, fr[0], iters, 10)}

@@ -1,7 +1,9 @@
-"""Find the pixels that stay the same over a recording (the car's hood, the robot's body) and
-write them as an ignore mask PNG (255 = ignore) for the node's ``ignore_mask`` parameter.
+r"""Find the pixels that stay the same over a recording and write them as an ignore mask PNG.
 
-    python -m flowclas_ros.tools.ignore_mask --bag drive.mcap --topic /camera/image_raw \\
+The pixels that stay the same: the car's hood, the robot's body. The PNG (255 = ignore) is for
+the node's ``ignore_mask`` parameter.
+
+    python -m flowclas_ros.tools.ignore_mask --bag drive.mcap --topic /camera/image_raw \
         --out hood.png [--frames 200] [--threshold 10] [--preview hood_preview.png]
     python -m flowclas_ros.tools.ignore_mask --source frames/ --out hood.png   # or a video
 

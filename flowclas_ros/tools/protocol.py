@@ -1,6 +1,6 @@
-"""Score a checkpoint or bundle on every part of the validation protocol.
+r"""Score a checkpoint or bundle on every part of the validation protocol.
 
-    python -m flowclas_ros.tools.protocol --protocol runs/protocol --model BUNDLE_OR_CKPT \\
+    python -m flowclas_ros.tools.protocol --protocol runs/protocol --model BUNDLE_OR_CKPT \
         [--out report.json] [--components] [--bundle-threshold]
 
 prints every part's figures, a table of the main ones and the selection score (higher is
@@ -79,7 +79,7 @@ COLUMNS = (("auprc", "AUPRC"), ("fpr95", "FPR95"), ("auroc", "AUROC"),
 
 
 def summary(report: dict, fpr: float) -> str:
-    """The main figures as a markdown table, then the selection score and its halves."""
+    """Return the main figures as a markdown table, then the selection score and its halves."""
     def cell(v) -> str:
         return f"{v:.3f}" if isinstance(v, float) else "" if v is None else str(v)
 

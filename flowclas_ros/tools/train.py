@@ -25,18 +25,23 @@ from .common import resolve_config, setup_logging, strip_ros_args
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="train", description="Train a FlowCLAS anomaly segmentation model.")
-    p.add_argument("--config", required=True, help="YAML config file, or the name of a shipped one")
+    p = argparse.ArgumentParser(prog="train",
+                                description="Train a FlowCLAS anomaly segmentation model.")
+    p.add_argument("--config", required=True,
+                   help="YAML config file, or the name of a shipped one")
     p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="config overrides with dotted keys, e.g. train.lr=1e-4 train.objective=nll")
+                   help="config overrides with dotted keys, "
+                        "e.g. train.lr=1e-4 train.objective=nll")
     p.add_argument("--out", default=None, help="output folder (overrides the config's 'out')")
     p.add_argument("--bag", default=None, help="train on a recording: a rosbag2 folder or an "
-                   ".mcap file (data.dataset=bag, data.root=BAG; no validation unless eval.* is set)")
+                   ".mcap file (data.dataset=bag, data.root=BAG; "
+                   "no validation unless eval.* is set)")
     p.add_argument("--topic", default=None, help="the bag's camera topic (data.bag.topic)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in OUT exactly where it stopped: from "
                         "checkpoints/last.pt, or from step 0 if it stopped before that")
-    p.add_argument("--overwrite", action="store_true", help="start over in an OUT that holds a run")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in an OUT that holds a run")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 

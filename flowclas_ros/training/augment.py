@@ -2,8 +2,8 @@
 
 Brightness, contrast, saturation, hue, gamma, Gaussian blur and JPEG re-encoding, each drawn per
 sample from a ``numpy.random.Generator`` (all draws are made whichever changes happen, so the
-random stream does not depend on the outcome). Applied to the mixed frame after pasting, so the pasted
-object goes through the same "camera" as the scene around it.
+random stream does not depend on the outcome). Applied to the mixed frame after pasting, so the
+pasted object goes through the same "camera" as the scene around it.
 """
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from .config import PhotometricConfig
 def photometric(image: np.ndarray, cfg: PhotometricConfig, rng: np.random.Generator) -> np.ndarray:
     """(H, W, 3) uint8 RGB -> the same frame under a randomly drawn camera (uint8).
 
-    Disabled: the frame itself, and no draw is made (the random stream stays the authors')."""
+    Disabled: the frame itself, and no draw is made (the random stream stays the authors').
+    """
     if not cfg.enabled:
         return image
     draws = {

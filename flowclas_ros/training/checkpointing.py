@@ -1,5 +1,7 @@
-"""A run's folder and its checkpoints: what ``--resume`` and ``--overwrite`` find there, the
-training state a checkpoint holds, and putting it back.
+"""A run's folder and its checkpoints.
+
+What ``--resume`` and ``--overwrite`` find there, the training state a checkpoint holds, and
+putting it back.
 
 A run folder holds ``config.yaml`` from its start (before the feature cache is built, so that a
 run killed in the build is recognisable), ``checkpoints/last.pt`` from its first checkpoint,
@@ -32,9 +34,11 @@ class RunFolder:
         self.summary_file = self.out / "summary.json"
 
     def open(self, resume: bool, overwrite: bool, is_main: bool = True) -> Path | None:
-        """The checkpoint to resume from (None: start at step 0), or an error saying why the
-        folder cannot be used as asked. ``overwrite`` (without ``resume``) removes the previous
-        run's checkpoints and summary, on the main process."""
+        """Return the checkpoint to resume from (None: start at step 0).
+
+        Raises an error saying why the folder cannot be used as asked. ``overwrite`` (without
+        ``resume``) removes the previous run's checkpoints and summary, on the main process.
+        """
         if resume:
             if self.last.is_file():
                 return self.last
@@ -56,8 +60,11 @@ class RunFolder:
         return None
 
     def save_config(self, cfg: TrainConfig) -> None:
-        """config.yaml, saying where the run lives, so that ``train --config OUT/config.yaml
-        --resume`` continues this run whatever --out it was started with."""
+        """Write config.yaml, saying where the run lives.
+
+        So ``train --config OUT/config.yaml --resume`` continues this run whatever --out it was
+        started with.
+        """
         self.out.mkdir(parents=True, exist_ok=True)
         saved = {**cfg.to_dict(), "out": str(self.out)}
         self.config_file.write_text(yaml.safe_dump(saved, sort_keys=False))
@@ -73,7 +80,10 @@ class RunFolder:
 def training_payload(model, optimizer: torch.optim.Optimizer, scheduler, step: int,
                      steps_per_epoch: int, best: dict[str, Any], world_size: int,
                      cfg: TrainConfig) -> dict[str, Any]:
-    """What a checkpoint holds: the model, and all a resumed run needs to go on bit-identically."""
+    """Return what a checkpoint holds.
+
+    The model, and all a resumed run needs to go on bit-identically.
+    """
     return {**model_payload(model),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
@@ -87,8 +97,11 @@ def training_payload(model, optimizer: torch.optim.Optimizer, scheduler, step: i
 
 def restore(path: Path, model, optimizer: torch.optim.Optimizer, scheduler,
             device: torch.device) -> dict[str, Any]:
-    """Put the training state of checkpoint ``path`` back (model on ``device``, optimiser,
-    schedule, global RNG states); returns the checkpoint for the rest (step, best, ...)."""
+    """Put the training state of checkpoint ``path`` back.
+
+    That is the model (on ``device``), optimiser, schedule and global RNG states; returns the
+    checkpoint for the rest (step, best, ...).
+    """
     ck = load_checkpoint(path, map_location="cpu")
     model.load_trainable_state_dict(ck["model"])
     model.to(device)
@@ -99,7 +112,7 @@ def restore(path: Path, model, optimizer: torch.optim.Optimizer, scheduler,
 
 
 def sections_differing(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """The top-level config sections that differ between a saved config and this run's."""
+    """Return the top-level config sections that differ between a saved config and this run's."""
     return sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
 
 

@@ -39,14 +39,24 @@ from ..options import DEVICE_PATTERN
 from .features import GRID_LABELS
 from .precision import TRAINING_PRECISIONS
 from .schedule import SCHEDULES
-from .typed_yaml import (ConfigError, expand_path, expand_path_fields, merge, parse_override,
-                         read_mapping, set_key, to_plain)
+from .typed_yaml import (
+    ConfigError,
+    expand_path,
+    expand_path_fields,
+    merge,
+    parse_override,
+    read_mapping,
+    set_key,
+    to_plain,
+)
 
 
 @dataclass
 class InlierSetConfig:
-    """One more inlier training set beside ``data.dataset`` (same reader names); ``long_side``
-    replaces ``data.long_side`` for it (None: that one)."""
+    """One more inlier training set beside ``data.dataset`` (same reader names).
+
+    ``long_side`` replaces ``data.long_side`` for it (None: that one).
+    """
 
     dataset: str = "idd_lite"
     root: str = ""
@@ -57,9 +67,11 @@ class InlierSetConfig:
 
 @dataclass
 class BagConfig:
-    """For ``data.dataset: bag`` (``data.root`` = a rosbag2 folder or an .mcap file): which
-    frames. They are split by time into train / calibration / test (flowclas_ros.data.bags);
-    training reads ``data.split`` (train)."""
+    """Which frames, for ``data.dataset: bag``.
+
+    ``data.root`` is a rosbag2 folder or an .mcap file. The frames are split by time into
+    train / calibration / test (flowclas_ros.data.bags); training reads ``data.split`` (train).
+    """
 
     topic: str = ""
     start_s: float | None = None  # seconds from the start of the bag
@@ -69,8 +81,11 @@ class BagConfig:
 
 @dataclass
 class PhotometricConfig:
-    """Camera-like changes of the frame (after pasting, so the object shares them): a new camera
-    should not look anomalous. Each is drawn per sample; ``enabled: false`` draws nothing."""
+    """Camera-like changes of the frame (after pasting, so the object shares them).
+
+    A new camera should not look anomalous. Each is drawn per sample; ``enabled: false`` draws
+    nothing.
+    """
 
     enabled: bool = False
     brightness: float = 0.3  # factor in [1 - b, 1 + b]
@@ -157,8 +172,11 @@ class CacheConfig:
 
 @dataclass
 class TrainLoopConfig:
-    """The ``train:`` section: objective, optimiser, schedule, device and precision, and the
-    checkpoints and logs of the loop."""
+    """The ``train:`` section.
+
+    Objective, optimiser, schedule, device and precision, and the checkpoints and logs of the
+    loop.
+    """
 
     objective: str = "flowclas"  # model.losses.OBJECTIVES: nll, or flowclas (alpha * nll + con)
     epochs: int = 10
@@ -188,7 +206,9 @@ class TrainLoopConfig:
 
 @dataclass
 class EvalConfig:
-    """Checkpoint selection: on the validation protocol (``protocol``, by its selection score;
+    """Checkpoint selection.
+
+    On the validation protocol (``protocol``, by its selection score;
     flowclas_ros.evaluation.protocol) or on a validation folder (``val_dir``, by AUPRC).
 
     The protocol is scored as the bundle will run: frames resized to ``input_size``, or with
@@ -224,8 +244,11 @@ class TrainConfig:
     name: str = "train"  # set from the config file name; names the default output folder
 
     def to_dict(self) -> dict[str, Any]:
-        """Every field, less the optional ones at their defaults (:data:`OPTIONAL_DEFAULTS`):
-        a config that does not use them is written exactly as before they existed."""
+        """Return every field, less the optional ones at their defaults.
+
+        The optional ones are :data:`OPTIONAL_DEFAULTS`: a config that does not use them is
+        written exactly as before they existed.
+        """
         d = to_plain(self)
         d["model"] = to_plain(self.model.to_dict())
         for key, default in OPTIONAL_DEFAULTS.items():
@@ -325,7 +348,8 @@ def validate(cfg: TrainConfig) -> None:
         (d.bag.stride >= 1, "data.bag.stride must be >= 1"),
         _one_of("data.label_mode", d.label_mode, GRID_LABELS),
         _one_of("data.outlier_granularity", d.outlier_granularity, GRANULARITIES),
-        (d.scale_range is None or (len(d.scale_range) == 2 and 0 < d.scale_range[0] <= d.scale_range[1]),
+        (d.scale_range is None
+         or (len(d.scale_range) == 2 and 0 < d.scale_range[0] <= d.scale_range[1]),
          "data.scale_range must be [lo, hi] with 0 < lo <= hi"),
         (len(cfg.eval.input_size) == 2, "eval.input_size must be [H, W]"),
         (0 <= cfg.eval.fpr < 1, "eval.fpr must be in [0, 1)"),

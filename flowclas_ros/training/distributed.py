@@ -51,9 +51,12 @@ def setup_distributed(device: str = "auto") -> DistInfo:
 
 
 def cleanup_distributed(info: DistInfo, ok: bool = True) -> None:
-    """Tear the process group down together: a rank that destroys gloo's group while another
-    still talks to it can abort ("terminate called without an active exception"). After a
-    failure (``ok`` False) the other ranks may never arrive, so no barrier then."""
+    """Tear the process group down together.
+
+    A rank that destroys gloo's group while another still talks to it can abort ("terminate
+    called without an active exception"). After a failure (``ok`` False) the other ranks may
+    never arrive, so no barrier then.
+    """
     if info.initialized and torch_dist.is_initialized():
         if ok:
             torch_dist.barrier()
@@ -61,7 +64,9 @@ def cleanup_distributed(info: DistInfo, ok: bool = True) -> None:
 
 
 def wrap_ddp(module: nn.Module, info: DistInfo, device: torch.device) -> nn.Module:
-    """``module`` in DistributedDataParallel when the job has several processes, else as is.
+    """Wrap ``module`` in DistributedDataParallel when the job has several processes.
+
+    Otherwise it is returned as is.
 
     Parameters and buffers are broadcast from rank 0 at construction; buffers (permutations,
     ActNorm flags) never change after that, so they are not synchronised every step.

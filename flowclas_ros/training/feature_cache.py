@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from ..paths import cache_dir
+
 # grid_labels and to_image_batch: importable from here, as before they moved to .features
 from .features import GRID_LABELS, encode, grid_labels, to_image_batch  # noqa: F401
 
@@ -62,7 +63,7 @@ def default_cache_dir() -> Path:
 
 
 def cache_key(spec: dict[str, Any]) -> str:
-    """A short stable hash of a JSON-serialisable description of what the features depend on."""
+    """Hash a JSON-serialisable description of what the features depend on (short, stable)."""
     text = json.dumps({"format": CACHE_FORMAT, **spec}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
@@ -97,7 +98,8 @@ class FeatureCache:
     @staticmethod
     def is_complete(path: str | Path) -> bool:
         path = Path(path)
-        return (path / "meta.json").is_file() and all((path / f"{a}.npy").is_file() for a in ARRAYS)
+        return ((path / "meta.json").is_file()
+                and all((path / f"{a}.npy").is_file() for a in ARRAYS))
 
     @property
     def arrays(self) -> dict[str, np.ndarray]:
@@ -110,7 +112,10 @@ class FeatureCache:
         return self.n_images * self.variants
 
     def item(self, image_index: int, variant: int, aux: bool = True) -> dict[str, np.ndarray]:
-        """Copies of one row: mixed (C,h,w) f16, mixed_labels (h,w) u8 [, aux, aux_labels]."""
+        """Return copies of one row's arrays.
+
+        mixed (C,h,w) f16, mixed_labels (h,w) u8 [, aux, aux_labels].
+        """
         row = image_index * self.variants + variant
         names = ARRAYS if aux else ARRAYS[:2]
         return {a: np.array(self.arrays[a][row]) for a in names}
@@ -135,7 +140,7 @@ def _jsonable(d: dict[str, Any]) -> Any:
 
 
 def done_rows(partial: str | Path, rank: int | None = None) -> set[int]:
-    """The rows a partial build has on disk: every rank's (``rank`` None) or one rank's.
+    """Return the rows a partial build has on disk: every rank's (``rank`` None) or one rank's.
 
     ``done.<rank>`` holds one line per backbone batch, appended once the batch's rows are
     flushed; a line a kill cut short has no newline and does not count.
@@ -152,8 +157,10 @@ def done_rows(partial: str | Path, rank: int | None = None) -> set[int]:
 
 
 def _resumable_rows(partial: Path, header: dict[str, Any], layout) -> set[int] | None:
-    """The done rows of a partial build made for ``header`` with ``layout``'s arrays; None when
-    there is none or it was made for anything else (then it is rebuilt)."""
+    """Return the done rows of a partial build made for ``header`` with ``layout``'s arrays.
+
+    None when there is none or it was made for anything else (then it is rebuilt).
+    """
     try:
         if json.loads((partial / PROGRESS_FILE).read_text()) != _jsonable(header):
             return None

@@ -61,9 +61,9 @@ def to_image_batch(images: np.ndarray | Tensor, device: torch.device | str) -> T
 @torch.no_grad()
 def encode(model, images: Tensor, labels: Tensor, autocast: bool = False,
            label_mode: str = "nearest", anomaly_fraction: float = 0.5) -> tuple[Tensor, Tensor]:
-    """Frozen features and grid labels (:func:`grid_labels` ``label_mode``,
-    ``anomaly_fraction``) of a batch.
+    """Encode a batch into frozen features and grid labels.
 
+    The grid labels follow :func:`grid_labels` ``label_mode`` and ``anomaly_fraction``.
     images (B, H, W, 3) uint8, labels (B, H, W) uint8 -> features (B, C, h, w) float (fp32, or
     bf16 under ``autocast`` on CUDA), labels (B, h, w) uint8 on the model's device.
     """

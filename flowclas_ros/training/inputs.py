@@ -1,6 +1,8 @@
-"""What a run trains on, assembled from ``cfg.data``: the inlier frames, the outlier source and
-its split, the paster (or compositor), and the :class:`~.samples.PairMaker` over them; and
-:func:`cache_spec`, everything the cached features of those inputs depend on.
+"""What a run trains on, assembled from ``cfg.data``.
+
+The inlier frames, the outlier source and its split, the paster (or compositor), and the
+:class:`~.samples.PairMaker` over them; and :func:`cache_spec`, everything the cached features of
+those inputs depend on.
 """
 from __future__ import annotations
 
@@ -21,9 +23,12 @@ from .samples import Frames, LongSide, PairMaker
 
 @dataclass
 class TrainingInputs:
-    """The frames (one dataset, or :class:`~.samples.Frames` over several), the outlier objects
+    """The frames, outlier objects and pair maker of a run.
+
+    The frames (one dataset, or :class:`~.samples.Frames` over several), the outlier objects
     pasted in training and those held out for validation (None without an outlier source), and
-    the pair maker over the first ``len(pairs)`` frames."""
+    the pair maker over the first ``len(pairs)`` frames.
+    """
 
     dataset: Any
     pairs: PairMaker
@@ -32,8 +37,11 @@ class TrainingInputs:
 
 
 def outlier_source_kw(d: DataConfig) -> dict[str, Any]:
-    """The :func:`~flowclas_ros.data.outlier_sources.load_outlier_source` options of ``d``
-    that the validation set builder shares (filter and split)."""
+    """Return the outlier source options of ``d`` that the validation set builder shares.
+
+    These are the :func:`~flowclas_ros.data.outlier_sources.load_outlier_source` options
+    (filter and split).
+    """
     kw: dict[str, Any] = {"filter": d.outlier_filter}
     if d.outlier_split:
         kw["split"] = d.outlier_split
@@ -68,7 +76,7 @@ def _outliers(d: DataConfig) -> tuple[OutlierSource, OutlierSource | None]:
 
 
 def build_inputs(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainingInputs:
-    """The inputs of ``cfg``; ConfigError when there is nothing to train on."""
+    """Build the inputs of ``cfg``; ConfigError when there is nothing to train on."""
     d = cfg.data
     dataset, n = _frames(d, log)
     if n == 0:

@@ -10,7 +10,10 @@ TRAINING_PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def uses_autocast(precision: str, device_type: str) -> bool:
-    """Whether a run with ``train.precision`` ``precision`` on ``device_type`` autocasts to bf16."""
+    """Return whether a run on ``device_type`` autocasts to bf16.
+
+    ``precision`` is the run's ``train.precision``.
+    """
     if precision not in TRAINING_PRECISIONS:
         raise ValueError(f"training precision must be one of {TRAINING_PRECISIONS}, "
                          f"got {precision!r}")
@@ -18,7 +21,7 @@ def uses_autocast(precision: str, device_type: str) -> bool:
 
 
 def precision_name(autocast: bool) -> str:
-    """What a run computed in, as the cache key and the summary say it."""
+    """Name what a run computed in, as the cache key and the summary say it."""
     return "bf16" if autocast else "fp32"
 
 

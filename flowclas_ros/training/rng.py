@@ -48,7 +48,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
-    """The generator of the contrastive sampling of one step on one rank."""
+    """Return the generator of the contrastive sampling of one step on one rank."""
     s = int(np.random.SeedSequence([seed, step, rank]).generate_state(1, np.uint64)[0] >> 1)
     return torch.Generator().manual_seed(s)
 

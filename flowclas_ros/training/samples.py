@@ -50,10 +50,12 @@ class Frames:
 
 
 class LongSide:
-    """A dataset whose frames are scaled so that their long side is ``long_side`` pixels, never
-    enlarged (:class:`~flowclas_ros.bundle.preprocess.Resolution` ``long_side``, ``max_scale``
-    1: the size a bundle of that resolution gives the model), image bilinear (antialiased),
-    label nearest."""
+    """A dataset whose frames are scaled so that their long side is ``long_side`` pixels.
+
+    Never enlarged (:class:`~flowclas_ros.bundle.preprocess.Resolution` ``long_side``,
+    ``max_scale`` 1: the size a bundle of that resolution gives the model), image bilinear
+    (antialiased), label nearest.
+    """
 
     def __init__(self, dataset, long_side: int):
         self.dataset, self.resolution = dataset, Resolution(long_side=int(long_side))
@@ -93,7 +95,8 @@ def random_crop(image: np.ndarray, label: np.ndarray, size: list[int], rng: np.r
     """Random crop to size (H, W); smaller images are padded (image 0, label VOID) first.
 
     With ``ground`` (the frame's road), the same window of it is returned third (padding is no
-    road; the horizon row moves with the window)."""
+    road; the horizon row moves with the window).
+    """
     ch, cw = size
     h, w = label.shape
     mask = ground.mask if ground is not None else None
@@ -112,9 +115,12 @@ def random_crop(image: np.ndarray, label: np.ndarray, size: list[int], rng: np.r
 
 
 def ground_of(image: np.ndarray, label: np.ndarray, void_fraction: float = 0.5) -> Ground:
-    """The road of an unlabelled frame (:func:`~flowclas_ros.data.compositing.estimate_ground`)
-    estimated on the rows above a VOID band across the bottom centre (the nuScenes hood: its
-    reference patch would be the hood), no road below that band."""
+    """Estimate the road of an unlabelled frame.
+
+    :func:`~flowclas_ros.data.compositing.estimate_ground` estimated on the rows above a VOID
+    band across the bottom centre (the nuScenes hood: its reference patch would be the hood), no
+    road below that band.
+    """
     h, w = label.shape
     centre = (label[h // 2:, int(0.4 * w):max(int(0.6 * w), int(0.4 * w) + 1)] == VOID).mean(1)
     band = np.flatnonzero(centre >= void_fraction)
@@ -216,7 +222,8 @@ class EpochOrder:
     """
 
     def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
-        self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.rank, self.world = rank, world
         self.per_rank = math.ceil(n / world)
         self.steps_per_epoch = self.per_rank // batch_size
 

@@ -54,7 +54,7 @@ def warmup_steps_for(total_steps: int, warmup_fraction: float) -> int:
 
 def build_schedule(optimizer: Optimizer, schedule: str, total_steps: int, warmup_fraction: float,
                    start_factor: float, final_factor: float) -> OneCycleSchedule:
-    """The :data:`SCHEDULES` entry ``schedule`` over ``total_steps`` optimiser steps."""
+    """Build the :data:`SCHEDULES` entry ``schedule`` over ``total_steps`` optimiser steps."""
     if schedule == "constant":
         return OneCycleSchedule(optimizer, total_steps, 0, 1.0, 1.0)
     if schedule != "one_cycle":

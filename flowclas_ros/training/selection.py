@@ -1,5 +1,7 @@
-"""Checkpoint selection: the validation set or protocol a run is scored on, the scoring, and
-which step's checkpoint is kept as best.pt.
+"""Checkpoint selection.
+
+The validation set or protocol a run is scored on, the scoring, and which step's checkpoint is
+kept as best.pt.
 
 ``eval.protocol`` scores the validation protocol (:mod:`flowclas_ros.evaluation.protocol`) and
 keeps the best selection score; ``eval.val_dir`` scores a folder of pasted frames and keeps the
@@ -21,8 +23,12 @@ from ..bundle.preprocess import Resolution
 from ..data.datasets import build_dataset
 from ..data.protocol_sets import FULL_PARTS, PROTOCOL_FILE, ProtocolConfig, load_protocol
 from ..data.validation_set import build_validation_set
-from ..evaluation import (CALIBRATION_PART, SELECTION_PARTS, evaluate_model,
-                          evaluate_model_on_protocol)
+from ..evaluation import (
+    CALIBRATION_PART,
+    SELECTION_PARTS,
+    evaluate_model,
+    evaluate_model_on_protocol,
+)
 from .config import ConfigError, EvalConfig, TrainConfig
 from .distributed import DistInfo
 from .inputs import outlier_source_kw
@@ -31,14 +37,18 @@ SELECTION_METRICS = ("auprc", "fpr95", "auroc")
 
 
 def eval_resolution(e: EvalConfig) -> tuple[int, int] | Resolution:
-    """How the protocol's frames reach the model: ``eval.long_side`` (aspect kept, never
-    enlarged), else resized to ``eval.input_size``."""
+    """Return how the protocol's frames reach the model.
+
+    ``eval.long_side`` (aspect kept, never enlarged), else resized to ``eval.input_size``.
+    """
     return Resolution(long_side=e.long_side) if e.long_side else tuple(e.input_size)
 
 
 class CheckpointSelection:
-    """The validation set of ``cfg.eval``, its scores, and the best figures so far (``best``,
-    saved in every checkpoint so that a resumed run keeps selecting against them)."""
+    """The validation set of ``cfg.eval``, its scores, and the best figures so far.
+
+    ``best`` is saved in every checkpoint so that a resumed run keeps selecting against them.
+    """
 
     def __init__(self, cfg: TrainConfig, dist: DistInfo, log: Callable[[str], None]):
         self.cfg, self.dist, self.log = cfg, dist, log
@@ -50,7 +60,10 @@ class CheckpointSelection:
         return "score" if self.cfg.eval.protocol else "auprc"
 
     def validation_set(self):
-        """The protocol folder, or the validation folder dataset, or None (built if asked)."""
+        """Return the protocol folder, or the validation folder dataset, or None.
+
+        Either is built if asked.
+        """
         e = self.cfg.eval
         if e.protocol:
             path = Path(e.protocol)
@@ -80,8 +93,11 @@ class CheckpointSelection:
         return build_dataset("folder", val_dir)
 
     def _build_protocol(self, path: Path) -> None:
-        """The legacy parts, or every part when ``eval.parts`` names a small-obstacle one
-        (built with the road segmentation they need, evaluation.protocol_build)."""
+        """Build the legacy parts, or every part when ``eval.parts`` names a small-obstacle one.
+
+        The small-obstacle parts are built with the road segmentation they need
+        (evaluation.protocol_build).
+        """
         from ..evaluation.protocol_build import build_protocol
 
         e = self.cfg.eval
@@ -94,7 +110,8 @@ class CheckpointSelection:
     def _build_validation_set(self, val_dir: Path) -> None:
         d, e = self.cfg.data, self.cfg.eval
         if d.dataset != "camvid":
-            raise ConfigError("eval.build_if_missing builds from CamVid: data.dataset must be camvid")
+            raise ConfigError("eval.build_if_missing builds from CamVid: "
+                              "data.dataset must be camvid")
         if not d.outliers:
             raise ConfigError("eval.build_if_missing needs data.outliers")
         self.log(f"building the validation set {val_dir}")
@@ -104,7 +121,10 @@ class CheckpointSelection:
                              val_fraction=d.outlier_val_fraction, outlier_kw=outlier_source_kw(d))
 
     def score(self, model, val_set, autocast: bool) -> dict[str, Any]:
-        """The selection figures of ``model`` on ``val_set`` (see :meth:`validation_set`)."""
+        """Return the selection figures of ``model`` on ``val_set``.
+
+        ``val_set`` is what :meth:`validation_set` returns.
+        """
         e = self.cfg.eval
         if e.protocol:
             wanted = e.parts or SELECTION_PARTS + (CALIBRATION_PART,)

@@ -71,7 +71,7 @@ def param_groups(model: FlowCLAS, weight_decay: float) -> list[dict[str, Any]]:
 
 
 def params_sha256(model: FlowCLAS) -> str:
-    """A hash of the trainable state: equal hashes = bit-identical parameters and buffers."""
+    """Hash the trainable state: equal hashes = bit-identical parameters and buffers."""
     h = hashlib.sha256()
     for k, v in sorted(model.trainable_state_dict().items()):
         h.update(k.encode())
@@ -117,18 +117,22 @@ class Trainer:
 
         inputs = build_inputs(cfg, self.log)
         self.dataset, self.pairs = inputs.dataset, inputs.pairs
-        self.train_outliers, self.held_out_outliers = inputs.train_outliers, inputs.held_out_outliers
-        self.order = EpochOrder(len(self.pairs), t.batch_size, t.seed, self.dist.rank, self.dist.world)
+        self.train_outliers = inputs.train_outliers
+        self.held_out_outliers = inputs.held_out_outliers
+        self.order = EpochOrder(len(self.pairs), t.batch_size, t.seed, self.dist.rank,
+                                self.dist.world)
         if self.order.steps_per_epoch < 1:
-            raise ConfigError(f"{len(self.pairs)} training images are fewer than train.batch_size "
-                              f"({t.batch_size}) x {self.dist.world} processes: lower the batch size")
+            raise ConfigError(f"{len(self.pairs)} training images are fewer than "
+                              f"train.batch_size ({t.batch_size}) x {self.dist.world} processes: "
+                              f"lower the batch size")
         self.steps_per_epoch = self.order.steps_per_epoch
         self.total_steps = t.max_steps or t.epochs * self.steps_per_epoch
 
         self.optimizer = torch.optim.AdamW(param_groups(self.model, t.weight_decay), lr=t.lr,
                                            betas=tuple(t.betas), eps=t.eps)
         self.scheduler = build_schedule(self.optimizer, t.schedule, self.total_steps,
-                                        t.warmup_fraction, t.warmup_start_factor, t.final_lr_factor)
+                                        t.warmup_fraction, t.warmup_start_factor,
+                                        t.final_lr_factor)
         self.step = 0
         self.cache: FeatureCache | None = None
         self.cache_built = False
@@ -196,8 +200,9 @@ class Trainer:
                           persistent_workers=False)
 
     # one step ---------------------------------------------------------------------------------
-    def batch_features(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
-        """A loader batch -> (feats, labels, aux_feats, aux_labels) on the device."""
+    def batch_features(self, batch: dict[str, Tensor]
+                       ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        """Turn a loader batch into (feats, labels, aux_feats, aux_labels) on the device."""
         dev = self.device
         aux = self.cfg.train.objective == "flowclas"
         if "mixed" in batch:  # from the cache
@@ -270,8 +275,10 @@ class Trainer:
 
     # validation -------------------------------------------------------------------------------
     def validate(self, val_set) -> dict[str, float] | None:
-        """Score the validation set on rank 0; keep best.pt by the selection key. Other ranks
-        wait."""
+        """Score the validation set on rank 0; keep best.pt by the selection key.
+
+        Other ranks wait.
+        """
         metrics = None
         if self.dist.is_main and val_set is not None:
             t0 = time.perf_counter()
@@ -286,8 +293,11 @@ class Trainer:
 
     # the loop -----------------------------------------------------------------------------------
     def _start_or_resume(self) -> None:
-        """Load the checkpoint when resuming from one; otherwise (a fresh run, or one resumed
-        from step 0) the data-dependent ActNorm initialisation."""
+        """Load the checkpoint when resuming from one, else initialise ActNorm from data.
+
+        Otherwise (a fresh run, or one resumed from step 0) run the data-dependent ActNorm
+        initialisation.
+        """
         if self.resume_from is not None:
             self.load(self.resume_from)
             return
@@ -327,7 +337,8 @@ class Trainer:
         val_set = self.selection.validation_set() if stop_after is None else None
         module = wrap_ddp(self.loss_module, self.dist, self.device)
         self.model.train()
-        end = self.total_steps if stop_after is None else min(self.total_steps, self.step + stop_after)
+        end = (self.total_steps if stop_after is None
+               else min(self.total_steps, self.step + stop_after))
         run_log = None
         if stop_after is None and self.dist.is_main:
             run_log = RunLog(self.out, self.step if self.resume else None,
@@ -338,7 +349,8 @@ class Trainer:
             last_eval = self._loop(module, end, run_log, bar, val_set, stop_after is None,
                                    on_step, t_start)
             # training time proper: the loop less the validation passes inside it
-            self.timing["train_s"] = (time.perf_counter() - t_loop) - self.timing.get("eval_s", 0.0)
+            self.timing["train_s"] = ((time.perf_counter() - t_loop)
+                                      - self.timing.get("eval_s", 0.0))
             self.timing["steps"] = self.step - steps_before
             if stop_after is not None:
                 return {"timing": dict(self.timing), "step": self.step}
@@ -353,7 +365,10 @@ class Trainer:
 
     def _loop(self, module: nn.Module, end: int, run_log: RunLog | None, bar, val_set,
               full_run: bool, on_step, t_start: float) -> int:
-        """Steps until ``end``: train, log, checkpoint, validate. Returns the last validated step."""
+        """Run steps until ``end``: train, log, checkpoint, validate.
+
+        Returns the last validated step.
+        """
         t, last_eval = self.cfg.train, -1
         while self.step < end:
             epoch = self.step // self.steps_per_epoch

@@ -96,7 +96,8 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
 def _unknown(key: str, name: str, known: list[str]) -> ConfigError:
     close = difflib.get_close_matches(name, known, n=1)
     hint = f" (did you mean '{key}{close[0]}'?)" if close else ""
-    return ConfigError(f"unknown config key '{key}{name}'{hint}; known keys here: {', '.join(known)}")
+    return ConfigError(f"unknown config key '{key}{name}'{hint}; "
+                       f"known keys here: {', '.join(known)}")
 
 
 def merge(obj: Any, d: Any, prefix: str = "") -> None:
@@ -119,8 +120,10 @@ def merge(obj: Any, d: Any, prefix: str = "") -> None:
 
 
 def set_key(obj: Any, key: str, value: Any) -> None:
-    """Set the dotted ``key`` of dataclass ``obj`` to ``value`` (already parsed), checking its
-    type."""
+    """Set the dotted ``key`` of dataclass ``obj`` to ``value`` (already parsed).
+
+    The value's type is checked.
+    """
     parts = key.split(".")
     prefix = ""
     for part in parts[:-1]:
@@ -133,7 +136,7 @@ def set_key(obj: Any, key: str, value: Any) -> None:
 
 
 def get_key(obj: Any, key: str) -> Any:
-    """The value at dotted ``key`` of a dataclass tree."""
+    """Return the value at dotted ``key`` of a dataclass tree."""
     for part in key.split("."):
         obj = getattr(obj, part)
     return obj
@@ -182,7 +185,7 @@ def expand_path_fields(obj: Any, keys: Iterable[str]) -> None:
 
 
 def to_plain(obj: Any) -> Any:
-    """A dataclass tree as YAML-safe builtins: dicts, lists (tuples too), scalars."""
+    """Convert a dataclass tree to YAML-safe builtins: dicts, lists (tuples too), scalars."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         obj = dataclasses.asdict(obj)
     if isinstance(obj, dict):
@@ -193,7 +196,7 @@ def to_plain(obj: Any) -> Any:
 
 
 def read_mapping(path: str | Path) -> dict[str, Any]:
-    """The top-level mapping of a YAML file (an empty file is ``{}``)."""
+    """Read the top-level mapping of a YAML file (an empty file is ``{}``)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")

@@ -1,10 +1,10 @@
-"""Benchmark the backends: warm latency p50/p99 and throughput, as JSON.
+r"""Benchmark the backends: warm latency p50/p99 and throughput, as JSON.
 
-    python -m flowclas_ros.tools.bench.backends --config lite0 \\
+    python -m flowclas_ros.tools.bench.backends --config lite0 \
         --backends torch onnxruntime --sizes 640x480 1036x518 --iters 40
     python -m flowclas_ros.tools.bench.backends --bundle models/flowclas_lite2_camvid ...
     python -m flowclas_ros.tools.bench.backends --bundle OLD_BUNDLE NEW_BUNDLE ...  # a ratio
-    python -m flowclas_ros.tools.bench.backends --config dinov2_vitl14 --backends torch \\
+    python -m flowclas_ros.tools.bench.backends --config dinov2_vitl14 --backends torch \
         --device cuda --precision fp16 --compile --sizes 1036x518
 
 Sizes are WIDTH x HEIGHT of the camera frames. With ``--config`` (a model built here: ``tiny``,
@@ -62,8 +62,10 @@ CONFIGS = {
 
 
 def perturb_flow(model: FlowCLAS, scale: float = 0.05, seed: int = 0) -> None:
-    """Give the zero-initialised coupling outputs, mu and log sigma small random values, so the
-    flow is not the identity (a stand-in for training in tests and benchmarks)."""
+    """Give the zero-initialised coupling outputs, mu and log sigma small random values.
+
+    So the flow is not the identity (a stand-in for training in tests and benchmarks).
+    """
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for step in model.flow.steps:
@@ -76,8 +78,11 @@ def perturb_flow(model: FlowCLAS, scale: float = 0.05, seed: int = 0) -> None:
 
 def demo_model(config: str | ModelConfig, seed: int = 0, init_size: tuple[int, int] = (128, 160),
                perturb: float = 0.05) -> FlowCLAS:
-    """A FlowCLAS model whose ActNorms are initialised on two real photographs and whose flow
-    is perturbed (:func:`perturb_flow`). ``config``: a name of :data:`CONFIGS` or a ModelConfig."""
+    """Build a FlowCLAS model with ActNorms initialised on two real photographs.
+
+    Its flow is perturbed (:func:`perturb_flow`). ``config``: a name of :data:`CONFIGS` or a
+    ModelConfig.
+    """
     from flowclas_ros.bundle.onnx_export import image_to_input, sample_images
 
     cfg = CONFIGS[config]() if isinstance(config, str) else config
@@ -98,7 +103,7 @@ def demo_score_range(model: FlowCLAS, input_size: tuple[int, int]) -> tuple[floa
 
 def memory_bundle(model: FlowCLAS, input_size: tuple[int, int], threshold: float,
                   score_range: tuple[float, float]) -> Bundle:
-    """A Bundle without files, for the torch backend given ``model=`` (no export needed)."""
+    """Return a Bundle without files, for the torch backend given ``model=`` (no export needed)."""
     manifest = {"model": {"config": model.config.to_dict()}, "onnx": {"dynamic": False,
                 "fp16": False}, "threshold": {"value": threshold, "fpr": None}, "files": {}}
     return Bundle(path=Path("<in-memory>"), manifest=manifest, onnx_path=None, weights_path=None,
@@ -126,7 +131,8 @@ def variants(args) -> list[tuple[str, str, str, dict, int]]:
                 if args.cuda_graphs:
                     kinds.append(("cuda-graphs", {"cuda_graphs": True}))
                     if args.compile:
-                        kinds.append(("compiled+cuda-graphs", {"compile": True, "cuda_graphs": True}))
+                        kinds.append(("compiled+cuda-graphs",
+                                      {"compile": True, "cuda_graphs": True}))
                 for kind, opts in kinds:
                     for t in args.torch_threads:
                         suffix = f"/t{t}" if t else ""
@@ -136,7 +142,8 @@ def variants(args) -> list[tuple[str, str, str, dict, int]]:
                     for t in args.ort_threads:
                         suffix = f"/t{t}" if t else ""
                         suffix += "/nospin" if args.ort_no_spin else ""
-                        opts = {"intra_op_num_threads": t, "graph_optimization_level": args.ort_opt,
+                        opts = {"intra_op_num_threads": t,
+                                "graph_optimization_level": args.ort_opt,
                                 "allow_spinning": not args.ort_no_spin, "provider": prov}
                         out.append((f"onnxruntime/{prov}/{prec}{suffix}", "onnxruntime", prec,
                                     opts, 0))
@@ -145,7 +152,8 @@ def variants(args) -> list[tuple[str, str, str, dict, int]]:
     return out
 
 
-def time_variants(backends: dict, frame: np.ndarray, iters: int, rounds: int, outputs: dict) -> dict:
+def time_variants(backends: dict, frame: np.ndarray, iters: int, rounds: int,
+                  outputs: dict) -> dict:
     """Interleaved timing: {label: [ms, ...]}; backends = {label: (backend, torch threads)}."""
     times = {k: [] for k in backends}
     per_round = max(1, iters // rounds)

@@ -43,7 +43,8 @@ def bench(config: str | Path, overrides: Sequence[str] = (), steps: int = 20,
     overrides = list(overrides) + ["train.progress=false", "eval.val_dir=null"]
     with tempfile.TemporaryDirectory(prefix="flowclas_bench_") as tmp:
         cdir = cache_dir or str(Path(tmp) / "cache")
-        cached = Trainer(load_config(config, overrides + ["cache.enabled=true", f"cache.dir={cdir}"]),
+        cached = Trainer(load_config(config,
+                                     overrides + ["cache.enabled=true", f"cache.dir={cdir}"]),
                          out=Path(tmp) / "cached", overwrite=True)
         t0 = time.perf_counter()
         cached.prepare_cache()
@@ -61,7 +62,8 @@ def bench(config: str | Path, overrides: Sequence[str] = (), steps: int = 20,
     total = cached.total_steps
     spe = cached.steps_per_epoch
     result = {
-        "config": str(config), "overrides": list(overrides), "objective": cached.cfg.train.objective,
+        "config": str(config), "overrides": list(overrides),
+        "objective": cached.cfg.train.objective,
         "device": str(cached.device), "steps_timed": steps,
         "steps_per_epoch": spe, "total_steps": total,
         "cache_variants": cached.cfg.cache.variants, "cache_images": len(cached.pairs),

@@ -17,7 +17,10 @@ import numpy as np
 
 
 def cpu_name() -> str:
-    """The CPU's model name from /proc/cpuinfo (``platform.processor()`` where there is none)."""
+    """Return the CPU's model name from /proc/cpuinfo.
+
+    ``platform.processor()`` where there is none.
+    """
     name = platform.processor()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -39,7 +42,7 @@ def machine_line() -> str:
 
 
 def machine() -> dict:
-    """The machine as a dict: CPU, core count, torch threads, load, versions, GPU."""
+    """Return the machine as a dict: CPU, core count, torch threads, load, versions, GPU."""
     import torch
 
     info = {"cpu": cpu_name(), "cpu_count": os.cpu_count(),
@@ -59,8 +62,10 @@ def machine() -> dict:
 
 def time_ms(fn: Callable[[], object], n: int, warmup: int = 0,
             sync: Callable[[], None] | None = None) -> list[float]:
-    """Milliseconds of ``n`` calls of ``fn`` after ``warmup`` untimed ones; ``sync`` (e.g.
-    ``torch.cuda.synchronize``) runs before the clock starts and before it stops."""
+    """Return the milliseconds of ``n`` calls of ``fn`` after ``warmup`` untimed ones.
+
+    ``sync`` (e.g. ``torch.cuda.synchronize``) runs before the clock starts and before it stops.
+    """
     for _ in range(warmup):
         fn()
     ms = []
@@ -87,8 +92,10 @@ def percentile_summary(samples: Iterable[float], qs=(50, 99)) -> dict[str, float
 
 
 def latency_row(ms: Iterable[float]) -> dict:
-    """A latency table row: iters, p50_ms, p99_ms, mean_ms (rounded to µs) and fps (one frame
-    at a time: 1000 / mean)."""
+    """Return a latency table row.
+
+    iters, p50_ms, p99_ms, mean_ms (rounded to µs) and fps (one frame at a time: 1000 / mean).
+    """
     s = percentile_summary(ms)
     return {"iters": s["n"], "p50_ms": round(s["p50"], 3), "p99_ms": round(s["p99"], 3),
             "mean_ms": round(s["mean"], 3), "fps": round(1000.0 / s["mean"], 2)}

@@ -3,9 +3,9 @@
     python -m flowclas_ros.tools.bench.metrics [--frames 60] [--height 720] [--width 1280]
 
 60 frames of 1280x720 = 55.3 M pixels (Road Anomaly's size), generated one frame at a time from a
-seed (so the generator holds one frame), ~10 % anomaly in a few blobs, a void border. Each mode runs
-in its own subprocess so that its peak RSS (getrusage) is its own; the baseline is the RSS after
-imports and before the first frame.
+seed (so the generator holds one frame), ~10 % anomaly in a few blobs, a void border. Each mode
+runs in its own subprocess so that its peak RSS (getrusage) is its own; the baseline is the RSS
+after imports and before the first frame.
 """
 from __future__ import annotations
 

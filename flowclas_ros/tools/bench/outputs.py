@@ -1,5 +1,6 @@
-"""Benchmark the per-frame cost of the actionable outputs (regions, persistence, depth points,
-point cloud packing, snapshot buffering) on synthetic frames, as JSON.
+"""Benchmark the per-frame cost of the actionable outputs on synthetic frames, as JSON.
+
+The outputs: regions, persistence, depth points, point cloud packing, snapshot buffering.
 
     python -m flowclas_ros.tools.bench.outputs [--width 640] [--height 480] [--regions 10]
         [--points 20000] [--depth-scale 1.0] [--iters 400]
@@ -33,7 +34,7 @@ from types import SimpleNamespace
 import numpy as np
 from scipy import ndimage
 
-from flowclas_ros.outputs.depth import (Intrinsics, back_project, decode_depth, depth_geometry)
+from flowclas_ros.outputs.depth import Intrinsics, back_project, decode_depth, depth_geometry
 from flowclas_ros.outputs.persistence import Persistence
 from flowclas_ros.outputs.pointcloud import pack_points
 from flowclas_ros.outputs.regions import exceedance_table, find_regions
@@ -45,8 +46,11 @@ STAGES = ("regions", "persistence", "back_projection", "packing", "snapshot_add"
 
 
 def make_frames(h: int, w: int, regions: int, points: int, n: int = 16, seed: int = 0):
-    """``n`` (score, mask) pairs: smooth noise below the threshold 1.0 plus ``regions`` blobs
-    (total area about 1.25 x ``points``) drifting by a pixel or two per frame."""
+    """Return ``n`` (score, mask) pairs.
+
+    Smooth noise below the threshold 1.0 plus ``regions`` blobs (total area about 1.25 x
+    ``points``) drifting by a pixel or two per frame.
+    """
     rng = np.random.default_rng(seed)
     base = ndimage.gaussian_filter(rng.standard_normal((h, w)), 4).astype(np.float32)
     base = base / (np.abs(base).max() + 1e-6) * 0.8  # |base| < 1: nothing above threshold

@@ -1,5 +1,7 @@
-"""How many camera frames arrive over DDS: best-effort images of camera sizes, with and without
-the Fast DDS profile config/fastdds_large_frames.xml on each side.
+"""How many camera frames arrive over DDS, with and without the Fast DDS large-frames profile.
+
+Best-effort images of camera sizes, with and without the Fast DDS profile
+config/fastdds_large_frames.xml on each side.
 
     python -m flowclas_ros.tools.bench.transport [--sizes 640x480 1280x720 1920x1080]
         [--rate 30] [--frames 60] [--sides none sub pub both] [--qos sensor_data reliable]
