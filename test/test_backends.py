@@ -270,7 +270,8 @@ def test_engine_cache_key_changes_with_each_input():
     base = engine_cache_key(**KEY)
     assert base == engine_cache_key(**dict(KEY, input_shape=[1, 3, 518, 1036]))  # stable
     changes = {"trt_version": "10.4.0", "gpu_name": "NVIDIA L4", "compute_capability": "8.9",
-               "precision": "fp32", "input_shape": (1, 3, 480, 640), "onnx_sha256": "cd" * 32}
+               "precision": "fp32", "input_shape": (1, 3, 480, 640), "onnx_sha256": "cd" * 32,
+               "max_batch": 4}  # an optimisation profile for batches 1..4
     keys = {base}
     for field, value in changes.items():
         k = engine_cache_key(**dict(KEY, **{field: value}))

@@ -168,6 +168,8 @@ def test_tensorrt_builds_strongly_typed_networks(version, explicit, tmp_path):
     assert calls["set_flag"] == []  # no BuilderFlag.FP16 / BF16 (removed in TensorRT 11)
     assert calls["profile"] == ("image", (1, 3, 48, 64), (1, 3, 48, 64), (1, 3, 48, 64))
     assert network_flags(trt) == calls["flags"]
+    build_engine(trt, tmp_path / "m.onnx", (1, 3, 48, 64), "image", max_batch=4)
+    assert calls["profile"] == ("image", (1, 3, 48, 64), (4, 3, 48, 64), (4, 3, 48, 64))
 
 
 def test_old_tensorrt_is_unavailable_with_what_it_lacks():

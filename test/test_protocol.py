@@ -441,6 +441,31 @@ def test_obstacle_way_scoring_excludes_off_road_pixels(tiny_protocol):
     assert perfect["obstacles_kitti"]["precision"] == 1.0
 
 
+def test_an_ignore_mask_voids_its_pixels_in_every_frame(tiny_protocol):
+    """Check that the robot's ignore mask keeps a hood that scores high out of the figures."""
+    from flowclas_ros.evaluation.obstacle_scoring import evaluate_hires_parts, part_dataset
+    from flowclas_ros.outputs.ignore_mask import IgnoreMask
+
+    _, out, _ = tiny_protocol
+    shape = next(iter(part_dataset(out / "obstacles_kitti"))).label.shape
+    hood = np.zeros(shape, bool)
+    hood[-shape[0] // 5:] = True
+    ignore = IgnoreMask(hood)
+
+    def hood_alarm(sample):
+        return _oracle(sample) + np.where(hood, 2.0, 0.0).astype(np.float32)
+
+    kw = {"fpr": 0.05, "threshold": 0.5}
+    plain = evaluate_hires_parts(hood_alarm, out, ("obstacles_kitti",), **kw)["parts"]
+    masked = evaluate_hires_parts(hood_alarm, out, ("obstacles_kitti",), ignore=ignore,
+                                  **kw)["parts"]
+    assert plain["obstacles_kitti"]["fpr_at_threshold"] > 0.05
+    assert masked["obstacles_kitti"]["fpr_at_threshold"] == 0.0
+    assert masked["obstacles_kitti"]["pixels"] < plain["obstacles_kitti"]["pixels"]
+    for sample in part_dataset(out / "obstacles_kitti", ignore):
+        assert (sample.label[hood] == VOID).all()
+
+
 def _part_of(out: Path, name: str) -> str:
     return next(p.parent.parent.name for p in out.glob(f"*/images/{name}.jpg"))
 

@@ -1,8 +1,10 @@
 """The score graph serialised as ONNX (a bundle's ``model.onnx``) and its check against torch.
 
 The graph is :class:`flowclas_ros.bundle.graph.ScoreGraph`: input ``image`` float32
-(1, 3, H, W) RGB in [0, 1], output ``score`` float32 (1, H, W). With ``fp16`` the backbone runs in
-float16 while the flow, the score and the graph's input/output stay float32.
+(N, 3, H, W) RGB in [0, 1], output ``score`` float32 (N, H, W), N a dynamic batch dimension
+(``batch``: one node's cameras scored in one run; bundles exported before it take N = 1 only).
+With ``fp16`` the backbone runs in float16 while the flow, the score and the graph's
+input/output stay float32.
 
 Exporters: ``dynamo`` (torch.export + onnxscript, opset 18+) and ``torchscript`` (the legacy
 exporter, opset 17+). ``exporter="auto"`` tries dynamo first for static shapes and TorchScript
@@ -32,6 +34,7 @@ log = logging.getLogger("flowclas_ros.export")
 
 EXTERNAL_DATA_BYTES = 1_500_000_000  # protobuf's 2 GB limit, with margin for the graph itself
 DYNAMO_MIN_OPSET = 18  # the dynamo exporter's translations start at 18
+BATCH_DIM = "batch"  # the graph's symbolic first dimension
 
 
 def sample_images() -> list[tuple[str, np.ndarray]]:
@@ -51,7 +54,8 @@ def _export_dynamo(graph: nn.Module, x: Tensor, path: Path, opset: int, dynamic:
                    external: bool) -> None:
     from torch.export import Dim
 
-    shapes = {"image": {2: Dim.DYNAMIC, 3: Dim.DYNAMIC}} if dynamic else None
+    shapes = {"image": {0: Dim.DYNAMIC, 2: Dim.DYNAMIC, 3: Dim.DYNAMIC} if dynamic
+              else {0: Dim.DYNAMIC}}
     # The exporter prints progress on stdout and its optimiser logs every pass at INFO; keep
     # both out of the CLI's output.
     quiet = [logging.getLogger(n) for n in ("onnx_ir", "onnxscript", "torch.onnx")]
@@ -72,8 +76,9 @@ def _export_dynamo(graph: nn.Module, x: Tensor, path: Path, opset: int, dynamic:
 
 def _export_torchscript(graph: nn.Module, x: Tensor, path: Path, opset: int,
                         dynamic: bool) -> None:
-    axes = ({INPUT_NAME: {2: "height", 3: "width"}, OUTPUT_NAME: {1: "height", 2: "width"}}
-            if dynamic else None)
+    axes = ({INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
+             OUTPUT_NAME: {0: "batch", 1: "height", 2: "width"}} if dynamic
+            else {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(graph, (x,), str(path), dynamo=False, opset_version=opset,
@@ -82,7 +87,7 @@ def _export_torchscript(graph: nn.Module, x: Tensor, path: Path, opset: int,
 
 
 def _fix_io_shapes(path: Path, size: tuple[int, int], dynamic: bool) -> int:
-    """Declare exactly (1, 3, H, W) -> (1, H, W) (symbolic H, W when dynamic); return the opset."""
+    """Declare exactly (N, 3, H, W) -> (N, H, W) (symbolic H, W when dynamic); return the opset."""
     import onnx
 
     proto = onnx.load(str(path), load_external_data=False)
@@ -98,8 +103,8 @@ def _fix_io_shapes(path: Path, size: tuple[int, int], dynamic: bool) -> int:
             else:
                 dim.dim_value = int(d)
 
-    set_dims(proto.graph.input[0], [1, 3, h, w])
-    set_dims(proto.graph.output[0], [1, h, w])
+    set_dims(proto.graph.input[0], [BATCH_DIM, 3, h, w])
+    set_dims(proto.graph.output[0], [BATCH_DIM, h, w])
     onnx.save(proto, str(path))
     onnx.checker.check_model(str(path))
     return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
@@ -125,7 +130,8 @@ def export_onnx(model: FlowCLAS, path: str | Path, input_size: tuple[int, int], 
         model = copy.deepcopy(model)
         model.backbone.half()
     graph = ScoreGraph(model, fp16=fp16).eval()
-    x = torch.rand(1, 3, *input_size, generator=torch.Generator().manual_seed(0))
+    # an example batch of 2: with 1, the exporters specialise the batch dimension to 1
+    x = torch.rand(2, 3, *input_size, generator=torch.Generator().manual_seed(0))
     n_bytes = sum(p.numel() * p.element_size() for p in model.state_dict().values())
     external = n_bytes > EXTERNAL_DATA_BYTES
     if exporter == "auto":
@@ -201,4 +207,4 @@ def verify_onnx(model: FlowCLAS, onnx_path: str | Path, input_size: tuple[int, i
     return result
 
 
-__all__ = ["export_onnx", "image_to_input", "sample_images", "verify_onnx"]
+__all__ = ["BATCH_DIM", "export_onnx", "image_to_input", "sample_images", "verify_onnx"]

@@ -142,6 +142,16 @@ def _resize_plane(plane: Image.Image, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(plane.convert("F").resize((w, h), Image.BILINEAR))
 
 
+def _channel_plane(img: np.ndarray, c: int) -> Image.Image:
+    """Channel ``c`` of an (H, W, C) uint8 frame as an 8-bit PIL plane.
+
+    One strided copy into a contiguous plane that PIL then shares: cheaper than
+    ``Image.fromarray(rgb).split()`` (an RGB -> RGBX unpack of the whole frame, then 3 copies).
+    """
+    plane = np.ascontiguousarray(img[..., c])
+    return Image.frombuffer("L", (img.shape[1], img.shape[0]), plane, "raw", "L", 0, 1)
+
+
 def resize_bilinear_np(img: np.ndarray, size: tuple[int, int], map_fn=map) -> np.ndarray:
     """Resize (H, W, C) any dtype -> (h, w, C) float32 like torch's antialiased bilinear.
 
@@ -157,10 +167,8 @@ def resize_bilinear_np(img: np.ndarray, size: tuple[int, int], map_fn=map) -> np
     if img.shape[:2] == (h, w):
         return img.astype(np.float32, copy=False)
     if img.dtype == np.uint8:
-        planes = (Image.fromarray(np.ascontiguousarray(img)).split() if img.shape[2] == 3
-                  else [Image.fromarray(np.ascontiguousarray(img[..., c]))
-                        for c in range(img.shape[2])])
-        return np.stack(list(map_fn(lambda p: _resize_plane(p, size), planes)), axis=-1)
+        return np.stack(list(map_fn(lambda c: _resize_plane(_channel_plane(img, c), size),
+                                    range(img.shape[2]))), axis=-1)
     rows = _resize_axis0(img, h) if img.shape[0] != h else img.astype(np.float32)
     if img.shape[1] == w:
         return rows
@@ -200,9 +208,23 @@ def upsample_score_np(score: np.ndarray, size: tuple[int, int], map_fn=map,
 
 
 def frame_to_input(frame: np.ndarray, size: tuple[int, int], map_fn=map) -> np.ndarray:
-    """(H, W, 3) uint8 RGB -> (1, 3, h, w) float32 in [0, 1], resized to ``size`` = (h, w)."""
-    x = resize_bilinear_np(frame, size, map_fn)  # 0..255
-    return np.ascontiguousarray(x.transpose(2, 0, 1)[None]) * np.float32(1.0 / 255.0)
+    """(H, W, 3) uint8 RGB -> (1, 3, h, w) float32 in [0, 1], resized to ``size`` = (h, w).
+
+    Bit for bit ``resize_bilinear_np(frame, size) * (1 / 255)`` laid out (1, 3, h, w): each
+    channel is resized (``map_fn`` may run the three on a thread pool) and scaled straight into
+    its plane of the result, with no (h, w, 3) stack and transpose between.
+    """
+    if frame.dtype != np.uint8 or frame.shape[:2] == tuple(size):
+        x = resize_bilinear_np(frame, size, map_fn)  # 0..255
+        return np.ascontiguousarray(x.transpose(2, 0, 1)[None]) * np.float32(1.0 / 255.0)
+    out = np.empty((1, frame.shape[2], *size), np.float32)
+
+    def plane(c: int) -> None:
+        np.multiply(_resize_plane(_channel_plane(frame, c), size), np.float32(1.0 / 255.0),
+                    out=out[0, c])
+
+    list(map_fn(plane, range(frame.shape[2])))
+    return out
 
 
 __all__ = ["RESIZE_METHOD", "Resolution", "check_image", "frame_to_input", "resize_bilinear_np",

@@ -318,9 +318,11 @@ def _check_onnx(path: Path, m: dict, input_size: tuple[int, int]) -> None:
         raise bundle_error(path, "the graph's input is not float32")
     h, w = input_size
     din, dout = _dims(inputs[0]), _dims(graph.output[0])
-    if len(din) != 4 or din[:2] != [1, 3] or len(dout) != 3:
+    # batch: 1 (bundles before batching) or symbolic (N cameras in one run)
+    if (len(din) != 4 or din[1] != 3 or not (din[0] == 1 or isinstance(din[0], str))
+            or len(dout) != 3):
         raise bundle_error(path, f"the graph takes {din} and returns {dout}; expected "
-                                 f"(1, 3, H, W) -> (1, H, W)")
+                                 f"(N, 3, H, W) -> (N, H, W)")
     if m["onnx"]["dynamic"]:
         if any(isinstance(d, int) for d in din[2:]):
             raise bundle_error(path, f"the manifest says dynamic H/W but the graph takes {din}")

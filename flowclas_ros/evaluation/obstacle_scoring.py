@@ -56,7 +56,7 @@ from flowclas_ros.data.obstacle_sets import (
 
 from ..labels import ANOMALY, INLIER, VOID
 from .metrics import ExactPixelMetrics
-from .scoring import EvaluationError, Scorer
+from .scoring import EvaluationError, IgnoringDataset, Scorer
 
 OBSTACLE_SELECTION_PARTS = OBSTACLE_PARTS
 EIGHT = np.ones((3, 3), bool)
@@ -138,11 +138,17 @@ def _boxes(part_dir: Path) -> dict[str, list]:
     return {r["name"]: [o["box"] for o in r["objects"]] for r in rows}
 
 
-def _frames(scorer: Scorer, part_dir: Path, limit: int | None):
-    """(name, score float32, label, roi) of each frame of a part."""
+def part_dataset(part_dir: Path, ignore=None):
+    """Return a protocol part's frames, VOID where ``ignore`` (a robot's ignore mask) is set."""
     from flowclas_ros.data.datasets import build_dataset
 
     ds = build_dataset("folder", part_dir)
+    return ds if ignore is None else IgnoringDataset(ds, ignore)
+
+
+def _frames(scorer: Scorer, part_dir: Path, limit: int | None, ignore=None):
+    """(name, score float32, label, roi) of each frame of a part."""
+    ds = part_dataset(part_dir, ignore)
     n = len(ds) if limit is None else min(limit, len(ds))
     for i in range(n):
         sample = ds[i]
@@ -196,8 +202,11 @@ class _PartScorer:
 
 def evaluate_hires_parts(scorer: Scorer, root: str | Path, parts: Sequence[str], *,
                          fpr: float, threshold: float | None = None, limit: int | None = None,
-                         log: Callable[[str], None] | None = None) -> dict:
+                         log: Callable[[str], None] | None = None, ignore=None) -> dict:
     """Compute the figures of the small-obstacle ``parts`` of a built protocol (module docstring).
+
+    ``ignore``: a robot's ignore mask (:class:`~flowclas_ros.outputs.ignore_mask.IgnoreMask`),
+    its pixels VOID in every frame (calibration included).
 
     Returns {"parts": {part: figures}, "threshold": t, "calibrated_on": part or None}.
     """
@@ -212,14 +221,12 @@ def evaluate_hires_parts(scorer: Scorer, root: str | Path, parts: Sequence[str],
         ps = _PartScorer(root / HIRES_CALIBRATION_PART)
         with tempfile.TemporaryDirectory(prefix="flowclas_hires_") as tmp:
             names = []
-            for name, s, label, roi in _frames(scorer, ps.dir, limit):
+            for name, s, label, roi in _frames(scorer, ps.dir, limit, ignore):
                 ps.pixels(s, label, roi)
                 np.save(Path(tmp) / f"{len(names):06d}.npy", s)
                 names.append(name)
             threshold = float(ps.all.threshold_at_fpr(fpr))
-            from flowclas_ros.data.datasets import build_dataset
-
-            ds = build_dataset("folder", ps.dir)
+            ds = part_dataset(ps.dir, ignore)
             for i, name in enumerate(names):
                 label = ds[i].label
                 ps.at_threshold(name, np.load(Path(tmp) / f"{i:06d}.npy"), label,
@@ -231,7 +238,7 @@ def evaluate_hires_parts(scorer: Scorer, root: str | Path, parts: Sequence[str],
         if part in results:
             continue
         ps = _PartScorer(root / part)
-        for name, s, label, roi in _frames(scorer, ps.dir, limit):
+        for name, s, label, roi in _frames(scorer, ps.dir, limit, ignore):
             ps.pixels(s, label, roi)
             ps.at_threshold(name, s, label, roi, threshold)
         results[part] = ps.result()

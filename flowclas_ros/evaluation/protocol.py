@@ -48,7 +48,12 @@ from flowclas_ros.data.obstacle_sets import HIRES_CALIBRATION_PART, HIRES_PARTS
 from ..labels import ANOMALY, INLIER
 from .evaluate import run_evaluation
 from .metrics import threshold_at_fpr
-from .obstacle_scoring import OBSTACLE_SELECTION_PARTS, evaluate_hires_parts, obstacle_score
+from .obstacle_scoring import (
+    OBSTACLE_SELECTION_PARTS,
+    evaluate_hires_parts,
+    obstacle_score,
+    part_dataset,
+)
 from .scoring import Scorer, model_scorer, module_device
 
 SELECTION_PARTS = ("kitti_pasted", "idd_pasted", "camvid_pasted")
@@ -93,11 +98,9 @@ def combined_score(results: dict[str, dict]) -> dict:
     return out
 
 
-def _part_scores(scorer: Scorer, part_dir: Path, limit: int | None):
+def _part_scores(scorer: Scorer, part_dir: Path, limit: int | None, ignore=None):
     """(scores of valid pixels, labels of valid pixels) of a whole part, in memory (float32)."""
-    from flowclas_ros.data.datasets import build_dataset
-
-    ds = build_dataset("folder", part_dir)
+    ds = part_dataset(part_dir, ignore)
     n = len(ds) if limit is None else min(limit, len(ds))
     s_all, l_all = [], []
     for i in range(n):
@@ -112,14 +115,16 @@ def _part_scores(scorer: Scorer, part_dir: Path, limit: int | None):
 def evaluate_protocol(scorer: Scorer, protocol: str | Path, *, fpr: float = DEFAULT_FPR,
                       parts: Sequence[str] | None = None, limit: int | None = None,
                       components: bool = False, threshold: float | None = None,
-                      log: Callable[[str], None] | None = None) -> dict:
+                      log: Callable[[str], None] | None = None, ignore=None) -> dict:
     """Every part's figures for ``scorer`` (Sample -> (H, W) score map) and the selection score.
 
     ``threshold``: use this mask threshold instead of calibrating one on kitti_clean (and
     hires_clean) at ``fpr`` (a bundle's own). ``parts``: a subset (:data:`SCORE_PARTS` for the
     full score). Returns {"parts": {part: figures}, "threshold", "fpr", "score"}, with
     "hires_threshold" (and "score_legacy", "score_obstacles") when small-obstacle parts are
-    scored.
+    scored. ``ignore``: a robot's ignore mask
+    (:class:`~flowclas_ros.outputs.ignore_mask.IgnoreMask`), its pixels VOID in every frame of
+    every part, the calibration parts included (a part of another aspect ratio raises).
     """
     from flowclas_ros.data.protocol_sets import load_protocol
 
@@ -136,14 +141,15 @@ def evaluate_protocol(scorer: Scorer, protocol: str | Path, *, fpr: float = DEFA
         if CALIBRATION_PART not in built:
             raise ValueError(f"{root} lacks {CALIBRATION_PART}: cannot calibrate a threshold")
         s, lab, _, _ = cache.setdefault(CALIBRATION_PART,
-                                        _part_scores(scorer, root / CALIBRATION_PART, limit))
+                                        _part_scores(scorer, root / CALIBRATION_PART, limit,
+                                                     ignore))
         threshold = float(threshold_at_fpr(s, lab, fpr))
     results: dict[str, dict] = {}
     for part in wanted:
         if part in cache:
             s, lab, ds, n = cache.pop(part)
         else:
-            s, lab, ds, n = _part_scores(scorer, root / part, limit)
+            s, lab, ds, n = _part_scores(scorer, root / part, limit, ignore)
         r: dict = {"frames": n, "pixels": int(s.size)}
         inl = s[lab == INLIER]
         r["fpr_at_threshold"] = float((inl >= threshold).mean()) if inl.size else float("nan")
@@ -166,7 +172,7 @@ def evaluate_protocol(scorer: Scorer, protocol: str | Path, *, fpr: float = DEFA
     out = {"parts": results, "threshold": threshold, "fpr": fpr}
     if hires:
         h = evaluate_hires_parts(scorer, root, hires, fpr=fpr, threshold=given, limit=limit,
-                                 log=log)
+                                 log=log, ignore=ignore)
         results.update(h["parts"])
         out["hires_threshold"] = h["threshold"]
     out["seconds"] = round(time.perf_counter() - t0, 1)

@@ -35,7 +35,30 @@ from .visualisation import check_alpha, check_colormap
 
 log = logging.getLogger("flowclas_ros.runtime")
 
-__all__ = ["Backend", "BackendUnavailable", "FrameResult"]
+__all__ = ["Backend", "BackendUnavailable", "FrameResult", "batch_groups"]
+
+
+def batch_groups(shapes: list[tuple[int, ...]], max_batch: int | None = None) -> list[list[int]]:
+    """Group the indices of ``shapes`` by equal shape, first seen first, at most max_batch each.
+
+    Frames resized to one model input shape can share a forward run; others cannot.
+    """
+    groups: dict[tuple[int, ...], list[list[int]]] = {}
+    for i, shape in enumerate(shapes):
+        runs = groups.setdefault(tuple(shape), [[]])
+        if max_batch is not None and len(runs[-1]) >= max(1, max_batch):
+            runs.append([])
+        runs[-1].append(i)
+    return [run for runs in groups.values() for run in runs]
+
+
+def _concat(xs):
+    """Stack (1, 3, h, w) inputs (numpy, or torch on a device) into one (n, 3, h, w)."""
+    if isinstance(xs[0], np.ndarray):
+        return np.concatenate(xs)
+    import torch
+
+    return torch.cat(xs)
 
 
 @dataclass
@@ -55,7 +78,20 @@ class Backend:
 
     Subclasses set ``pipeline`` (a Torch- or NumpyPipeline) and implement ``_forward`` (model
     input (1, 3, h, w) -> score (h, w), on the pipeline's device) and ``_release``.
+
+    Batches (:meth:`infer_batch`, one node serving several cameras): frames of any sizes in,
+    one :class:`FrameResult` each, in order, every one as :meth:`infer` would give it. Each
+    frame is prepared on its own (resized to the model's input), the inputs are grouped by
+    shape (a fixed-size bundle: one group; an aspect-keeping one: one per input shape, so
+    cameras of one aspect ratio still batch), and a group of at least two frames that
+    :meth:`_batches` accepts runs as one (n, 3, h, w) input through :meth:`_forward_batch`
+    (-> (n, h, w)), at most ``max_batch`` frames a run. A backend that cannot batch (or a
+    graph with a fixed batch of 1, e.g. a bundle exported before batching) keeps the default
+    :meth:`_batches` False: its frames run one at a time, same results. ``inference_ms`` of
+    each result is the wall time of the whole call (the batch is one unit of work).
     """
+
+    max_batch: int | None = None  # frames per forward run; None = no limit
 
     name: str = "base"
     device: str
@@ -73,6 +109,14 @@ class Backend:
 
     # --- subclass hooks ---
     def _forward(self, x):
+        raise NotImplementedError
+
+    def _batches(self, shape: tuple[int, ...]) -> bool:
+        """Whether :meth:`_forward_batch` takes inputs of ``shape`` (n > 1, 3, h, w)."""
+        return False
+
+    def _forward_batch(self, x):
+        """Score a batch: model input (n, 3, h, w) -> scores (n, h, w), on the device."""
         raise NotImplementedError
 
     def _sync(self) -> None:
@@ -127,6 +171,51 @@ class Backend:
                 self._sync()
             ms = (time.perf_counter() - t0) * 1e3
         return FrameResult(heatmap=heat, mask=m, overlay=ov, inference_ms=ms)
+
+    def infer_batch(self, images, *, heatmap=True, mask=True, overlay=True, threshold=None,
+                    overlay_alpha: float = 0.5, colormap: str = "turbo") -> list[FrameResult]:
+        """Score several (H_i, W_i, 3) uint8 RGB frames; one :class:`FrameResult` each, in order.
+
+        ``heatmap``, ``mask``, ``overlay`` and ``threshold`` are one value for every frame or a
+        sequence of one per frame (cameras differ in subscribers and thresholds).
+        """
+        n = len(images)
+        if n == 0:
+            return []
+        per = {k: list(v) if isinstance(v, (list, tuple)) else [v] * n
+               for k, v in (("heatmap", heatmap), ("mask", mask), ("overlay", overlay),
+                            ("threshold", threshold))}
+        if any(len(v) != n for v in per.values()):
+            raise ValueError(f"infer_batch: every per-frame option needs {n} values")
+        if any(per["overlay"]):
+            check_colormap(colormap)
+            check_alpha(overlay_alpha)
+        thr = [self.bundle.mask_threshold(t) for t in per["threshold"]]
+        outs: list = [None] * n
+        with self._lock, self.device_guard():
+            if self._closed:
+                raise RuntimeError(f"the {self.name} backend is closed")
+            t0 = time.perf_counter()
+            prepared = [self.pipeline.prepare(im) for im in images]
+
+            def finish(i, score):
+                outs[i] = self.pipeline.finish(
+                    score, prepared[i][1], heatmap=per["heatmap"][i], mask=per["mask"][i],
+                    overlay=per["overlay"][i], threshold=thr[i], alpha=overlay_alpha,
+                    colormap=colormap)
+
+            for group in batch_groups([tuple(x.shape) for x, _ in prepared], self.max_batch):
+                if len(group) > 1 and self._batches(tuple(prepared[group[0]][0].shape)):
+                    scores = self._forward_batch(_concat([prepared[i][0] for i in group]))
+                    for j, i in enumerate(group):  # before the next run reuses its buffers
+                        finish(i, scores[j])
+                else:
+                    for i in group:
+                        finish(i, self._forward(prepared[i][0]))
+            if not any(per["heatmap"] + per["mask"] + per["overlay"]):
+                self._sync()
+            ms = (time.perf_counter() - t0) * 1e3
+        return [FrameResult(heatmap=h, mask=m, overlay=o, inference_ms=ms) for h, m, o in outs]
 
     def warmup(self, height: int, width: int, iterations: int = 2) -> None:
         """Run a few full inferences on a synthetic (height, width) frame.

@@ -12,6 +12,10 @@
   compute stream when the session is created (``user_compute_stream``), and the binding
   synchronises inputs and outputs around each run.
 
+Batches (:meth:`Backend.infer_batch`): one run of (n, 3, h, w) where the graph's batch
+dimension is symbolic (bundles exported since batching); a graph with a fixed batch of 1 runs
+its frames one at a time.
+
 Precision is the graph's: fp32, or a float16 backbone for bundles exported with ``--fp16``.
 fp16 on an fp32 graph is only possible with the TensorRT provider (``trt_fp16_enable``).
 ORT silently falls back to the CPU when a GPU provider fails to load; that is detected and
@@ -129,6 +133,8 @@ class OnnxRuntimeBackend(Backend):
         self._in = bundle.manifest["onnx"]["input_name"]
         self._out = bundle.manifest["onnx"]["output_name"]
         self._device_id = device_id
+        batch = self.session.get_inputs()[0].shape[0]
+        self._dynamic_batch = not isinstance(batch, int)  # "batch" (symbolic) or None
         if self._torch_io:
             from .torch_pipeline import TorchPipeline
 
@@ -145,14 +151,20 @@ class OnnxRuntimeBackend(Backend):
         d.update(provider=self.provider, providers=self.session.get_providers())
         return d
 
+    def _batches(self, shape: tuple[int, ...]) -> bool:
+        return self._dynamic_batch
+
     def _forward(self, x):
+        return self._forward_batch(x)[0]
+
+    def _forward_batch(self, x):
         if not self._torch_io:
-            return self.session.run([self._out], {self._in: x})[0][0]
+            return self.session.run([self._out], {self._in: x})[0]
         # I/O binding on device memory owned by torch
         import torch
 
         x = x.contiguous()
-        shape = (1, x.shape[2], x.shape[3])
+        shape = (x.shape[0], x.shape[2], x.shape[3])
         if self._out_buf is None or tuple(self._out_buf.shape) != shape:
             self._out_buf = torch.empty(shape, dtype=torch.float32, device=x.device)
         binding = self.session.io_binding()
@@ -163,7 +175,7 @@ class OnnxRuntimeBackend(Backend):
         binding.synchronize_inputs()
         self.session.run_with_iobinding(binding)
         binding.synchronize_outputs()
-        return self._out_buf[0]
+        return self._out_buf
 
     def _sync(self) -> None:
         if self._torch_io:

@@ -53,12 +53,14 @@ def _accepted(cls, options: dict) -> dict:
 
 
 def backend_options(backend: str, cpu_threads: int = 0, cpu_spinning: bool = True,
-                    torch_compile: bool = False, cuda_graphs: bool = False) -> dict:
+                    torch_compile: bool = False, cuda_graphs: bool = False,
+                    max_batch: int = 1) -> dict:
     """Return the node's settings in the words of one backend class (0 threads = its default).
 
     cpu_threads / cpu_spinning: ONNX Runtime's intra-op pool (torch's threads; torch has no
     spin-wait setting). torch_compile / cuda_graphs: the torch backend's (the others compile
-    anyway, or capture nothing).
+    anyway, or capture nothing). max_batch (the node's camera count): the TensorRT engine's
+    batch profile; ONNX Runtime and torch take any batch as it comes.
     """
     if backend == "onnxruntime":
         return {"intra_op_num_threads": int(cpu_threads), "allow_spinning": bool(cpu_spinning)}
@@ -69,6 +71,8 @@ def backend_options(backend: str, cpu_threads: int = 0, cpu_spinning: bool = Tru
         if cuda_graphs:
             opts["cuda_graphs"] = True
         return opts
+    if backend == "tensorrt" and max_batch > 1:
+        return {"max_batch": int(max_batch)}
     return {}
 
 
@@ -130,14 +134,15 @@ def _auto(bundle: Bundle, device: str, precision: str, options: dict, node: dict
 
 def create_backend(bundle_path: str | Path | Bundle, backend: str = "auto", device: str = "auto",
                    precision: str = "fp32", *, cpu_threads: int = 0, cpu_spinning: bool = True,
-                   torch_compile: bool = False, cuda_graphs: bool = False,
+                   torch_compile: bool = False, cuda_graphs: bool = False, max_batch: int = 1,
                    **options) -> Backend:
     """Load (and validate) the bundle and start a backend on it.
 
     backend: auto | torch | onnxruntime | tensorrt | torch_tensorrt. device: auto | cpu | cuda |
     cuda:N. precision: fp32 | fp16 | bf16. The node's settings, cpu_threads (0 = the library's
     default), cpu_spinning (ONNX Runtime's idle threads spin-wait), torch_compile and cuda_graphs
-    (the torch backend), are mapped onto each backend's own options (:func:`backend_options`).
+    (the torch backend) and max_batch (frames per batch, the node's cameras), are mapped onto
+    each backend's own options (:func:`backend_options`).
     options go to the backend class (e.g. ``compile=True`` for torch, ``provider="tensorrt"`` or
     ``intra_op_num_threads=2`` for onnxruntime, ``engine_cache_dir=`` for tensorrt); with
     ``auto`` each candidate takes the ones it knows. Raises FileNotFoundError / BundleError for
@@ -150,7 +155,7 @@ def create_backend(bundle_path: str | Path | Bundle, backend: str = "auto", devi
     device = check_device(device)
     bundle = bundle_path if isinstance(bundle_path, Bundle) else load_bundle(bundle_path)
     node = {"cpu_threads": cpu_threads, "cpu_spinning": cpu_spinning,
-            "torch_compile": torch_compile, "cuda_graphs": cuda_graphs}
+            "torch_compile": torch_compile, "cuda_graphs": cuda_graphs, "max_batch": max_batch}
     if backend == "auto":
         return _auto(bundle, device, precision, options, node)
     be = backend_class(backend)(bundle, device=resolve_device(device), precision=precision,

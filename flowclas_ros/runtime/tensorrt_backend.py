@@ -11,11 +11,16 @@ threshold calibration keep it in fp32. So ``precision: fp16`` means the bundle's
 ``export --fp16`` makes it), cached beside the engines. TensorRT 10 and 11 are supported; an
 older TensorRT, or one that lacks an API used here, raises :class:`BackendUnavailable` naming
 what is missing (:func:`check_api`). Engines are stored in an :class:`EngineCache`. An engine is
-only valid for the exact TensorRT version, GPU model and compute capability, precision, input shape
-and graph it was built from, so those six make the cache key (:class:`EngineKey`). The engine
-file's name is the key's sha256 and a JSON sidecar repeats the key and the engine's own sha256: a
-different key never finds an old engine, and a sidecar that disagrees (or a corrupted engine) is
-rebuilt with a warning, never reused. Builds are logged with their duration.
+only valid for the exact TensorRT version, GPU model and compute capability, precision, input
+shape, batch range and graph it was built from, so those seven make the cache key
+(:class:`EngineKey`). The engine file's name is the key's sha256 and a JSON sidecar repeats the
+key and the engine's own sha256: a different key never finds an old engine, and a sidecar that
+disagrees (or a corrupted engine) is rebuilt with a warning, never reused.
+Builds are logged with their duration.
+
+Batches (``max_batch`` N > 1: the node's camera count, on a graph whose batch dimension is
+symbolic): the engine's optimisation profile spans batch 1..N (optimised for N) and the key
+records N; a graph with a fixed batch of 1 keeps N = 1 and runs frames one at a time.
 
 Frames, scores and post-processing stay on the GPU (torch tensors; TensorRT reads and writes
 them in place on torch's current stream).
@@ -43,12 +48,15 @@ from .torch_pipeline import TorchPipeline
 
 log = logging.getLogger("flowclas_ros.runtime")
 
-KEY_SCHEMA = 1  # bump when the engine build recipe changes: old engines then miss
+KEY_SCHEMA = 2  # bump when the engine build recipe changes: old engines then miss
 
 
 @dataclass(frozen=True)
 class EngineKey:
-    """Everything an engine depends on. ``input_shape`` is (1, 3, H, W)."""
+    """Everything an engine depends on.
+
+    ``input_shape`` is (1, 3, H, W); ``max_batch`` the profile's largest batch (1..N).
+    """
 
     trt_version: str
     gpu_name: str
@@ -56,6 +64,7 @@ class EngineKey:
     precision: str  # fp32 | fp16 | bf16
     input_shape: tuple[int, ...]
     onnx_sha256: str
+    max_batch: int = 1
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -69,10 +78,11 @@ class EngineKey:
 
 
 def engine_cache_key(*, trt_version: str, gpu_name: str, compute_capability: str,
-                     precision: str, input_shape, onnx_sha256: str) -> str:
+                     precision: str, input_shape, onnx_sha256: str, max_batch: int = 1) -> str:
     """Return the cache key (hex sha256) of an engine built under these conditions."""
     return EngineKey(str(trt_version), str(gpu_name), str(compute_capability), str(precision),
-                     tuple(int(v) for v in input_shape), str(onnx_sha256)).digest()
+                     tuple(int(v) for v in input_shape), str(onnx_sha256),
+                     int(max_batch)).digest()
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -192,10 +202,11 @@ def network_flags(trt) -> int:
 
 
 def build_engine(trt, onnx_path: Path, input_shape: tuple[int, ...], input_name: str,
-                 workspace_bytes: int = 4 << 30) -> bytes:
+                 workspace_bytes: int = 4 << 30, max_batch: int = 1) -> bytes:
     """Parse ``onnx_path`` into a strongly typed network and build a serialized engine.
 
-    The engine is for exactly ``input_shape``.
+    The engine is for exactly ``input_shape``, or with ``max_batch`` > 1 for its batches of
+    1..max_batch (a graph with a symbolic batch dimension).
     """
     check_api(trt)
     logger = trt.Logger(trt.Logger.WARNING)
@@ -208,12 +219,25 @@ def build_engine(trt, onnx_path: Path, input_shape: tuple[int, ...], input_name:
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
     profile = builder.create_optimization_profile()
-    profile.set_shape(input_name, input_shape, input_shape, input_shape)
+    largest = (int(max_batch),) + tuple(input_shape[1:])
+    profile.set_shape(input_name, input_shape, largest, largest)
     config.add_optimization_profile(profile)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise RuntimeError(f"TensorRT failed to build an engine for {onnx_path}")
     return bytes(serialized)
+
+
+def onnx_batch_dynamic(onnx_path: Path) -> bool:
+    """Whether the graph's input has a symbolic batch dimension (exported since batching)."""
+    try:
+        import onnx
+
+        dim = onnx.load(str(onnx_path), load_external_data=False).graph.input[0] \
+            .type.tensor_type.shape.dim[0]
+        return not dim.HasField("dim_value")
+    except Exception:  # no onnx, unreadable graph: the safe answer is one frame a run
+        return False
 
 
 def graph_for_precision(bundle: Bundle, precision: str, cache_dir: Path) -> tuple[Path, str, str]:
@@ -259,7 +283,8 @@ class TensorRTBackend(Backend):
     name = "tensorrt"
 
     def __init__(self, bundle: Bundle, device: str = "cuda", precision: str = "fp32", *,
-                 engine_cache_dir: str | Path | None = None, workspace_gb: float = 4.0):
+                 engine_cache_dir: str | Path | None = None, workspace_gb: float = 4.0,
+                 max_batch: int = 1):
         trt = import_tensorrt()
         dev = require_cuda(device, "tensorrt")
         check_api(trt)
@@ -271,6 +296,8 @@ class TensorRTBackend(Backend):
         self._onnx_path, self._onnx_sha, precision = graph_for_precision(bundle, precision,
                                                                          cache_root)
         self._precision = precision
+        # a fixed-batch graph (exported before batching) cannot take a profile beyond 1
+        self.max_batch = max(1, int(max_batch)) if onnx_batch_dynamic(self._onnx_path) else 1
         self.cache = EngineCache(cache_root)
         self._in = bundle.manifest["onnx"]["input_name"]
         self._out = bundle.manifest["onnx"]["output_name"]
@@ -287,7 +314,7 @@ class TensorRTBackend(Backend):
     def _key(self, shape: tuple[int, ...]) -> EngineKey:
         p = self._props
         return EngineKey(self._trt.__version__, p.name, f"{p.major}.{p.minor}", self._precision,
-                         tuple(int(v) for v in shape), self._onnx_sha)
+                         tuple(int(v) for v in shape), self._onnx_sha, self.max_batch)
 
     def _engine_for(self, shape: tuple[int, ...]) -> bool:
         """Make the engine of ``shape`` ready; True when it had to be built."""
@@ -298,7 +325,7 @@ class TensorRTBackend(Backend):
         def build() -> bytes:
             with torch.cuda.device(self._dev):
                 return build_engine(self._trt, self._onnx_path, key.input_shape, self._in,
-                                    self._workspace)
+                                    self._workspace, key.max_batch)
 
         data, built = self.cache.get_or_build(key, build)
         with torch.cuda.device(self._dev):
@@ -312,9 +339,9 @@ class TensorRTBackend(Backend):
             if engine is None:
                 raise RuntimeError("TensorRT could not deserialize the engine it built")
             context = engine.create_execution_context()
-            context.set_input_shape(self._in, key.input_shape)
+            context.set_input_shape(self._in, (key.max_batch,) + key.input_shape[1:])
             out = torch.empty(tuple(context.get_tensor_shape(self._out)), dtype=torch.float32,
-                              device=self._dev)
+                              device=self._dev)  # room for the largest batch
         self._engines[shape] = (engine, context, out)
         return built
 
@@ -325,20 +352,28 @@ class TensorRTBackend(Backend):
                  trt=self.key.trt_version, shapes=[list(s) for s in self._engines])
         return d
 
+    def _batches(self, shape: tuple[int, ...]) -> bool:
+        return self.max_batch > 1
+
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward_batch(x)[0]
+
+    def _forward_batch(self, x: torch.Tensor) -> torch.Tensor:
         # runs inside device_guard(): the engine's device is current on this thread
         x = x.contiguous()
-        shape = tuple(x.shape)
+        n, shape = int(x.shape[0]), (1,) + tuple(x.shape[1:])
         if shape not in self._engines:
             log.info("new input shape %s: preparing its TensorRT engine", shape)
             self._engine_for(shape)
         _, context, out = self._engines[shape]
+        context.set_input_shape(self._in, tuple(x.shape))  # n <= max_batch (infer_batch)
+        out = out[:n]  # the leading rows of a contiguous buffer: contiguous
         context.set_tensor_address(self._in, x.data_ptr())
         context.set_tensor_address(self._out, out.data_ptr())
         stream = torch.cuda.current_stream(self._dev)
         if not context.execute_async_v3(stream.cuda_stream):
             raise RuntimeError("TensorRT execution failed")
-        return out[0]
+        return out
 
     def _sync(self) -> None:
         torch.cuda.synchronize(self._dev)

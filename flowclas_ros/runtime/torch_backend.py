@@ -6,9 +6,11 @@ log-determinant sums in float32), so half precision costs little accuracy.
 
 Options: ``compile`` (torch.compile; a compile failure at the first frame falls back to eager
 with a warning), ``cuda_graphs`` (capture the model at the bundle's fixed input size and replay
-it: no per-kernel launch cost; with ``compile`` this is inductor's "reduce-overhead" mode),
+it: no per-kernel launch cost, one graph per input shape, a batch size included; with
+``compile`` this is inductor's "reduce-overhead" mode),
 ``num_threads`` (torch.set_num_threads: process-wide), ``model`` (a FlowCLAS instance to use
-instead of building one from the bundle's weights, e.g. for benchmarks).
+instead of building one from the bundle's weights, e.g. for benchmarks). A batch of frames
+(:meth:`Backend.infer_batch`) runs as one (n, 3, h, w) forward.
 """
 from __future__ import annotations
 
@@ -73,9 +75,7 @@ class TorchBackend(Backend):
             except Exception as exc:  # no compiler toolchain, unsupported platform
                 log.warning("torch.compile unavailable (%s): running eager", exc)
         self._first_call = True
-        self._graph = None
-        self._static_in: Tensor | None = None
-        self._static_out: Tensor | None = None
+        self._graphs: dict[tuple, tuple] = {}  # input shape -> (graph, static in, static out)
 
     def describe(self) -> dict:
         d = super().describe()
@@ -88,7 +88,7 @@ class TorchBackend(Backend):
     def _eager(self, x: Tensor) -> Tensor:
         with torch.autocast(self._dev.type, dtype=self.dtype,
                             enabled=self.dtype != torch.float32):
-            return self.model(x)[0].float()
+            return self.model(x).float()
 
     def _run(self, x: Tensor) -> Tensor:
         if not self._first_call:
@@ -105,30 +105,38 @@ class TorchBackend(Backend):
         self._first_call = False
         return out
 
-    def _capture(self, x: Tensor) -> None:
+    def _capture(self, x: Tensor) -> tuple:
         """Record one forward at this input shape into a CUDA graph (warm-up on a side stream)."""
-        self._static_in = x.clone()
+        static_in = x.clone()
         side = torch.cuda.Stream(self._dev)
         side.wait_stream(torch.cuda.current_stream(self._dev))
         with torch.cuda.stream(side):
             for _ in range(3):
-                self._run(self._static_in)
+                self._run(static_in)
         torch.cuda.current_stream(self._dev).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            self._static_out = self._fn(self._static_in)
-        self._graph = graph
+            static_out = self._fn(static_in)
         log.info("captured a CUDA graph at input %s", tuple(x.shape))
+        return graph, static_in, static_out
+
+    def _batches(self, shape: tuple[int, ...]) -> bool:
+        return True
 
     def _forward(self, x: Tensor) -> Tensor:
+        return self._forward_batch(x)[0]
+
+    def _forward_batch(self, x: Tensor) -> Tensor:
         with torch.inference_mode():
             # compile + cuda_graphs = inductor's own CUDA graphs ("reduce-overhead")
             if self.cuda_graphs and not self.compiled:
-                if self._graph is None or self._static_in.shape != x.shape:
-                    self._capture(x)
-                self._static_in.copy_(x)
-                self._graph.replay()
-                return self._static_out
+                shape = tuple(x.shape)
+                if shape not in self._graphs:
+                    self._graphs[shape] = self._capture(x)
+                graph, static_in, static_out = self._graphs[shape]
+                static_in.copy_(x)
+                graph.replay()
+                return static_out
             return self._run(x)
 
     def _sync(self) -> None:
@@ -136,7 +144,7 @@ class TorchBackend(Backend):
             torch.cuda.synchronize(self._dev)
 
     def _release(self) -> None:
-        self._graph = self._static_in = self._static_out = None
+        self._graphs.clear()
         self._fn = None
         self.model = None
         if self._dev.type == "cuda":

@@ -1,7 +1,7 @@
 r"""Score a checkpoint or bundle on every part of the validation protocol.
 
     python -m flowclas_ros.tools.protocol --protocol runs/protocol --model BUNDLE_OR_CKPT \
-        [--out report.json] [--components] [--bundle-threshold]
+        [--out report.json] [--components] [--bundle-threshold] [--ignore-mask MASK.png]
 
 prints every part's figures, a table of the main ones and the selection score (higher is
 better; with the small-obstacle parts, its two halves too); the protocol is
@@ -20,6 +20,7 @@ from flowclas_ros.bundle.reader import load_bundle
 from flowclas_ros.evaluation.protocol import DEFAULT_FPR, evaluate_protocol
 from flowclas_ros.evaluation.scoring import load_scorer, model_scorer
 from flowclas_ros.model.checkpoint import load_model
+from flowclas_ros.outputs.ignore_mask import IgnoreMask
 
 from .common import strip_ros_args
 
@@ -43,11 +44,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=None, help="frames per part (quick looks)")
     p.add_argument("--components", action="store_true", help="also sIoU, PPV, mean F1")
     p.add_argument("--backend", default="onnxruntime", help="runtime backend for a bundle")
+    p.add_argument("--ignore-mask", help="a robot's ignore mask (PNG, non-zero = ignore; "
+                   "python -m flowclas_ros.tools.ignore_mask): its pixels are VOID in every "
+                   "frame, "
+                   "calibration included; every part scored must have the mask's aspect ratio "
+                   "(choose them with --parts)")
     p.add_argument("--out", help="write the report as JSON here")
     args = p.parse_args(strip_ros_args(list(sys.argv[1:] if argv is None else argv)))
     path = Path(args.model)
     threshold = None
     try:
+        ignore = IgnoreMask.from_file(args.ignore_mask) if args.ignore_mask else None
         if path.is_dir():
             scorer, close = load_scorer(path, device="cpu", backend=args.backend)
             if args.bundle_threshold:
@@ -58,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             report = evaluate_protocol(scorer, args.protocol, fpr=args.fpr, parts=args.parts,
                                        limit=args.limit, components=args.components,
-                                       threshold=threshold, log=print)
+                                       threshold=threshold, log=print, ignore=ignore)
         finally:
             close()
     except (FileNotFoundError, ValueError) as exc:
