@@ -1,6 +1,7 @@
 """Start the FlowCLAS anomaly node and bring it to active (optionally with rviz2).
 
     ros2 launch flowclas_ros anomaly.launch.py image_topic:=/camera/image_raw use_rviz:=true
+    ros2 launch flowclas_ros anomaly.launch.py cameras:=[front,left,right]
 
 The lifecycle node is configured as soon as it starts and activated the first time it reaches
 ``inactive``. If configure fails (the log line says what to fix), the node stays unconfigured:
@@ -8,8 +9,12 @@ fix the parameter (``ros2 param set``) and run ``ros2 lifecycle set <node> confi
 then activates it. Only that first ``inactive`` is activated: after a later ``deactivate`` /
 ``cleanup`` / ``configure`` the node stays where ``ros2 lifecycle set`` leaves it.
 
-Arguments: namespace, image_topic, params_file, model_path, backend, depth_topic, ignore_mask,
-snapshot_dir, use_rviz, dds_profile. ``model_path``, ``backend``, ``depth_topic`` (an aligned
+Arguments: namespace, image_topic, params_file, model_path, backend, cameras, depth_topic,
+ignore_mask, snapshot_dir, use_rviz, dds_profile. ``cameras:=[front,left,right]`` serves those
+cameras from the one node, batched (``<namespace>/<c>/image`` in, ``<namespace>/<c>/anomaly/*``
+out; their per-camera overrides go in the parameters file, ``camera_overrides.<c>.*``); empty
+keeps the parameters file's ``cameras`` (``[]``: the single ``image`` input, which
+``image_topic`` remaps). ``model_path``, ``backend``, ``depth_topic`` (an aligned
 depth image: anomaly/points), ``ignore_mask`` (a PNG of pixels never reported) and
 ``snapshot_dir`` (anomaly snapshots) left empty keep the value of the parameters file.
 ``use_rviz:=true`` where rviz2 is not installed logs that and starts the node alone.
@@ -64,6 +69,12 @@ def _truthy(value: str) -> bool:
     return value.strip().lower() in ("1", "true", "yes", "on")
 
 
+def _camera_list(value: str) -> list[str]:
+    """Parse ``[front,left,right]`` (or ``front,left,right``) into names; '' gives []."""
+    names = value.strip().strip("[]")
+    return [n.strip().strip("'\"") for n in names.split(",") if n.strip().strip("'\"")]
+
+
 def _launch_setup(context, *args, **kwargs):
     """Resolve the arguments, then build the node, its lifecycle events and rviz2."""
     namespace = LaunchConfiguration("namespace").perform(context)
@@ -71,6 +82,7 @@ def _launch_setup(context, *args, **kwargs):
     params_file = LaunchConfiguration("params_file").perform(context)
     model_path = LaunchConfiguration("model_path").perform(context)
     backend = LaunchConfiguration("backend").perform(context)
+    cameras = _camera_list(LaunchConfiguration("cameras").perform(context))
     optional = {name: LaunchConfiguration(name).perform(context)
                 for name in ("depth_topic", "ignore_mask", "snapshot_dir")}
     use_rviz = _truthy(LaunchConfiguration("use_rviz").perform(context))
@@ -83,6 +95,8 @@ def _launch_setup(context, *args, **kwargs):
         overrides["model_path"] = model_path
     if backend:
         overrides["backend"] = backend
+    if cameras:  # structural: read at the configure below
+        overrides["cameras"] = cameras
     overrides.update({name: value for name, value in optional.items() if value})
     if overrides:
         parameters.append(overrides)  # later entries win over the file
@@ -159,6 +173,11 @@ def generate_launch_description() -> LaunchDescription:
             "backend", default_value="",
             description="auto | torch | onnxruntime | tensorrt; empty keeps the parameters "
                         "file's backend"),
+        DeclareLaunchArgument(
+            "cameras", default_value="",
+            description="Cameras served by the one node, batched, e.g. [front,left,right]: "
+                        "<c>/image in, <c>/anomaly/* out; empty keeps the parameters file's "
+                        "cameras ([] = the single 'image' input)"),
         DeclareLaunchArgument(
             "depth_topic", default_value="",
             description="Aligned depth image (16UC1 mm / 32FC1 m, registered to the camera) "

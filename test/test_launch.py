@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_FILE = ROOT / "launch" / "anomaly.launch.py"
 RVIZ_FILE = ROOT / "config" / "anomaly.rviz"
 EXPECTED_ARGUMENTS = {"namespace", "image_topic", "params_file", "model_path", "backend",
-                      "depth_topic", "ignore_mask", "snapshot_dir", "use_rviz", "dds_profile"}
+                      "depth_topic", "ignore_mask", "snapshot_dir", "use_rviz", "dds_profile",
+                      "cameras"}
 # The names the file may import, as the launch/launch_ros Jazzy packages spell them.
 JAZZY_API = {
     "launch": {"LaunchDescription"},

@@ -15,7 +15,7 @@ A failed configure (missing bundle, bad manifest, backend unavailable, warm-up e
 FAILURE with one error line saying what to fix; the node stays unconfigured and a later configure,
 after the parameter is fixed, can succeed.
 
-Data path (one frame in flight)::
+Data path (one frame per camera in flight; :mod:`.cameras`)::
 
     image (sub, executor thread): validate sizes O(1) -> single-slot mailbox (a newer frame
         replaces the waiting one: never a queue); or image/compressed (image_transport:
@@ -24,51 +24,46 @@ Data path (one frame in flight)::
         backend.infer(only the outputs someone subscribes to) -> anomaly/heatmap (32FC1),
         anomaly/mask (mono8), anomaly/overlay (bgr8), each with the input header unchanged
 
+With ``cameras: [front, left, ...]`` (structural) one node serves them all through one backend
+(created with ``max_batch`` = the number of cameras): ``<c>/image`` in, ``<c>/anomaly/...`` out,
+a mailbox slot per camera, every camera's waiting frame inferred as one batch
+(:meth:`Backend.infer_batch`), per-camera overrides ``camera_overrides.<c>.*`` and one
+/diagnostics status per camera.
+
 Inference runs on the worker thread (:mod:`.mailbox`), so the lifecycle and parameter services
 keep answering during a slow frame. The parameters are one table in :mod:`.parameters`, the
 /diagnostics status is built in :mod:`.diagnostics`, output messages in
-:mod:`.image_conversion`, rclpy's quirks handled in :mod:`.rclpy_workarounds`; this file is the
-lifecycle and the data path. Topics are relative (``image``, ``anomaly/...``): they follow the
-node's namespace and can be remapped. ``/diagnostics`` gets a DiagnosticArray every
-``diagnostics_period`` seconds in every state.
+:mod:`.image_conversion`, rclpy's quirks handled in :mod:`.rclpy_workarounds`, the cameras and
+the data path in :mod:`.cameras`; this file is the lifecycle. Topics are relative (``image``,
+``anomaly/...``): they follow the node's namespace and can be remapped. ``/diagnostics`` gets a
+DiagnosticArray every ``diagnostics_period`` seconds in every state.
 """
 from __future__ import annotations
 
 import math
 import threading
-import time
-from dataclasses import dataclass
+from contextlib import contextmanager
 from typing import Any, Callable
 
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
+from rclpy.event_handler import PublisherEventCallbacks
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import Image
 
-from ..image_codec import (
-    ImageFormatError,
-    ImageLayout,
-    ImageTooLarge,
-    compressed_format,
-    compressed_to_rgb,
-    image_to_rgb,
-    validate_image,
-)
 from ..paths import package_file
 from . import parameters
 from .backend_loading import ConfigureError, load_backend
-from .diagnostics import node_status
-from .image_conversion import bgr_to_msg, heatmap_to_msg, mask_to_msg
-from .mailbox import InferenceWorker
+from .cameras import OUTPUTS, Camera, CameraPath, Settings, camera_parameters
+from .diagnostics import camera_status, node_status
 from .rclpy_workarounds import (
     answer_queries_during_transitions,
     guard_change_state_service,
     no_event_handlers,
 )
 from .robot_outputs import RobotOutputs
-from .stats import Counters, LatencyWindow, RateMeter
+from .stats import Meters
 
 NODE_NAME = "flowclas_anomaly"
 DEMO_BUNDLE = "flowclas_lite2_camvid"
@@ -94,11 +89,10 @@ def _default_backend_factory(bundle, backend: str, device: str, precision: str, 
                           **options)
 
 
-@dataclass
-class _Frame:
-    msg: Image | CompressedImage
-    layout: ImageLayout | None  # raw frames: validated sizes; compressed: None (decoded later)
-    received: float  # time.monotonic() when the subscription callback got it
+def _finite(value) -> float | None:
+    """Return a threshold parameter as a float, or None for NaN (the fallback's)."""
+    v = float(value)
+    return None if math.isnan(v) else v
 
 
 class AnomalyNode(LifecycleNode):
@@ -106,9 +100,9 @@ class AnomalyNode(LifecycleNode):
 
     ``backend_factory(bundle, backend, device, precision, **options) -> Backend`` (``bundle``:
     the loaded :class:`~flowclas_ros.bundle.reader.Bundle`, which create_backend also takes;
-    options: cpu_threads, cpu_spinning, torch_compile, cuda_graphs) replaces
-    :func:`flowclas_ros.runtime.create_backend` (tests wrap it); other kwargs go to ``Node``
-    (``namespace``, ``context``, ``parameter_overrides``, ...).
+    options: cpu_threads, cpu_spinning, torch_compile, cuda_graphs, and max_batch with
+    ``cameras``) replaces :func:`flowclas_ros.runtime.create_backend` (tests wrap it); other
+    kwargs go to ``Node`` (``namespace``, ``context``, ``parameter_overrides``, ...).
     """
 
     def __init__(self, node_name: str = NODE_NAME, *,
@@ -117,14 +111,14 @@ class AnomalyNode(LifecycleNode):
         self._backend_factory = backend_factory or _default_backend_factory
         guard_change_state_service(self)
         answer_queries_during_transitions(self)
-        self._robot = RobotOutputs(self)  # detections, points, persistence, snapshots
+        self._robot = RobotOutputs(self)  # the single camera's detections, points, snapshots
+        self.meters = Meters()  # every frame of the node (with cameras: all of them summed)
+        self.counters = self.meters.counters
+        self.cameras: list[Camera] = []  # made at configure
         self._declare_parameters()
         self.add_on_set_parameters_callback(self._validate_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
 
-        self.counters = Counters()
-        self._in_rate, self._out_rate = RateMeter(), RateMeter()
-        self._latency, self._inference = LatencyWindow(), LatencyWindow()
         self.state_label = "unconfigured"
         self.last_error = ""
         self.finalized = threading.Event()
@@ -132,10 +126,8 @@ class AnomalyNode(LifecycleNode):
         self._backend = None
         self._bundle = None
         self._backend_lock = threading.Lock()  # held by infer and close: never close mid-frame
-        self._worker: InferenceWorker[_Frame] | None = None
-        self._pubs: dict[str, Any] = {}
-        self._sub = None
-        self._sub_group = MutuallyExclusiveCallbackGroup()
+        self._path: CameraPath | None = None
+        self._pubs: dict[str, Any] = {}  # the single camera's outputs
         self._diag_group = MutuallyExclusiveCallbackGroup()
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         period = float(self.get_parameter("diagnostics_period").value)
@@ -146,23 +138,52 @@ class AnomalyNode(LifecycleNode):
             f"{self.get_fully_qualified_name()} created (unconfigured); configure it to load "
             f"{self.get_parameter('model_path').value or default_model_path()}")
 
+    @property
+    def _worker(self) -> CameraPath | None:
+        return self._path
+
+    @property
+    def _sub(self):
+        """The single camera's image subscription (None when not active)."""
+        return self.cameras[0].sub if self.cameras else None
+
     # parameters --------------------------------------------------------------------------------
     def _declare_parameters(self) -> None:
         self._params = parameters.table()
         parameters.declare(self, self._params)
+        self._declare_cameras()
         self._refresh_live()
+
+    def _declare_cameras(self) -> tuple[list[str], str | None]:
+        """Declare the overrides of the cameras named now; return the names, or the problem."""
+        value = self.get_parameter("cameras").value
+        spec = next(p for p in self._params if p.name == "cameras")
+        reason = spec.problem(value)
+        if reason:
+            return [], reason
+        names = parameters.camera_names(value)
+        rows = parameters.camera_table(names)
+        parameters.declare(self, rows)
+        known = {p.name for p in self._params}
+        self._params += tuple(p for p in rows if p.name not in known)
+        return names, None
 
     def _refresh_live(self) -> None:
         """Cache the live parameters (read by the worker each frame without a lookup)."""
         g = lambda n: self.get_parameter(n).value  # noqa: E731
-        thr = float(g("threshold"))
-        self._threshold: float | None = None if math.isnan(thr) else thr
+        self._threshold = _finite(g("threshold"))
         self._overlay_alpha = float(g("overlay_alpha"))
         self._colormap = str(g("colormap"))
         self._want = {"heatmap": bool(g("publish_heatmap")), "mask": bool(g("publish_mask")),
                       "overlay": bool(g("publish_overlay"))}
         self._max_pixels = int(g("max_image_pixels"))
+        self.settings = Settings(self._threshold, self._overlay_alpha, self._colormap,
+                                 dict(self._want), self._max_pixels)
         self._robot.refresh(g)
+        for cam in self.cameras:
+            if cam.name:
+                cam.threshold = _finite(g(f"{parameters.OVERRIDES}.{cam.name}.threshold"))
+                cam.robot.refresh(g)
 
     def _validate_parameters(self, params):
         """Reject invalid values, and structural changes while a backend is loaded."""
@@ -176,11 +197,18 @@ class AnomalyNode(LifecycleNode):
     # lifecycle ---------------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         g = lambda n: self.get_parameter(n).value  # noqa: E731
+        names, reason = self._declare_cameras()
+        if reason:
+            return self._fail(f"{reason}; set cameras (ros2 param set "
+                              f"{self.get_fully_qualified_name()} cameras \"[front, left]\"), "
+                              f"then configure again")
         path = str(g("model_path")) or default_model_path()
         options = {"cpu_threads": int(g("cpu_threads")),
                    "cpu_spinning": bool(g("cpu_spinning")),
                    "torch_compile": bool(g("torch_compile")),
                    "cuda_graphs": bool(g("cuda_graphs"))}
+        if names:  # one backend batches every camera's frame (TensorRT: its 1..N profile)
+            options["max_batch"] = len(names)
         set_path = f"ros2 param set {self.get_fully_qualified_name()} model_path /path/to/bundle"
         try:
             loaded = load_backend(path, str(g("backend")), str(g("device")), str(g("precision")),
@@ -192,13 +220,19 @@ class AnomalyNode(LifecycleNode):
         be, bundle = loaded.backend, loaded.bundle
         with self._backend_lock:
             self._backend, self._bundle = be, bundle
-        self._pubs = {name: self._make_publisher(Image, f"anomaly/{name}")
-                      for name in ("heatmap", "mask", "overlay")}
-        reason = self._robot.configure(g, bundle, self._make_publisher)
-        if reason is not None:
-            self._release()
-            return self._fail(reason)
-        self._worker = InferenceWorker(self._process, self._on_inference_error)
+        self.cameras = ([Camera(n, RobotOutputs(self, f"{n}/"), Meters(), total=self.meters)
+                         for n in names] or [Camera("", self._robot, self.meters)])
+        self._refresh_live()  # the cameras' thresholds and robot settings
+        for cam in self.cameras:
+            cam.pubs = {name: self._make_publisher(Image, f"{cam.prefix}anomaly/{name}")
+                        for name in OUTPUTS}
+            reason = cam.robot.configure(camera_parameters(g, cam.name), bundle,
+                                         self._make_publisher)
+            if reason is not None:
+                self._release()
+                return self._fail(f"camera {cam.name}: {reason}" if cam.name else reason)
+        self._pubs = {} if names else self.cameras[0].pubs
+        self._path = CameraPath(self, self.cameras, self._borrow_backend, lambda: self.settings)
         self.last_error = ""
         self.state_label = "inactive"
         thr = bundle.mask_threshold(self._threshold)
@@ -208,16 +242,23 @@ class AnomalyNode(LifecycleNode):
         engine = ("" if built is None else
                   f"; engine {'built' if built else 'loaded from the cache'} in "
                   f"{getattr(be, 'engine_seconds', loaded.backend_s):.1f} s")
+        served = f"; cameras {', '.join(names)} batched" if names else ""
         self.get_logger().info(
             f"configured: bundle {path} (input {w}x{h}), backend {be.name} on {be.device} "
             f"({be.precision}){' [' + why + ']' if why else ''}, threshold {thr:.4g}; "
-            f"backend ready in {loaded.backend_s:.1f} s{engine}")
+            f"backend ready in {loaded.backend_s:.1f} s{engine}{served}")
         return TransitionCallbackReturn.SUCCESS
 
     def _make_publisher(self, msg_type, topic: str):
         return self.create_lifecycle_publisher(
             msg_type, topic, OUTPUT_QOS,
             event_callbacks=no_event_handlers(PublisherEventCallbacks))
+
+    @contextmanager
+    def _borrow_backend(self):
+        """Yield the backend under its lock (None once released): never closed mid-batch."""
+        with self._backend_lock:
+            yield self._backend
 
     def _fail(self, message: str, tb: str | None = None) -> TransitionCallbackReturn:
         self.state_label = "unconfigured"
@@ -231,24 +272,21 @@ class AnomalyNode(LifecycleNode):
         qos_name = self.get_parameter("image_qos").value
         qos = qos_profile_sensor_data if qos_name == "sensor_data" else RELIABLE_INPUT_QOS
         # image_transport's naming: raw on `image`, compressed on `image/compressed`
-        if self.get_parameter("image_transport").value == "compressed":
-            msg_type, topic, callback = CompressedImage, "image/compressed", self._on_compressed
-        else:
-            msg_type, topic, callback = Image, "image", self._on_image
-        self._sub = self.create_subscription(
-            msg_type, topic, callback, qos, callback_group=self._sub_group,
-            event_callbacks=no_event_handlers(SubscriptionEventCallbacks))
-        self._robot.activate()  # the depth and CameraInfo subscriptions, if any
+        compressed = self.get_parameter("image_transport").value == "compressed"
+        topics = self._path.subscribe(compressed, qos)
+        for cam in self.cameras:
+            cam.robot.activate()  # the depth and CameraInfo subscriptions, if any
         ret = super().on_activate(state)  # enables the lifecycle publishers
         self.state_label = "active"
-        self.get_logger().info(f"active: subscribed to {self._sub.topic_name} ({qos_name})")
+        self.get_logger().info(f"active: subscribed to {', '.join(topics)} ({qos_name})")
         return ret
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._drop_subscription()
-        if self._worker is not None and self._worker.discard():
-            self.counters.add("discarded")
-        self._robot.deactivate()
+        if self._path is not None:
+            self._path.discard()  # every camera's waiting frame, counted for it
+        for cam in self.cameras:
+            cam.robot.deactivate()
         ret = super().on_deactivate(state)
         self.state_label = "inactive"
         return ret
@@ -273,23 +311,25 @@ class AnomalyNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _drop_subscription(self) -> None:
-        if self._sub is not None:
-            self.destroy_subscription(self._sub)
-            self._sub = None
+        if self._path is not None:
+            self._path.unsubscribe()
 
     def _release(self) -> None:
-        """Undo configure and activate (idempotent): subscription, worker, backend, publishers."""
+        """Undo configure and activate (idempotent): subscriptions, worker, backend, publishers."""
         self._drop_subscription()
-        if self._worker is not None:
-            self._worker.stop()  # the frame in flight finishes first
-        self._worker = None
+        if self._path is not None:
+            self._path.stop()  # the batch in flight finishes first
+        self._path = None
         with self._backend_lock:
             be, self._backend, self._bundle = self._backend, None, None
         self._close_backend(be)
-        self._robot.release(self.destroy_lifecycle_publisher)
-        for pub in self._pubs.values():
-            self.destroy_lifecycle_publisher(pub)
-        self._pubs = {}
+        cameras, self.cameras, self._pubs = self.cameras, [], {}
+        for robot in {id(r): r for r in [self._robot] + [c.robot for c in cameras]}.values():
+            robot.release(self.destroy_lifecycle_publisher)
+        for cam in cameras:
+            for pub in cam.pubs.values():
+                self.destroy_lifecycle_publisher(pub)
+            cam.pubs = {}
 
     def _close_backend(self, be) -> None:
         if be is None:
@@ -303,128 +343,26 @@ class AnomalyNode(LifecycleNode):
         """Free the backend and the worker (``main``'s exit path; safe in any state)."""
         self._release()
 
-    # data path ---------------------------------------------------------------------------------
-    def _on_image(self, msg: Image) -> None:
-        """Executor thread: O(1) validation, then the single-slot mailbox. Never raises."""
-        now = time.monotonic()
-        self._in_rate.tick(now)
-        self.counters.add("received")
-        try:
-            layout = validate_image(msg, self._max_pixels)
-        except Exception as exc:
-            self._refuse(exc)
-            return
-        worker = self._worker
-        if worker is not None and worker.submit(_Frame(msg, layout, now)):
-            self.counters.add("replaced")
-
-    def _on_compressed(self, msg: CompressedImage) -> None:
-        """Check a compressed frame's format, then hand it to the single-slot mailbox.
-
-        Executor thread: the format field only (decoding waits for the worker), then the
-        single-slot mailbox. Never raises.
-        """
-        now = time.monotonic()
-        self._in_rate.tick(now)
-        self.counters.add("received")
-        try:
-            compressed_format(msg.format)
-            if len(msg.data) == 0:
-                raise ImageFormatError("compressed image has no data")
-        except Exception as exc:
-            self._refuse(exc)
-            return
-        worker = self._worker
-        if worker is not None and worker.submit(_Frame(msg, None, now)):
-            self.counters.add("replaced")
-
-    def _refuse(self, exc: Exception) -> None:
-        """Count and log (throttled) a frame that cannot be used; the node goes on."""
-        if isinstance(exc, ImageTooLarge):
-            self.counters.add("oversize")
-            self.get_logger().warning(f"frame refused: {exc} (raise max_image_pixels to accept "
-                                      f"it)", throttle_duration_sec=5.0)
-        elif isinstance(exc, ImageFormatError):
-            self.counters.add("malformed")
-            self.get_logger().warning(f"malformed image dropped: {exc}",
-                                      throttle_duration_sec=5.0)
-        else:  # defensive: a message we cannot even read
-            self.counters.add("malformed")
-            self.get_logger().warning(f"unreadable image dropped: {exc!r}",
-                                      throttle_duration_sec=5.0)
-
-    def _on_inference_error(self, exc: Exception) -> None:
-        self.counters.add("errors")
-        self.get_logger().error(f"inference failed: {exc!r}", throttle_duration_sec=5.0)
-
-    def _process(self, frame: _Frame) -> None:
-        """Worker thread: one frame from the mailbox to the published outputs."""
-        pubs, robot = self._pubs, self._robot
-        want = {k: self._want[k] and pubs[k].get_subscription_count() > 0 for k in pubs}
-        plan = robot.plan()  # detections / points / snapshots: they need the regions
-        if not any(want.values()) and not plan.regions:
-            self.counters.add("skipped")  # nobody listens: compute nothing
-            return
-        if frame.layout is None:  # compressed: decoded here, off the executor
-            try:
-                rgb = compressed_to_rgb(frame.msg, self._max_pixels)
-            except Exception as exc:  # truncated, corrupt, oversize: counted, dropped
-                self._refuse(exc)
-                return
-        else:
-            rgb = image_to_rgb(frame.msg, layout=frame.layout)
-        with self._backend_lock:
-            be = self._backend
-            if be is None:  # released while the frame waited
-                return
-            result = be.infer(rgb, heatmap=want["heatmap"] or plan.regions,
-                              mask=want["mask"] or plan.regions, overlay=want["overlay"],
-                              threshold=self._threshold, overlay_alpha=self._overlay_alpha,
-                              colormap=self._colormap)
-        header = frame.msg.header
-        published = False
-        if want["heatmap"]:  # the raw score, ignored pixels included
-            published |= self._publish(pubs["heatmap"], heatmap_to_msg(result.heatmap, header))
-        mask = robot.mask_out_ignored(result.mask)
-        if want["mask"] and mask is not None:
-            published |= self._publish(pubs["mask"], mask_to_msg(mask, header))
-        found = robot.find(mask, result.heatmap, plan) if mask is not None else None
-        if want["overlay"] and result.overlay is not None:
-            overlay = robot.draw(result.overlay, found)  # the reported regions' boxes and ids
-            published |= self._publish(pubs["overlay"], bgr_to_msg(overlay, header))
-        published |= robot.publish(frame.msg, result.heatmap, found, plan)
-        done = time.monotonic()
-        if published:
-            self.counters.add("published")
-            self._out_rate.tick(done)
-            self._latency.add((done - frame.received) * 1e3)
-            self._inference.add(float(result.inference_ms))
-        else:
-            self.counters.add("discarded")  # deactivated while in flight
-
-    @staticmethod
-    def _publish(pub, msg) -> bool:
-        if not pub.is_activated:
-            return False
-        pub.publish(msg)
-        return True
-
     # diagnostics -------------------------------------------------------------------------------
+    def _named(self) -> list[Camera]:
+        """Return the cameras of a node with ``cameras`` (none for the single camera)."""
+        return [c for c in self.cameras if c.name]
+
     def stats(self) -> dict[str, Any]:
-        """Counters, rates and latency percentiles (ms) as published on /diagnostics."""
-        lat50, lat99 = self._latency.percentiles(50, 99)
-        inf50, inf99 = self._inference.percentiles(50, 99)
-        c = self.counters.snapshot()
-        mailbox = self._worker.mailbox if self._worker is not None else None
-        return c | self._robot.refusals() | {
-            "dropped": c["replaced"] + c["malformed"] + c["oversize"],
-            "waiting": len(mailbox) if mailbox is not None else 0,
-            "mailbox_high_water": mailbox.high_water if mailbox is not None else 0,
-            "input_rate_hz": self._in_rate.rate(),
-            "output_rate_hz": self._out_rate.rate(),
-            "latency_p50_ms": lat50, "latency_p99_ms": lat99,
-            "inference_p50_ms": inf50, "inference_p99_ms": inf99,
-        }
+        """Counters, rates and latency percentiles (ms) as published on /diagnostics.
+
+        With ``cameras``: summed over them, and each camera's own under ``"cameras"``.
+        """
+        path, named = self._path, self._named()
+        refusals = self._robot.refusals()
+        for cam in named:
+            refusals = {k: v + cam.robot.refusals()[k] for k, v in refusals.items()}
+        out = self.meters.snapshot() | refusals | {
+            "waiting": len(path.mailbox) if path is not None else 0,
+            "mailbox_high_water": path.mailbox.high_water if path is not None else 0}
+        if named and path is not None:
+            out["cameras"] = {c.name: path.camera_stats(c) for c in named}
+        return out
 
     def _publish_diagnostics(self) -> None:
         be, bundle = self._backend, self._bundle
@@ -433,10 +371,23 @@ class AnomalyNode(LifecycleNode):
         model_path = str(bundle.path) if bundle is not None else str(
             self.get_parameter("model_path").value)
         stats = self.stats()
+        named = self._named()
+        fqn = self.get_fully_qualified_name()
         arr = DiagnosticArray()
         arr.header.stamp = self.get_clock().now().to_msg()
-        arr.status = [node_status(self.get_fully_qualified_name(), self.state_label,
-                                  self.last_error, be, thr, model_path, stats,
-                                  self._diag_previous, self._robot.status())]
+        arr.status = [node_status(fqn, self.state_label, self.last_error, be, thr, model_path,
+                                  stats, self._diag_previous,
+                                  None if named else self._robot.status())]
         self._diag_previous = stats
+        for cam in named:
+            now = stats.get("cameras", {}).get(cam.name)
+            if now is None:  # released meanwhile
+                continue
+            cam_thr = cam.threshold if cam.threshold is not None else self._threshold
+            arr.status.append(camera_status(
+                fqn, cam.name, self.resolve_topic_name(f"{cam.prefix}image"), self.state_label,
+                be.device if be is not None else "none",
+                bundle.mask_threshold(cam_thr) if bundle is not None else cam_thr, now,
+                cam.previous, cam.robot.status()))
+            cam.previous = now
         self._diag_pub.publish(arr)

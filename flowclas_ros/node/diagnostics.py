@@ -6,7 +6,9 @@ malformed depth images or CameraInfo, a depth image or ignore mask of another as
 is off for a reason to fix (points without a CameraInfo) or when the node is not active;
 ERROR with the last configure error. The values are strings, as diagnostic_msgs wants them;
 the frame counters are cumulative. The robot outputs' values (detections, points, regions,
-snapshots) come from :meth:`.robot_outputs.RobotOutputs.status`.
+snapshots) come from :meth:`.robot_outputs.RobotOutputs.status`. A node with ``cameras`` adds
+one status per camera (:func:`camera_status`: its rates, latency, drops and robot outputs) to
+the same DiagnosticArray.
 """
 from __future__ import annotations
 
@@ -31,9 +33,47 @@ def node_status(name: str, state: str, last_error: str, backend, threshold: floa
     status = DiagnosticStatus()
     status.name = f"{name}: FlowCLAS anomaly segmentation"
     status.hardware_id = backend.device if backend is not None else "none"
-    s = stats
-    recent = {k: s.get(k, 0) - (previous or {}).get(k, 0) for k in REFUSALS}
     extra, notes = outputs if outputs is not None else ({}, [])
+    _level(status, state, last_error, stats, previous, notes)
+    values = {
+        "state": state,
+        "backend": backend.name if backend is not None else "",
+        "device": backend.device if backend is not None else "",
+        "precision": backend.precision if backend is not None else "",
+        "model_path": model_path,
+        "threshold": "" if threshold is None else f"{threshold:.6g}",
+        **_frame_values(stats),
+        **extra,
+    }
+    status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
+    return status
+
+
+def camera_status(name: str, camera: str, topic: str, state: str, hardware_id: str,
+                  threshold: float | None, stats: dict[str, Any],
+                  previous: dict[str, Any] | None = None,
+                  outputs: tuple[dict[str, Any], list[str]] | None = None) -> DiagnosticStatus:
+    """Build one camera's DiagnosticStatus (node with ``cameras``): its rates, latency, drops.
+
+    ``stats``: the camera's statistics now (CameraPath.camera_stats), ``previous`` at the
+    previous status; the level as the node's (WARN for this camera's recent refusals).
+    """
+    status = DiagnosticStatus()
+    status.name = f"{name}: camera {camera}"
+    status.hardware_id = hardware_id
+    extra, notes = outputs if outputs is not None else ({}, [])
+    _level(status, state, "", stats, previous, notes)
+    values = {"camera": camera, "topic": topic,
+              "threshold": "" if threshold is None else f"{threshold:.6g}",
+              "waiting": stats.get("waiting", 0), **_frame_values(stats), **extra}
+    status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
+    return status
+
+
+def _level(status: DiagnosticStatus, state: str, last_error: str, s: dict[str, Any],
+           previous: dict[str, Any] | None, notes: list[str]) -> None:
+    """Set the level and message: OK active, WARN for recent refusals or notes, else state."""
+    recent = {k: s.get(k, 0) - (previous or {}).get(k, 0) for k in REFUSALS}
     if state == "active":
         status.level, status.message = DiagnosticStatus.OK, "active"
         parts = []
@@ -48,13 +88,11 @@ def node_status(name: str, state: str, last_error: str, backend, threshold: floa
         status.level, status.message = DiagnosticStatus.ERROR, last_error
     else:
         status.level, status.message = DiagnosticStatus.WARN, state
-    values = {
-        "state": state,
-        "backend": backend.name if backend is not None else "",
-        "device": backend.device if backend is not None else "",
-        "precision": backend.precision if backend is not None else "",
-        "model_path": model_path,
-        "threshold": "" if threshold is None else f"{threshold:.6g}",
+
+
+def _frame_values(s: dict[str, Any]) -> dict[str, Any]:
+    """Return the rates, latencies and frame counters as diagnostics values."""
+    return {
         "input_rate_hz": f"{s['input_rate_hz']:.2f}",
         "output_rate_hz": f"{s['output_rate_hz']:.2f}",
         "latency_p50_ms": f"{s['latency_p50_ms']:.2f}",
@@ -69,10 +107,7 @@ def node_status(name: str, state: str, last_error: str, backend, threshold: floa
         "dropped_oversize": s["oversize"],
         "skipped_no_subscribers": s["skipped"],
         "inference_errors": s["errors"],
-        **extra,
     }
-    status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
-    return status
 
 
-__all__ = ["node_status"]
+__all__ = ["camera_status", "node_status"]

@@ -13,6 +13,7 @@ node registers as its on-set-parameters callback. Validation here imports no tor
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -28,6 +29,9 @@ from ..options import BACKENDS, COLORMAPS, DEVICE_PATTERN, IMAGE_QOS, IMAGE_TRAN
 
 LIVE, STRUCTURAL, READ_ONLY = "live", "structural", "read_only"
 DEFAULT_MAX_PIXELS = 3840 * 2160  # 4K UHD; an 8K frame (33 Mpx) is refused by default
+MAX_CAMERAS = 16
+OVERRIDES = "camera_overrides"  # camera_overrides.<camera>.<parameter>
+CAMERA_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")  # one ROS name token: `<camera>/image`
 
 
 def _device(value: Any) -> str | None:
@@ -39,6 +43,31 @@ def _device(value: Any) -> str | None:
 def _threshold(value: Any) -> str | None:
     if isinstance(value, (int, float)) and math.isinf(value):
         return "threshold must be finite, or NaN for the bundle's threshold"
+    return None
+
+
+def camera_names(value: Any) -> list[str]:
+    """Return the ``cameras`` parameter as a list (a params file's ``[]`` arrives unset)."""
+    if value is None or (isinstance(value, (list, tuple)) and len(value) == 0):
+        return []
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise ValueError(f"cameras must be a list of names, got {value!r}")
+
+
+def _cameras(value: Any) -> str | None:
+    try:
+        names = camera_names(value)
+    except ValueError as exc:
+        return str(exc)
+    bad = [n for n in names if not CAMERA_NAME.match(n)]
+    if bad:
+        return (f"camera names must be ROS name tokens (a letter, then letters, digits or _), "
+                f"got {bad}")
+    if len(set(names)) != len(names):
+        return f"camera names must be unique, got {names}"
+    if len(names) > MAX_CAMERAS:
+        return f"at most {MAX_CAMERAS} cameras, got {len(names)}"
     return None
 
 
@@ -64,8 +93,9 @@ class Param:
                                 read_only=self.change == READ_ONLY,
                                 additional_constraints=("one of " + ", ".join(self.choices)
                                                         if self.choices else ""))
-        if self.type is float:
-            # `ros2 param set ... threshold -5` sends an integer: accept it (checked in problem())
+        if self.type in (float, list):
+            # `ros2 param set ... threshold -5` sends an integer: accept it (checked in
+            # problem()); a params file's empty list arrives unset or as a byte array
             d.dynamic_typing = True
         if self.float_range is not None:
             lo, hi = self.float_range
@@ -153,7 +183,33 @@ def table() -> tuple[Param, ...]:
               int_range=(1, 2**31 - 1)),
         Param("diagnostics_period", float, 1.0, READ_ONLY,
               "Seconds between /diagnostics messages. Read-only.", float_range=(0.05, 60.0)),
+        Param("cameras", list, [], STRUCTURAL,
+              "Camera names served by this one node, batched through one backend: camera c "
+              "reads c/image (c/image/compressed) and publishes c/anomaly/*. Empty = the one "
+              "camera on image. Per-camera camera_overrides.<c>.threshold, .ignore_mask, "
+              ".depth_topic, .depth_info_topic. Structural.", check=_cameras),
     ) + robot_table()
+
+
+def camera_table(names) -> tuple[Param, ...]:
+    """List the per-camera overrides of ``names`` (declared at start-up and at configure)."""
+    rows = []
+    for n in names:
+        key = f"{OVERRIDES}.{n}"
+        rows += [
+            Param(f"{key}.threshold", float, float("nan"), LIVE,
+                  f"Mask threshold of camera {n}; NaN = the node's threshold. Changes live.",
+                  check=_threshold),
+            Param(f"{key}.ignore_mask", str, "", STRUCTURAL,
+                  f"Ignore mask PNG of camera {n}; empty = the node's ignore_mask. Structural."),
+            Param(f"{key}.depth_topic", str, "", STRUCTURAL,
+                  f"Aligned depth image of camera {n} (its anomaly/points); empty = no points "
+                  f"(the node's depth_topic serves only the single camera). Structural."),
+            Param(f"{key}.depth_info_topic", str, "", STRUCTURAL,
+                  f"CameraInfo of camera {n}'s depth image; empty = camera_info beside its "
+                  f"depth_topic. Structural."),
+        ]
+    return tuple(rows)
 
 
 def robot_table() -> tuple[Param, ...]:
@@ -239,7 +295,8 @@ def declare(node, params: tuple[Param, ...]) -> None:
     rclpy enforces read-only only after start-up, so a bad one could never be fixed.
     """
     for p in params:
-        node.declare_parameter(p.name, p.default_value(), p.descriptor())
+        if not node.has_parameter(p.name):  # camera overrides: declared again at configure
+            node.declare_parameter(p.name, p.default_value(), p.descriptor())
     for p in params:
         if p.change == READ_ONLY:
             reason = p.problem(node.get_parameter(p.name).value)
@@ -274,5 +331,6 @@ def check_changes(params: tuple[Param, ...], changes, configured: bool,
     return SetParametersResult(successful=True)
 
 
-__all__ = ["DEFAULT_MAX_PIXELS", "LIVE", "PAIRS", "READ_ONLY", "STRUCTURAL", "Param",
-           "check_changes", "declare", "robot_table", "table"]
+__all__ = ["DEFAULT_MAX_PIXELS", "LIVE", "MAX_CAMERAS", "OVERRIDES", "PAIRS", "READ_ONLY",
+           "STRUCTURAL", "Param", "camera_names", "camera_table", "check_changes", "declare",
+           "robot_table", "table"]

@@ -101,8 +101,9 @@ class RobotOutputs:
 
     _vision_logged = False  # "vision_msgs is not installed" goes to the log once per process
 
-    def __init__(self, node):
+    def __init__(self, node, prefix: str = ""):
         self.node = node
+        self.prefix = prefix  # a camera's "<name>/" before its topics (node/cameras.py)
         self.tally = Tally(*TALLY)
         self.timing = LatencyWindow()  # ms of the worker per frame: wall time
         self.cpu_timing = LatencyWindow()  # and the worker thread's CPU time (load-independent)
@@ -160,7 +161,8 @@ class RobotOutputs:
         self._vm, self.vision_reason = load_vision_msgs()
         if self._vm is not None:
             try:
-                self._det_pub = make_publisher(self._vm.Detection2DArray, "anomaly/detections")
+                self._det_pub = make_publisher(self._vm.Detection2DArray,
+                                               f"{self.prefix}anomaly/detections")
             except Exception as exc:  # a vision_msgs whose type support does not load
                 self._vm, self.vision_reason = None, f"vision_msgs cannot be used ({exc!r}): " \
                     "anomaly/detections is off; reinstall ros-jazzy-vision-msgs"
@@ -172,7 +174,7 @@ class RobotOutputs:
             self.depth = DepthInput(self.node, depth_topic, str(get("depth_info_topic")),
                                     self.tally, self.live.depth_max_skew_s)
             self.depth.max_pixels = self.live.max_pixels
-            self._pts_pub = make_publisher(PointCloud2, "anomaly/points")
+            self._pts_pub = make_publisher(PointCloud2, f"{self.prefix}anomaly/points")
         return None
 
     def _recorder(self, folder: str, get):
@@ -182,8 +184,9 @@ class RobotOutputs:
         return SnapshotRecorder(
             Path(folder).expanduser(), pre_s=float(get("snapshot_pre_s")),
             post_s=float(get("snapshot_post_s")), max_mb=float(get("snapshot_max_mb")),
-            image_topic=resolve("image"), heatmap_topic=resolve("anomaly/heatmap"),
-            detections_topic=resolve("anomaly/detections"))
+            image_topic=resolve(f"{self.prefix}image"),
+            heatmap_topic=resolve(f"{self.prefix}anomaly/heatmap"),
+            detections_topic=resolve(f"{self.prefix}anomaly/detections"))
 
     def activate(self) -> None:
         if self.depth is not None:

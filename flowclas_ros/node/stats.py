@@ -121,3 +121,28 @@ class LatencyWindow:
     def __len__(self) -> int:
         with self._lock:
             return len(self._samples)
+
+
+class Meters:
+    """One stream's accounting: counters, input and output rates, latency and inference times.
+
+    The node has one for all its frames and, with ``cameras``, one per camera
+    (:mod:`.cameras`).
+    """
+
+    def __init__(self):
+        self.counters = Counters()
+        self.in_rate, self.out_rate = RateMeter(), RateMeter()
+        self.latency, self.inference = LatencyWindow(), LatencyWindow()
+
+    def snapshot(self) -> dict:
+        """Counters, rates (Hz) and latency percentiles (ms), as AnomalyNode.stats() has them."""
+        lat50, lat99 = self.latency.percentiles(50, 99)
+        inf50, inf99 = self.inference.percentiles(50, 99)
+        c = self.counters.snapshot()
+        return c | {
+            "dropped": c["replaced"] + c["malformed"] + c["oversize"],
+            "input_rate_hz": self.in_rate.rate(), "output_rate_hz": self.out_rate.rate(),
+            "latency_p50_ms": lat50, "latency_p99_ms": lat99,
+            "inference_p50_ms": inf50, "inference_p99_ms": inf99,
+        }

@@ -16,7 +16,10 @@
 5. shuts the node down through its lifecycle.
 
 ``python -m flowclas_ros.tools.demo --build-sequence --camvid ROOT --coco ROOT`` rebuilds the
-shipped sequence from the project's data (see models/demo_sequence/ATTRIBUTION.md).
+shipped sequence from the project's data (see models/demo_sequence/ATTRIBUTION.md);
+``--build-obstacle-sequence --hires ROOT/hires-road --coco ROOT/coco128-seg`` the KITTI one of
+small obstacles on the road at camera resolution, ``models/demo_sequence_kitti``
+(:mod:`flowclas_ros.data.demo_sequence`; play it with ``--source models/demo_sequence_kitti``).
 """
 from __future__ import annotations
 
@@ -279,9 +282,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds per lifecycle step")
     ap.add_argument("--build-sequence", action="store_true",
                     help="rebuild models/demo_sequence from --camvid and --coco, then exit")
+    ap.add_argument("--build-obstacle-sequence", action="store_true",
+                    help="rebuild models/demo_sequence_kitti from --hires and --coco, then exit")
     ap.add_argument("--camvid", type=Path)
+    ap.add_argument("--hires", type=Path, help="the hires-road folder (KITTI raw frames)")
     ap.add_argument("--coco", type=Path)
     args = ap.parse_args(argv)
+    if args.build_obstacle_sequence:
+        if not (args.hires and args.coco):
+            ap.error("--build-obstacle-sequence needs --hires and --coco")
+        from flowclas_ros.data.demo_sequence import build_obstacle_sequence
+
+        summary = build_obstacle_sequence(args.hires, args.coco,
+                                          ROOT / "models" / "demo_sequence_kitti")
+        print(json.dumps(summary))
+        return 0
     if args.build_sequence:
         if not (args.camvid and args.coco):
             ap.error("--build-sequence needs --camvid and --coco")

@@ -2,6 +2,8 @@ r"""Score a checkpoint or bundle on every part of the validation protocol.
 
     python -m flowclas_ros.tools.protocol --protocol runs/protocol --model BUNDLE_OR_CKPT \
         [--out report.json] [--components] [--bundle-threshold] [--ignore-mask MASK.png]
+    python -m flowclas_ros.tools.protocol --protocol runs/protocol_v2 \
+        --model espnetv2_s_2.0_city_1024x512.pth --baseline espnetv2-entropy
 
 prints every part's figures, a table of the main ones and the selection score (higher is
 better; with the small-obstacle parts, its two halves too); the protocol is
@@ -32,7 +34,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "print its selection score (higher is better).")
     p.add_argument("--protocol", required=True, help="a folder built by "
                    "python -m flowclas_ros.tools.build_protocol")
-    p.add_argument("--model", required=True, help="training checkpoint (.pt) or bundle folder")
+    p.add_argument("--model", required=True, help="training checkpoint (.pt) or bundle folder; "
+                   "with --baseline, that baseline's weights file")
+    p.add_argument("--baseline", choices=("espnetv2-entropy",),
+                   help="score a reference method instead of a FlowCLAS model: the softmax "
+                        "entropy of the Cityscapes ESPNetv2 (--model: its .pth), each frame "
+                        "scaled to 512 rows as the network was trained (aspect kept)")
     p.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"),
                    help="input size for a checkpoint (a bundle brings its own); default 360 480")
     p.add_argument("--fpr", type=float, default=DEFAULT_FPR,
@@ -55,7 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     threshold = None
     try:
         ignore = IgnoreMask.from_file(args.ignore_mask) if args.ignore_mask else None
-        if path.is_dir():
+        if args.baseline:
+            scorer, close = entropy_baseline(path), (lambda: None)
+        elif path.is_dir():
             scorer, close = load_scorer(path, device="cpu", backend=args.backend)
             if args.bundle_threshold:
                 threshold = load_bundle(path).threshold
@@ -76,6 +85,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         jsonio.write(args.out, report)
     print(summary(report, args.fpr))
     return 0
+
+
+def entropy_baseline(weights: Path):
+    """Return the ESPNetv2 softmax-entropy scorer (the issue-18 reference point)."""
+    from flowclas_ros.model.espnetv2 import ESPNetv2Seg, entropy_scorer
+
+    if not weights.is_file():
+        raise FileNotFoundError(f"--baseline espnetv2-entropy needs the ESPNetv2 Cityscapes "
+                                f"weights as --model, and {weights} is not a file")
+    net = ESPNetv2Seg().load_cityscapes(weights)
+    per_size: dict = {}
+
+    def score(sample):
+        h, w = sample.image.shape[:2]
+        if (h, w) not in per_size:  # 512 rows, aspect kept: the network's training scale
+            per_size[(h, w)] = entropy_scorer(net, "cpu",
+                                              input_size=(512, max(round(w * 512 / h), 1)))
+        return per_size[(h, w)](sample)
+
+    return score
 
 
 COLUMNS = (("auprc", "AUPRC"), ("fpr95", "FPR95"), ("auroc", "AUROC"),

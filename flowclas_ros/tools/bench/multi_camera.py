@@ -1,0 +1,286 @@
+r"""N cameras through one node (batched) against N single-camera nodes in separate processes.
+
+    python -m flowclas_ros.tools.bench.multi_camera [--bundle DIR] [--cameras 4] [--rate 10] \
+        [--width 640 --height 480] [--duration 20] [--backend onnxruntime] [--out FILE]
+
+Both setups run the ``anomaly_node`` executable as processes of their own (as ``ros2 run``
+would) on a private ROS domain on loopback, one after the other, on the same bundle and backend
+(CPU by default): ``one_node`` is one process with ``cameras: [cam0, ..., camN-1]`` (one backend,
+every camera's waiting frame in one batch); ``separate_nodes`` is N processes, one camera each
+(the node's single ``image`` input). The bench process publishes an rgb8 frame per camera at
+``--rate`` Hz (the cameras staggered evenly over the period, as unsynchronised cameras are) and
+subscribes to each camera's ``anomaly/heatmap`` only.
+
+Per setup: frames processed per camera (heatmaps received for the frames sent after
+``--warmup`` s), end-to-end latency p50/p99 (publish to heatmap), and the total RSS of the
+node processes (the sum, sampled every second; the peak). One JSON object on stdout (and in
+``--out``).
+
+Bundle: ``--bundle``, else the demo bundle. Batching needs a graph with a dynamic batch
+dimension; a bundle exported before batching has a fixed batch of 1, which the backend runs a
+frame at a time. Unless ``--no-reexport``, such a bundle is copied to a temporary folder with its
+ONNX graph re-exported from its own weights (``weights.safetensors``) with a dynamic batch
+dimension; the JSON says which graph ran.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .common import machine, percentile_summary
+
+NODE = "flowclas_anomaly"
+
+
+def dynamic_batch_bundle(bundle: Path, out_dir: Path) -> tuple[Path, str]:
+    """Return a bundle whose ONNX graph takes any batch, and a note saying which one it is.
+
+    ``bundle`` itself when its graph already does; else a copy in ``out_dir`` with model.onnx
+    re-exported from the bundle's weights (dynamic batch, fixed H/W) and the manifest's file
+    hash updated.
+    """
+    import onnx
+
+    from flowclas_ros.bundle.hashing import sha256_file
+    from flowclas_ros.bundle.onnx_export import export_onnx
+    from flowclas_ros.bundle.reader import load_bundle
+    from flowclas_ros.bundle.torch_model import build_torch_model
+
+    b = load_bundle(bundle)
+    dim = onnx.load(str(b.onnx_path), load_external_data=False).graph.input[0].type.tensor_type \
+        .shape.dim[0]
+    if dim.dim_param:
+        return bundle, f"the bundle's graph (batch dimension {dim.dim_param!r})"
+    copy = out_dir / f"{bundle.name}_dynamic_batch"
+    shutil.copytree(bundle, copy)
+    info = export_onnx(build_torch_model(b), copy / "model.onnx", tuple(b.input_size),
+                       opset=int(b.manifest["onnx"].get("requested_opset", 17)))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["onnx"]["opset"] = info["opset"]
+    manifest["files"]["model.onnx"] = {"sha256": sha256_file(copy / "model.onnx"),
+                                       "bytes": (copy / "model.onnx").stat().st_size}
+    (copy / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return copy, (f"re-exported from the bundle's weights with a dynamic batch dimension "
+                  f"({info['exporter']}, {info['seconds']:.0f} s); the shipped graph has batch 1")
+
+
+def _rss_mb(pids: list[int]) -> float:
+    """Sum the resident set sizes (MiB) of ``pids`` from /proc (Linux; gone processes: 0)."""
+    total_kb = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total_kb += int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total_kb / 1024
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    for p in procs:
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def measure(client, setups: list[tuple[str, list[str], list[str]]], *, bundle: Path,
+            backend: str, device: str, env: dict, log_dir: Path, rate: float, width: int,
+            height: int, warmup: float, duration: float, timeout: float = 300.0) -> dict:
+    """Start one node process per setup entry, feed every camera, return the figures.
+
+    ``setups``: (namespace, cameras parameter, camera topic prefixes) per process.
+    """
+    from lifecycle_msgs.msg import Transition
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import Header
+
+    from flowclas_ros.node.image_conversion import numpy_to_msg
+    from flowclas_ros.node.lifecycle_client import LifecycleClient
+
+    procs = []
+    for i, (ns, cameras, _) in enumerate(setups):
+        args = [sys.executable, "-m", "flowclas_ros.tools.anomaly_node", "--ros-args",
+                "-r", f"__ns:={ns}", "-p", f"model_path:={bundle}", "-p", f"backend:={backend}",
+                "-p", f"device:={device}"]
+        if cameras:
+            args += ["-p", f"cameras:=[{','.join(cameras)}]"]
+        log = open(log_dir / f"node_{ns.strip('/')}.log", "w")
+        procs.append(subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT))
+    qos = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
+    topics = [f"{ns}/{prefix}" for ns, _, prefixes in setups for prefix in prefixes]
+    sent: dict[tuple[str, int, int], float] = {}
+    latency: dict[str, list[float]] = {t: [] for t in topics}
+    lock = threading.Lock()
+
+    def on_heatmap(topic, msg):
+        now = time.monotonic()
+        with lock:
+            t0 = sent.get((topic, msg.header.stamp.sec, msg.header.stamp.nanosec))
+            if t0 is not None:
+                latency[topic].append((now - t0) * 1e3)
+
+    pubs = {t: client.create_publisher(Image, f"{t}image", qos) for t in topics}
+    subs = [client.create_subscription(Image, f"{t}anomaly/heatmap",
+                                       lambda m, t=t: on_heatmap(t, m), qos) for t in topics]
+    try:
+        t0 = time.monotonic()
+        for ns, _, _ in setups:  # one at a time: four simultaneous warm-ups measure nothing
+            lc = LifecycleClient(client, f"{ns}/{NODE}")
+            if not lc.wait_for_services(timeout):
+                raise RuntimeError(f"{ns}/{NODE} did not come up (logs in {log_dir})")
+            for tid in (Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_ACTIVATE):
+                if not lc.change_state(tid, timeout):
+                    raise RuntimeError(f"{ns}/{NODE}: transition {tid} failed (see {log_dir})")
+        bring_up_s = time.monotonic() - t0
+        deadline = time.monotonic() + timeout
+        while any(p.get_subscription_count() == 0 for p in pubs.values()) or any(
+                s.get_publisher_count() == 0 for s in subs):
+            if time.monotonic() > deadline:
+                raise RuntimeError("discovery of the node's topics timed out")
+            time.sleep(0.05)
+        rng = np.random.default_rng(0)
+        frames = {t: numpy_to_msg(rng.integers(0, 256, (height, width, 3), np.uint8), "rgb8",
+                                  Header(frame_id=f"{t}optical")) for t in topics}
+        period, n = 1.0 / rate, len(topics)
+        rss: list[float] = []
+        start = time.monotonic()
+        counted = dict.fromkeys(topics, 0)
+        k, pace = 0, threading.Event()
+        while True:
+            tick = start + k * period / n  # camera k % n, staggered over the period
+            now = time.monotonic()
+            if tick > start + warmup + duration:
+                break
+            pace.wait(max(0.0, tick - now))
+            topic = topics[k % n]
+            msg = frames[topic]
+            msg.header.stamp.sec, msg.header.stamp.nanosec = 1000 + k, k
+            with lock:
+                if tick >= start + warmup:
+                    sent[(topic, msg.header.stamp.sec, msg.header.stamp.nanosec)] = \
+                        time.monotonic()
+                    counted[topic] += 1
+            pubs[topic].publish(msg)
+            if k % max(1, int(n * rate)) == 0:  # about once a second
+                rss.append(_rss_mb([p.pid for p in procs]))
+            k += 1
+        pace.wait(3.0)  # the last frames in flight
+        with lock:
+            lat = {t: list(v) for t, v in latency.items()}
+        every = [x for v in lat.values() for x in v]
+        return {
+            "processes": len(procs), "bring_up_s": round(bring_up_s, 1),
+            "frames_sent_per_camera": counted,
+            "frames_processed_per_camera": {t: len(v) for t, v in lat.items()},
+            "frames_processed_total": len(every),
+            "latency_ms": {k2: round(v, 1) for k2, v in percentile_summary(every).items()
+                           if k2 in ("p50", "p99")},
+            "latency_ms_per_camera": {t: {k2: round(v2, 1) for k2, v2 in
+                                          percentile_summary(v).items() if k2 in ("p50", "p99")}
+                                      for t, v in lat.items()},
+            "rss_mb_total_peak": round(max(rss), 1) if rss else None,
+            "rss_mb_total_end": round(_rss_mb([p.pid for p in procs]), 1),
+        }
+    finally:
+        for s in subs:
+            client.destroy_subscription(s)
+        for p in pubs.values():
+            client.destroy_publisher(p)
+        _stop(procs)
+
+
+def run(bundle: Path, *, cameras: int = 4, rate: float = 10.0, width: int = 640,
+        height: int = 480, warmup: float = 3.0, duration: float = 20.0,
+        backend: str = "onnxruntime", device: str = "cpu", reexport: bool = True) -> dict:
+    """Measure both setups, one after the other; return the JSON of the module docstring."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.node import Node
+
+    from flowclas_ros.paths import DDS_PROFILE_ENV, dds_profile
+
+    env = dict(os.environ, ROS_DOMAIN_ID=str(150 + os.getpid() % 80),
+               ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", PYTHONUNBUFFERED="1")
+    env.setdefault(DDS_PROFILE_ENV, str(dds_profile()))
+    os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE",
+                                           DDS_PROFILE_ENV)})
+    work = Path(tempfile.mkdtemp(prefix="flowclas_bench_mc_"))
+    graph = "the bundle's graph as shipped (not re-exported)"
+    if reexport:
+        bundle, graph = dynamic_batch_bundle(bundle, work)
+    names = [f"cam{i}" for i in range(cameras)]
+    rclpy.init()
+    client = Node("flowclas_bench_multi_camera")
+    executor = SingleThreadedExecutor()
+    executor.add_node(client)
+    spin = threading.Thread(target=executor.spin, daemon=True)
+    spin.start()
+    common = {"bundle": bundle, "backend": backend, "device": device, "env": env,
+              "log_dir": work, "rate": rate, "width": width, "height": height,
+              "warmup": warmup, "duration": duration}
+    try:
+        one = measure(client, [("/mc_one", names, [f"{n}/" for n in names])], **common)
+        separate = measure(client, [(f"/mc_{n}", [], [""]) for n in names], **common)
+    finally:
+        executor.shutdown(timeout_sec=5)
+        client.destroy_node()
+        rclpy.try_shutdown()
+    ratio = (one["rss_mb_total_peak"] / separate["rss_mb_total_peak"]
+             if one["rss_mb_total_peak"] and separate["rss_mb_total_peak"] else None)
+    return {
+        "machine": machine(), "bundle": str(bundle), "graph": graph, "backend": backend,
+        "device": device, "cameras": cameras, "rate_hz": rate, "frame": [width, height],
+        "warmup_s": warmup, "duration_s": duration, "logs": str(work),
+        "one_node": one, "separate_nodes": separate,
+        "rss_ratio_one_to_separate": round(ratio, 3) if ratio else None,
+        "goal": "one node: at least as many frames processed, p99 no worse, at most half the "
+                "total RSS of the separate nodes",
+    }
+
+
+def main(argv=None) -> None:
+    from flowclas_ros.node.anomaly_node import default_model_path
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--bundle", type=Path, default=Path(default_model_path()))
+    ap.add_argument("--cameras", type=int, default=4)
+    ap.add_argument("--rate", type=float, default=10.0)
+    ap.add_argument("--width", type=int, default=640)
+    ap.add_argument("--height", type=int, default=480)
+    ap.add_argument("--warmup", type=float, default=3.0)
+    ap.add_argument("--duration", type=float, default=20.0)
+    ap.add_argument("--backend", default="onnxruntime")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--no-reexport", dest="reexport", action="store_false",
+                    help="run the bundle's graph as it is (batch 1: frames run one at a time)")
+    ap.add_argument("--out", type=Path, default=None)
+    a = ap.parse_args(argv)
+    result = run(a.bundle, cameras=a.cameras, rate=a.rate, width=a.width, height=a.height,
+                 warmup=a.warmup, duration=a.duration, backend=a.backend, device=a.device,
+                 reexport=a.reexport)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if a.out is not None:
+        a.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
