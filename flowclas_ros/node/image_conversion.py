@@ -6,6 +6,9 @@ field before any byte is indexed.
 Output: :func:`heatmap_to_msg` (``32FC1``, non-finite values replaced so the message is always
 finite), :func:`mask_to_msg` (``mono8``) and :func:`bgr_to_msg` (``bgr8``), each carrying the
 header it is given unchanged. :func:`numpy_to_msg` encodes any supported layout (tests, bench).
+An array whose memory is a whole ``array.array("B")`` (the host pipeline writes its outputs into
+such, :func:`flowclas_ros.runtime.numpy_pipeline.message_array`) becomes the message's data
+as it is: the message and the array then share that memory; any other array is copied once.
 """
 from __future__ import annotations
 
@@ -27,19 +30,32 @@ _HOST_BIG_ENDIAN = int(sys.byteorder == "big")
 def _to_msg(data: np.ndarray, encoding: str, header, big_endian: int) -> Image:
     """(H, W[, C]) contiguous array -> Image with step = W * C * itemsize (no padding)."""
     h, w = data.shape[:2]
-    msg = Image()
+    msg = Image(check_fields=True)  # checked fields: the data setter keeps an array.array as is
     if header is not None:
         msg.header = header
     msg.height, msg.width = int(h), int(w)
     msg.encoding = encoding
     msg.is_bigendian = big_endian
     msg.step = int(data.strides[0])
-    # One memcpy from the array's buffer into an array.array, which the message setter takes
-    # as is (bytes or a list would be checked element by element).
-    buf = array.array("B")
-    buf.frombytes(np.ascontiguousarray(data).reshape(-1).view(np.uint8))
+    # The message setter takes an array.array as is (bytes or a list would be checked element
+    # by element): the array's own when it has one, else one memcpy into a new one.
+    buf = _whole_array_array(data)
+    if buf is None:
+        buf = array.array("B")
+        buf.frombytes(np.ascontiguousarray(data).reshape(-1).view(np.uint8))
     msg.data = buf
     return msg
+
+
+def _whole_array_array(data: np.ndarray) -> array.array | None:
+    """Return the ``array.array("B")`` that is exactly ``data``'s memory, else None."""
+    base = data.base
+    while isinstance(base, (np.ndarray, memoryview)):
+        base = base.obj if isinstance(base, memoryview) else base.base
+    if (isinstance(base, array.array) and base.typecode == "B" and data.flags.c_contiguous
+            and len(base) == data.nbytes and base.buffer_info()[0] == data.ctypes.data):
+        return base
+    return None
 
 
 def heatmap_to_msg(heatmap: np.ndarray, header=None) -> Image:

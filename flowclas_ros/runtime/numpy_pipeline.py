@@ -6,14 +6,17 @@ bilinear back to the frame's (H, W) -> ``nan_to_num`` (NaN and +inf become the l
 i.e. "most anomalous", -inf the lowest) -> only the outputs asked for: the heatmap (the raw
 score), and the mask and overlay of :mod:`.visualisation`.
 
-An HD frame costs more host work than the model on a small CPU, so it is spread over the cores: the
-three colour planes resize in parallel, and the score's upsampling and the overlay run in two bands
-of rows (PIL and numpy release the GIL). The heatmap and mask are bit for bit what a single pass
-gives; the overlay is within one grey level of the integer blend. Its twin on a device is
+An HD frame costs more host work than the model on a small CPU: the resize is a few banded
+float32 matmuls (:mod:`flowclas_ros.bundle.preprocess`), the score's upsampling and the overlay
+run in bands of rows on two threads (numpy and PIL release the GIL), and each output is written
+once, straight into memory a ROS message takes without a copy (:func:`message_array`; the node's
+``image_conversion`` hands that buffer over). The heatmap and mask are bit for bit what a single
+pass gives; the overlay is within one grey level of the integer blend. Its twin on a device is
 :class:`.torch_pipeline.TorchPipeline` (same interface: ``prepare``, ``finish``).
 """
 from __future__ import annotations
 
+import array
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -28,6 +31,16 @@ from flowclas_ros.bundle.preprocess import (
 from .visualisation import mask_np, overlay_np
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def message_array(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """Return a zeroed C-contiguous array whose memory is an ``array.array("B")``.
+
+    A sensor_msgs/Image takes that array.array as its ``data`` as it is (no copy): an output
+    written here once is in its message (:mod:`flowclas_ros.node.image_conversion`).
+    """
+    n = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    return np.frombuffer(array.array("B", bytes(1)) * n, dtype).reshape(shape)
 
 
 class NumpyPipeline:
@@ -57,24 +70,30 @@ class NumpyPipeline:
         """
         if not (heatmap or mask or overlay):
             return None, None, None
-        H = frame.shape[0]
-        bands = 2 if frame.shape[0] * frame.shape[1] >= 1 << 19 else 1  # big frames: 2 cores
-        s = upsample_score_np(score, frame.shape[:2], self._pool.map, bands)
+        H, W = frame.shape[:2]
+        bands = 2 if H * W >= 1 << 19 else 1  # big frames: 2 cores
+        # the heatmap straight into its message's memory; a map only for the mask/overlay
+        s = message_array((H, W), np.float32) if heatmap else None
+        s = upsample_score_np(score, (H, W), self._pool.map, bands, out=s)
         if not np.isfinite(score).all():  # checked on the model's grid: cheap; rare
-            s = np.nan_to_num(s, copy=False, nan=FLOAT32_MAX, posinf=FLOAT32_MAX,
-                              neginf=-FLOAT32_MAX)
-        m = mask_np(s, threshold) if mask else None
+            np.nan_to_num(s, copy=False, nan=FLOAT32_MAX, posinf=FLOAT32_MAX,
+                          neginf=-FLOAT32_MAX)
+        m = mask_np(s, threshold, out=message_array((H, W), np.uint8)) if mask else None
         ov = None
         if overlay:
+            ov = message_array((H, W, 3), np.uint8)
             edges = np.linspace(0, H, bands + 1).astype(int)
-            parts = list(self._pool.map(
-                lambda r: overlay_np(s[r[0]:r[1]], frame[r[0]:r[1]], self.score_range, alpha,
-                                     colormap), zip(edges[:-1], edges[1:])))
-            ov = parts[0] if bands == 1 else np.concatenate(parts)
+
+            def part(rows: tuple[int, int]) -> None:
+                y0, y1 = rows
+                ov[y0:y1] = overlay_np(s[y0:y1], frame[y0:y1], self.score_range, alpha,
+                                       colormap)
+
+            list(self._pool.map(part, zip(edges[:-1], edges[1:])))
         return (s if heatmap else None), m, ov
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
 
 
-__all__ = ["FLOAT32_MAX", "NumpyPipeline"]
+__all__ = ["FLOAT32_MAX", "NumpyPipeline", "message_array"]

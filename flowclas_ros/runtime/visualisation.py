@@ -70,9 +70,9 @@ def blend_weight(alpha: float) -> int:
 
 # --- numpy (host) ----------------------------------------------------------------------------
 
-def mask_np(score: np.ndarray, threshold: float) -> np.ndarray:
-    """(H, W) float32 -> (H, W) uint8 0/255."""
-    return (score >= threshold).view(np.uint8) * np.uint8(255)
+def mask_np(score: np.ndarray, threshold: float, out: np.ndarray | None = None) -> np.ndarray:
+    """(H, W) float32 -> (H, W) uint8 0/255 (into ``out`` when given)."""
+    return np.multiply((score >= threshold).view(np.uint8), np.uint8(255), out=out)
 
 
 def colour_index_np(score: np.ndarray, score_range: tuple[float, float]) -> np.ndarray:
@@ -91,18 +91,20 @@ def overlay_np(score: np.ndarray, frame: np.ndarray, score_range: tuple[float, f
 
     The colour table and the blend run in PIL (C): at 1080p about 5x faster than numpy; the
     blend rounds in floating point, so a pixel may differ by one grey level from the integer
-    formula of the module docstring (the torch version's).
+    formula of the module docstring (the torch version's). It blends in BGR from the start
+    (the frame's bytes unpacked as BGR, a BGR palette): the result is C-contiguous, with no
+    channel flip and copy after.
     """
+    h, w = score.shape
     idx = Image.fromarray(colour_index_np(score, score_range), "L")
-    idx.putpalette(_rgb_palette(colormap))
-    out = Image.blend(Image.fromarray(np.ascontiguousarray(frame), "RGB"), idx.convert("RGB"),
-                      blend_weight(alpha) / 256.0)
-    return np.asarray(out)[:, :, ::-1]  # BGR: a view; the message takes its one copy
+    idx.putpalette(_bgr_palette(colormap))  # BGR colours in the palette's RGB slots
+    bgr = Image.frombuffer("RGB", (w, h), np.ascontiguousarray(frame), "raw", "BGR", 0, 1)
+    return np.asarray(Image.blend(bgr, idx.convert("RGB"), blend_weight(alpha) / 256.0))
 
 
 @lru_cache(maxsize=None)
-def _rgb_palette(name: str) -> bytes:
-    return np.ascontiguousarray(colormap_lut(name)[:, ::-1]).tobytes()
+def _bgr_palette(name: str) -> bytes:
+    return colormap_lut(name).tobytes()
 
 
 # --- torch (on the backend's device) ---------------------------------------------------------

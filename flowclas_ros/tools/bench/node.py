@@ -20,6 +20,10 @@ cost of decoding one compressed frame of that size (``image_transport: compresse
 quality 90 and png, as the node's worker decodes them).
 Both nodes share one Python process (and its GIL), which can only make end-to-end slower.
 
+``--sizes 640x480 1920x1080``: the same measurement at each size, one after the other in one
+run (a fresh node each), and the ratios of issue 20: each size's backend p50 against the first
+size's (goal: at most 1.3 at 1080p against 640x480) and its end to end / backend (at most 1.15).
+
 ``robot_outputs`` (``--robot-frames``, default 200; 0 skips it): the cost of the outputs a
 robot acts on, on the same node in the same run (:mod:`.robot_path`): today's path (heatmap
 only) against the path with detections + persistence (2 of 3) + points (at most 20000, from a
@@ -248,6 +252,16 @@ def run(bundle: Path, *, frames: int, warmup: int, height: int, width: int, back
         rclpy.try_shutdown(context=bench_ctx)
 
 
+def size_ratios(results: list[dict]) -> list[dict]:
+    """Return each run's backend p50 against the first run's, and its end to end / backend."""
+    first = results[0]["backend_ms"]["p50"]
+    return [{"frame": r["frame"], "backend_p50_ms": r["backend_ms"]["p50"],
+             "end_to_end_p50_ms": r["end_to_end_ms"]["p50"],
+             "end_to_end_p99_ms": r["end_to_end_ms"]["p99"],
+             "backend_p50_vs_first": r["backend_ms"]["p50"] / first,
+             "end_to_end_over_backend_p50": r["ratio_p50"]} for r in results]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", type=Path, default=None,
@@ -257,6 +271,9 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--width", type=int, default=640)
     ap.add_argument("--height", type=int, default=480)
+    ap.add_argument("--sizes", nargs="+", default=None, metavar="WxH",
+                    help="measure each size in this run (e.g. 640x480 1920x1080) and report "
+                         "the backend's p50 ratios against the first")
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", default="fp32")
@@ -272,13 +289,18 @@ def main(argv=None) -> int:
         bundle = args.bundle or default_bundle()
         if bundle is None:
             bundle = build_fallback_bundle(Path(tmp), args.height, args.width)
-        result = run(bundle, frames=args.frames, warmup=args.warmup, height=args.height,
-                     width=args.width, backend=args.backend, device=args.device,
-                     precision=args.precision, domain_id=args.domain_id,
-                     robot_frames=args.robot_frames, block=args.block)
-        result["compressed_decode_ms"] = decode_cost(args.width, args.height)
-        if args.bundle is None and bundle.parent == Path(tmp):
-            result["bundle"] = "temporary EfficientNet-Lite0 + 8-step flow (untrained flow)"
+        sizes = ([tuple(int(v) for v in s.lower().split("x")) for s in args.sizes]
+                 if args.sizes else [(args.width, args.height)])
+        results = []
+        for width, height in sizes:
+            r = run(bundle, frames=args.frames, warmup=args.warmup, height=height, width=width,
+                    backend=args.backend, device=args.device, precision=args.precision,
+                    domain_id=args.domain_id, robot_frames=args.robot_frames, block=args.block)
+            r["compressed_decode_ms"] = decode_cost(width, height)
+            if args.bundle is None and bundle.parent == Path(tmp):
+                r["bundle"] = "temporary EfficientNet-Lite0 + 8-step flow (untrained flow)"
+            results.append(r)
+    result = results[0] if len(results) == 1 else {"runs": results, "ratios": size_ratios(results)}
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
