@@ -55,7 +55,7 @@ from sensor_msgs.msg import Image
 from ..paths import package_file
 from . import parameters
 from .backend_loading import ConfigureError, load_backend
-from .cameras import OUTPUTS, Camera, CameraPath, Settings, camera_parameters
+from .cameras import OUTPUTS, Camera, CameraPath, Settings, camera_parameters, unused_node_depth
 from .diagnostics import camera_status, node_status
 from .rclpy_workarounds import (
     answer_queries_during_transitions,
@@ -226,12 +226,15 @@ class AnomalyNode(LifecycleNode):
         for cam in self.cameras:
             cam.pubs = {name: self._make_publisher(Image, f"{cam.prefix}anomaly/{name}")
                         for name in OUTPUTS}
-            reason = cam.robot.configure(camera_parameters(g, cam.name), bundle,
+            reason = cam.robot.configure(camera_parameters(g, cam.name, len(names)), bundle,
                                          self._make_publisher)
             if reason is not None:
                 self._release()
                 return self._fail(f"camera {cam.name}: {reason}" if cam.name else reason)
         self._pubs = {} if names else self.cameras[0].pubs
+        unused = unused_node_depth(g, names)
+        if unused:  # said once per configure: the node's depth_topic serves no named camera
+            self.get_logger().warning(unused)
         self._path = CameraPath(self, self.cameras, self._borrow_backend, lambda: self.settings)
         self.last_error = ""
         self.state_label = "inactive"

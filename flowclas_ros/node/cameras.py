@@ -63,13 +63,15 @@ class Settings:
     max_pixels: int = 0
 
 
-def camera_parameters(get: Callable[[str], Any], name: str) -> Callable[[str], Any]:
-    """Return ``get(parameter)`` as camera ``name`` sees it (its overrides applied).
+def camera_parameters(get: Callable[[str], Any], name: str,
+                      cameras: int = 1) -> Callable[[str], Any]:
+    """Return ``get(parameter)`` as camera ``name`` (one of ``cameras``) sees it.
 
     The unnamed single camera sees the node's parameters. A named camera: its own
     ``camera_overrides.<name>.depth_topic`` / ``depth_info_topic`` (the node's depth_topic is
     one camera's depth, never shared), its ``ignore_mask`` else the node's, and its snapshots
-    in ``snapshot_dir/<name>``.
+    in ``snapshot_dir/<name>`` under an equal share of ``snapshot_max_mb`` (the whole
+    ``snapshot_dir`` stays under it).
     """
     if not name:
         return get
@@ -83,9 +85,30 @@ def camera_parameters(get: Callable[[str], Any], name: str) -> Callable[[str], A
         if param == "snapshot_dir":
             folder = str(get(param))
             return str(Path(folder) / name) if folder else ""
+        if param == "snapshot_max_mb":
+            return float(get(param)) / max(int(cameras), 1)
         return get(param)
 
     return camera_get
+
+
+def unused_node_depth(get: Callable[[str], Any], names: list[str]) -> str | None:
+    """Say why the node's own ``depth_topic`` is not used with ``cameras`` (None: it is unset).
+
+    A depth image is registered to one camera, so it is never shared: each named camera takes
+    only its own ``camera_overrides.<c>.depth_topic``; those without one publish no points.
+    """
+    topic = str(get("depth_topic")) or str(get("depth_info_topic"))
+    if not names or not topic:
+        return None
+    bare = [n for n in names if not str(get(f"{OVERRIDES}.{n}.depth_topic"))]
+    which = "depth_topic" if str(get("depth_topic")) else "depth_info_topic"
+    text = (f"{which} {topic!r} is ignored with cameras set: a depth image is registered to "
+            f"one camera, so each camera reads only its own {OVERRIDES}.<c>.depth_topic")
+    if not bare:
+        return f"{text} (every camera has one); set {which} to '' to silence this"
+    return (f"{text}; camera(s) {', '.join(bare)} publish no anomaly/points (set "
+            f"{OVERRIDES}.{bare[0]}.depth_topic to its aligned depth image)")
 
 
 class Camera:
@@ -331,4 +354,5 @@ def _send(pub, msg) -> bool:
     return True
 
 
-__all__ = ["OUTPUTS", "Camera", "CameraPath", "Frame", "Settings", "camera_parameters"]
+__all__ = ["OUTPUTS", "Camera", "CameraPath", "Frame", "Settings", "camera_parameters",
+           "unused_node_depth"]

@@ -204,7 +204,8 @@ def camera_table(names) -> tuple[Param, ...]:
                   f"Ignore mask PNG of camera {n}; empty = the node's ignore_mask. Structural."),
             Param(f"{key}.depth_topic", str, "", STRUCTURAL,
                   f"Aligned depth image of camera {n} (its anomaly/points); empty = no points "
-                  f"(the node's depth_topic serves only the single camera). Structural."),
+                  f"(the node's depth_topic serves only the single camera: set with cameras, "
+                  f"it is ignored with a warning at configure). Structural."),
             Param(f"{key}.depth_info_topic", str, "", STRUCTURAL,
                   f"CameraInfo of camera {n}'s depth image; empty = camera_info beside its "
                   f"depth_topic. Structural."),
@@ -261,7 +262,8 @@ def robot_table() -> tuple[Param, ...]:
               "points; the heatmap stays raw. Empty = none. Structural."),
         Param("snapshot_dir", str, "", STRUCTURAL,
               "Folder for anomaly snapshots: one MCAP per event (camera frames, heatmaps, "
-              "detections around a new persistent detection); empty = off. Structural."),
+              "detections around a new persistent detection); with cameras, camera c's in "
+              "snapshot_dir/c. Empty = off. Structural."),
         Param("snapshot_pre_s", float, 2.0, STRUCTURAL,
               "Seconds of frames kept before an event. Structural.", float_range=(0.0, 60.0)),
         Param("snapshot_post_s", float, 3.0, STRUCTURAL,
@@ -269,7 +271,8 @@ def robot_table() -> tuple[Param, ...]:
               float_range=(0.0, 600.0)),
         Param("snapshot_max_mb", float, 1000.0, STRUCTURAL,
               "The event files in snapshot_dir stay under this many MiB (oldest deleted "
-              "first). Structural.", float_range=(0.1, 1e7)),
+              "first; with cameras, an equal share per camera's folder). Structural.",
+              float_range=(0.1, 1e7)),
     )
 
 

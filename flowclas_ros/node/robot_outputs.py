@@ -37,6 +37,7 @@ from ..outputs.persistence import Detection, Persistence
 from ..outputs.regions import Regions, find_regions
 from .depth_input import DepthInput
 from .overlay_boxes import draw_regions
+from .parameters import OVERRIDES
 from .robot_messages import detections_msg, load_vision_msgs
 from .stats import LatencyWindow, Tally
 
@@ -104,6 +105,7 @@ class RobotOutputs:
     def __init__(self, node, prefix: str = ""):
         self.node = node
         self.prefix = prefix  # a camera's "<name>/" before its topics (node/cameras.py)
+        self.camera = prefix.rstrip("/")
         self.tally = Tally(*TALLY)
         self.timing = LatencyWindow()  # ms of the worker per frame: wall time
         self.cpu_timing = LatencyWindow()  # and the worker thread's CPU time (load-independent)
@@ -140,8 +142,12 @@ class RobotOutputs:
             try:
                 self.ignore = IgnoreMask.from_file(mask_path)
             except IgnoreMaskError as exc:
-                return f"{exc}; fix ignore_mask (or set it to '')"
-            log.info(f"ignore mask {mask_path}: {self.ignore.fraction:.1%} of the image ignored")
+                which = (f"{OVERRIDES}.{self.camera}.ignore_mask (else the node's "
+                         "ignore_mask)") if self.camera else "ignore_mask"
+                return f"{exc}; fix {which} (or set it to '')"
+            where = f"camera {self.camera}: " if self.camera else ""
+            log.info(f"{where}ignore mask {mask_path}: {self.ignore.fraction:.1%} of the image "
+                     "ignored")
         n, m, _ = self.live.persistence
         if n > m:
             return f"persistence_n={n} > persistence_m={m}: set persistence_n <= persistence_m"
@@ -357,7 +363,8 @@ class RobotOutputs:
         else:
             det = self.vision_reason or "off (not configured)"
         if depth is None:
-            pts = "off: depth_topic is empty"
+            pts = (f"off: {OVERRIDES}.{self.camera}.depth_topic is empty" if self.camera
+                   else "off: depth_topic is empty")
         else:
             pts = depth.status()
             if depth.intrinsics is None:
