@@ -761,3 +761,144 @@ def test_the_ring_is_bounded_even_when_stamps_do_not_advance(tmp_path):
         rec.add(T0, None, None, [])
     assert len(rec._ring) == 50
     rec.close()
+
+
+# --- fast paths: the same results as the straightforward ones ----------------------------------
+def _region_key(out):
+    return [(r.label, r.box, r.pixels, r.peak if r.peak == r.peak else "nan") for r in out.regions]
+
+
+@pytest.mark.parametrize("kind", ["blobs", "noise", "edges", "uint8"])
+def test_run_labelling_equals_pixel_labelling(kind):
+    rng = np.random.default_rng({"blobs": 1, "noise": 2, "edges": 3, "uint8": 4}[kind])
+    for _ in range(25):
+        h, w = (int(v) for v in rng.integers(1, 120, 2))
+        if kind == "noise":  # very many runs: the fallback must give the same answer
+            m = rng.random((h, w)) < rng.uniform(0.2, 0.8)
+        else:
+            m = np.zeros((h, w), bool)
+            for _ in range(rng.integers(0, 15)):
+                y, x = rng.integers(0, h), rng.integers(0, w)
+                m[y:y + rng.integers(1, 30), x:x + rng.integers(1, 30)] = True
+            m &= rng.random((h, w)) < rng.uniform(0.6, 1.0)
+        if kind == "edges":  # runs touching the first and last column and row
+            m[:, 0] = m[:, -1] = m[0] = m[-1] = True
+        mask = np.where(m, 255, 0).astype(np.uint8) if kind == "uint8" else m
+        score = rng.random((h, w)).astype(np.float32)
+        score[rng.random((h, w)) < 0.01] = np.nan  # a NaN peak stays NaN
+        min_px, top = int(rng.integers(0, 6)), int(rng.integers(0, 4))
+        ignore = rng.random((h, w)) < 0.1 if rng.random() < 0.5 else None
+        runs = find_regions(mask, score, min_region_pixels=min_px, max_regions=top,
+                            ignore=ignore)
+        for method in ("pooled", "full"):
+            other = find_regions(mask, score, min_region_pixels=min_px, max_regions=top,
+                                 method=method, ignore=ignore)
+            assert _region_key(runs) == _region_key(other)
+            assert np.array_equal(runs.labels, other.labels)
+            assert np.array_equal(runs.pixel_indices(), other.pixel_indices())
+        if ignore is not None:
+            assert not runs.pixel_mask()[ignore].any()
+        for r in runs.regions:  # each region's pixels, in raster order
+            assert np.array_equal(runs.pixel_indices([r.label]),
+                                  np.flatnonzero(runs.labels == r.label))
+    with pytest.raises(ValueError):
+        find_regions(m, method="fast")
+
+
+def test_pixel_indices_of_some_regions_in_the_order_asked():
+    m = np.zeros((30, 40), bool)
+    m[2:5, 3:9] = m[10:12, 20:30] = m[20:28, 1:3] = True
+    out = find_regions(m)
+    a, c = (np.flatnonzero(out.labels == k) for k in (1, 3))
+    assert np.array_equal(out.pixel_indices([3, 1]), np.concatenate([c, a]))
+    assert out.pixel_indices([]).size == 0
+    assert not out.pixel_indices().flags.writeable  # shared: no caller may change it
+
+
+def _reference_back_project(pixels, camera_hw, depth, geometry, score=None, *,
+                            max_points=20000, min_depth=0.1, max_depth=20.0):
+    """Back-project the straightforward way, which the fast one must reproduce bit for bit."""
+    hc, wc = camera_hw
+    px = np.asarray(pixels)
+    px = (np.flatnonzero(px) if px.dtype == bool else px).astype(np.intp).ravel()
+    v, u = np.divmod(px, wc)
+    z = depth.at(geometry.rows[v], geometry.cols[u])
+    with np.errstate(invalid="ignore"):
+        ok = (z > 0) & (z >= min_depth) & (z <= max_depth)
+    keep = np.flatnonzero(ok)
+    if max_points >= 0 and keep.size > max_points:
+        keep = keep[(np.arange(max_points, dtype=np.int64) * keep.size) // max(max_points, 1)]
+    z = z[keep]
+    v, u = np.divmod(px[keep], wc)
+    intr = geometry.intrinsics
+    xyz = np.empty((keep.size, 3), dtype=np.float32)
+    xyz[:, 0] = (u.astype(np.float32) - np.float32(intr.cx)) * z / np.float32(intr.fx)
+    xyz[:, 1] = (v.astype(np.float32) - np.float32(intr.cy)) * z / np.float32(intr.fy)
+    xyz[:, 2] = z
+    s = (np.asarray(score, dtype=np.float32).reshape(-1)[px[keep]] if score is not None
+         else np.zeros(keep.size, dtype=np.float32))
+    return xyz, s, int(px.size), int(np.count_nonzero(ok))
+
+
+@pytest.mark.parametrize("encoding", ["16UC1", "16UC1-big", "32FC1", "32FC1-big", "16UC1-half"])
+def test_fast_back_projection_equals_the_reference_bit_for_bit(encoding):
+    rng = np.random.default_rng(5)
+    cam = (48, 64)
+    dh, dw = (24, 32) if encoding.endswith("half") else cam
+    big = encoding.endswith("big")
+    if encoding.startswith("16"):
+        mm = rng.integers(0, 25000, (dh, dw)).astype(np.uint16)  # 0 and > 20 m included
+        depth = decode_depth(_depth16(mm, big=big, pad=2 if big else 0))
+    else:
+        m = rng.uniform(-1.0, 25.0, (dh, dw)).astype(np.float32)
+        m[rng.random((dh, dw)) < 0.05] = np.nan
+        m[rng.random((dh, dw)) < 0.02] = np.inf
+        depth = decode_depth(_depth32(m, big=big))
+    intr = Intrinsics(60.0 * dw / 64, 61.0 * dh / 48, dw / 2 - 0.3, dh / 2 + 0.2, dw, dh)
+    geo = depth_geometry(cam, depth.shape, intr)
+    score = rng.random(cam).astype(np.float32)
+    for max_points, lo, hi in ((-1, 0.1, 20.0), (500, 0.1, 20.0), (0, 0.1, 20.0),
+                               (100000, 0.5, 3), (700, 0.001, 65.0)):
+        for pixels in (rng.permutation(cam[0] * cam[1])[:1500], rng.random(cam) < 0.4):
+            got = back_project(pixels, cam, depth, geo, score, max_points=max_points,
+                               min_depth=lo, max_depth=hi)
+            xyz, s, cand, valid = _reference_back_project(pixels, cam, depth, geo, score,
+                                                          max_points=max_points, min_depth=lo,
+                                                          max_depth=hi)
+            assert (got.candidates, got.valid) == (cand, valid)
+            assert np.array_equal(got.xyz, xyz) and np.array_equal(got.score, s)
+            assert np.array_equal(got.packed, np.column_stack([xyz, s]))
+    none = back_project(np.arange(10), cam, depth, geo)  # no score: 0
+    assert np.all(none.score == 0) and none.packed.dtype == np.dtype("<f4")
+
+
+def test_packed_points_become_point_cloud_data_in_one_copy():
+    from flowclas_ros.outputs.pointcloud import packed_data
+
+    packed = np.arange(12, dtype=np.float32).reshape(3, 4)
+    data = packed_data(packed)
+    assert isinstance(data, array.array) and data.typecode == "B"
+    assert bytes(data) == pack_points(packed[:, :3], packed[:, 3]).data
+    assert np.array_equal(unpack_points(bytes(data)), packed)
+    assert len(packed_data(np.zeros((0, 4), np.float32))) == 0
+    with pytest.raises(ValueError):
+        packed_data(np.zeros((3, 3), np.float32))
+
+
+def test_persistence_small_matching_equals_the_numpy_matching(monkeypatch):
+    from flowclas_ros.outputs import persistence as persistence_mod
+
+    def run(small):
+        monkeypatch.setattr(persistence_mod, "SMALL", small)
+        rng = np.random.default_rng(6)
+        p, out = Persistence(2, 3, 0.3), []
+        for _ in range(80):
+            boxes = rng.integers(1, 12, (rng.integers(0, 9), 4))
+            regions = [Region(k + 1, int(x), int(y), int(w), int(h), 1, 1.0, 0.5)
+                       for k, (x, y, w, h) in enumerate(boxes)]
+            out.append([(d.id, d.region.box, d.new, d.seen, d.age) for d in p.update(regions)])
+        return out
+
+    numpy_only = run(0)
+    assert sum(len(frame) for frame in numpy_only) > 20  # tracks were matched and confirmed
+    assert numpy_only == run(10**6)  # plain Python for every frame

@@ -133,7 +133,7 @@ class DepthInput:
             return None
         pts = back_project(pixels, camera_hw, depth, geometry, score, max_points=max_points,
                            min_depth=min_depth, max_depth=max_depth)
-        return cloud_msg(pts.xyz, pts.score, depth_header)
+        return cloud_msg(pts.xyz, pts.score, depth_header, pts.packed)
 
 
 __all__ = ["DepthInput", "info_topic_for"]

@@ -14,12 +14,12 @@
 """
 from __future__ import annotations
 
-import array
 from typing import Any, Sequence
 
+import numpy as np
 from sensor_msgs.msg import PointCloud2, PointField
 
-from ..outputs.pointcloud import pack_points
+from ..outputs.pointcloud import POINT_STEP, pack_points, packed_data
 
 CLASS_ID = "anomaly"
 MISSING_VISION_MSGS = ("vision_msgs is not installed: anomaly/detections is off; apt install "
@@ -69,19 +69,23 @@ def _fields() -> list:
     return _FIELDS
 
 
-def cloud_msg(xyz, score, header) -> PointCloud2:
-    """PointCloud2 of (N, 3) points and (N,) scores with ``header`` (the depth image's)."""
-    c = pack_points(xyz, score)
+def cloud_msg(xyz, score, header, packed=None) -> PointCloud2:
+    """PointCloud2 of (N, 3) points and (N,) scores with ``header`` (the depth image's).
+
+    ``packed``: the same points already laid out (N, 4) ``x y z score`` float32
+    (:attr:`flowclas_ros.outputs.depth.Points.packed`): copied once into the message, and
+    ``xyz``/``score`` are not read.
+    """
+    if packed is None:
+        packed = np.frombuffer(pack_points(xyz, score).data, dtype="<f4").reshape(-1, 4)
     msg = PointCloud2()
     msg.header = header
-    msg.height, msg.width = c.height, c.width
+    msg.height, msg.width = 1, int(packed.shape[0])
     msg.fields = _fields()
-    msg.is_bigendian = c.is_bigendian
-    msg.point_step, msg.row_step = c.point_step, c.row_step
-    msg.is_dense = c.is_dense
-    buf = array.array("B")
-    buf.frombytes(c.data)  # the setter takes an array.array as is (bytes: element by element)
-    msg.data = buf
+    msg.is_bigendian = False
+    msg.point_step, msg.row_step = POINT_STEP, POINT_STEP * int(packed.shape[0])
+    msg.is_dense = True
+    msg.data = packed_data(packed)  # an array.array('B'): the setter's fast path
     return msg
 
 

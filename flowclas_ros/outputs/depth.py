@@ -29,12 +29,17 @@ pixels (no ROS: the message fields are duck-typed).
   ``y = (v - cy) z / fy``, ``z`` (optical frame: x right, y down, z forward; metres) with each
   pixel's score, skipping depths that are 0, NaN, infinite or outside ``[min_depth,
   max_depth]``, then subsampled **deterministically** to at most ``max_points``: evenly spaced in
-  the order of the given pixels. Vectorised; the cost is O(pixels given), never O(image).
+  the order of the given pixels. Vectorised; the cost is O(pixels given), never O(image): a
+  16UC1 depth is judged in its raw units (the usable interval of raw values is tabulated once),
+  only the kept pixels are converted to metres, ``u - cx`` and ``v - cy`` are gathered from
+  per-geometry tables, and the points are written once in the PointCloud2 layout
+  (:attr:`Points.packed`). The result is bit for bit that of the straightforward float32
+  formulas (``test/test_outputs.py`` keeps them as the reference).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import numpy as np
 
@@ -220,6 +225,17 @@ class DepthGeometry:
     cols: np.ndarray
     intrinsics: Intrinsics
 
+    @cached_property
+    def offsets(self) -> tuple[np.ndarray, np.ndarray]:
+        """Return ``u - cx`` of every camera column and ``v - cy`` of every row (float32).
+
+        Built once per geometry (geometries are cached), so a point's numerator is one gather
+        from a table small enough to stay in cache.
+        """
+        intr = self.intrinsics
+        return (np.arange(self.cols.size, dtype=np.float32) - np.float32(intr.cx),
+                np.arange(self.rows.size, dtype=np.float32) - np.float32(intr.cy))
+
 
 def depth_geometry(camera_hw, depth_hw, depth_intrinsics: Intrinsics) -> DepthGeometry:
     """Return the :class:`DepthGeometry` of a camera image and a depth image.
@@ -256,16 +272,37 @@ class Points:
 
     ``xyz`` (N, 3) float32 metres in the depth optical frame, ``score`` (N,) float32;
     ``candidates`` = pixels given, ``valid`` = those with a usable depth (before subsampling to
-    ``max_points``).
+    ``max_points``); ``packed`` (N, 4) little-endian float32 ``x y z score`` (the PointCloud2
+    layout of :mod:`.pointcloud`), of which ``xyz`` and ``score`` are views.
     """
 
     xyz: np.ndarray
     score: np.ndarray
     candidates: int
     valid: int
+    packed: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.xyz.shape[0])
+
+
+@lru_cache(maxsize=16)
+def _valid_units(kind: str, scale: float, min_depth: float, max_depth: float):
+    """Return the raw ``[lo, hi]`` of an integer encoding whose depths are usable, or None.
+
+    Usable: ``z = float32(raw) * float32(scale)`` is > 0 and within ``[min_depth, max_depth]``,
+    the float32 comparisons :func:`back_project` makes; z rises with raw, so the usable raw
+    values are one interval (checked: None, and the comparisons per pixel, otherwise).
+    """
+    if kind != "u2":
+        return None
+    z = np.arange(65536, dtype=np.float32) * np.float32(scale)
+    with np.errstate(invalid="ignore"):
+        ok = np.flatnonzero((z > 0) & (z >= min_depth) & (z <= max_depth))
+    if ok.size == 0:
+        return (1, 0)
+    lo, hi = int(ok[0]), int(ok[-1])
+    return (lo, hi) if ok.size == hi - lo + 1 else None
 
 
 def back_project(pixels: np.ndarray, camera_hw: tuple[int, int], depth: DepthImage,
@@ -278,6 +315,10 @@ def back_project(pixels: np.ndarray, camera_hw: tuple[int, int], depth: DepthIma
     :meth:`.regions.Regions.pixel_indices`) or an (H, W) bool mask; ``score``: (H, W) per-pixel
     scores of the camera image (the heatmap; None: 0). Depths are kept when finite and
     ``min_depth <= z <= max_depth`` and ``z > 0``; ``max_points`` < 0: no limit.
+
+    The points are written once, into :attr:`Points.packed`; only the kept pixels are converted
+    to metres and projected (the others are judged on their raw depth units when the encoding
+    is an integer one: the same float32 comparisons, tabulated once).
     """
     hc, wc = int(camera_hw[0]), int(camera_hw[1])
     px = np.asarray(pixels)
@@ -290,27 +331,48 @@ def back_project(pixels: np.ndarray, camera_hw: tuple[int, int], depth: DepthIma
         raise ValueError("pixel index outside the camera image")
     if score is not None and np.shape(score) != (hc, wc):
         raise ValueError(f"score has shape {np.shape(score)}, the camera image {(hc, wc)}")
-    if depth.shape == (hc, wc) and depth.raw.flags.c_contiguous:
-        z = depth.take(px)  # the same grid (rows and cols are the identity): a flat gather
+    same_grid = depth.shape == (hc, wc) and depth.raw.flags.c_contiguous
+    if same_grid:  # rows and cols are the identity: a flat gather
+        raw = depth.raw.reshape(-1).take(px)
     else:
         v, u = np.divmod(px, wc)
-        z = depth.at(geometry.rows[v], geometry.cols[u])
-    with np.errstate(invalid="ignore"):
-        ok = (z > 0) & (z >= min_depth) & (z <= max_depth)  # NaN compares False
+        raw = depth.raw[geometry.rows[v], geometry.cols[u]]
+    units = None  # Python numbers only: a numpy float64 bound would compare in float64
+    if type(min_depth) in (float, int) and type(max_depth) in (float, int):
+        units = _valid_units(depth.raw.dtype.kind + str(depth.raw.dtype.itemsize), depth.scale,
+                             float(min_depth), float(max_depth))
+    if units is not None:
+        ok = (raw >= units[0]) & (raw <= units[1])
+    else:
+        z = raw.astype(np.float32)
+        if depth.scale != 1.0:
+            z *= np.float32(depth.scale)
+        with np.errstate(invalid="ignore"):
+            ok = (z > 0) & (z >= min_depth) & (z <= max_depth)  # NaN compares False
     n_valid = int(np.count_nonzero(ok))
-    keep = np.flatnonzero(ok)
-    if max_points >= 0 and keep.size > max_points:
-        keep = keep[(np.arange(max_points, dtype=np.int64) * keep.size) // max(max_points, 1)]
-    z = z[keep]
-    v, u = np.divmod(px[keep], wc)
+    keep = np.flatnonzero(ok) if n_valid < px.size else None  # None: every pixel
+    n = n_valid if max_points < 0 else min(n_valid, max_points)
+    if n < n_valid:  # evenly spaced in the order of the valid pixels
+        pick = (np.arange(n, dtype=np.int64) * n_valid) // max(n, 1)
+        keep = pick if keep is None else keep[pick]
+    sel = px if keep is None else px[keep]
+    z = (raw if keep is None else raw[keep]).astype(np.float32)
+    if depth.scale != 1.0:
+        z *= np.float32(depth.scale)
     intr = geometry.intrinsics
-    xyz = np.empty((keep.size, 3), dtype=np.float32)
-    xyz[:, 0] = (u.astype(np.float32) - np.float32(intr.cx)) * z / np.float32(intr.fx)
-    xyz[:, 1] = (v.astype(np.float32) - np.float32(intr.cy)) * z / np.float32(intr.fy)
-    xyz[:, 2] = z
-    s = (np.asarray(score, dtype=np.float32).reshape(-1)[px[keep]] if score is not None
-         else np.zeros(keep.size, dtype=np.float32))
-    return Points(xyz, s, int(px.size), n_valid)
+    du, dv = geometry.offsets
+    v, u = np.divmod(sel, wc)
+    x = du.take(u)  # (u - cx) * z / fx, in this order, as float32
+    x *= z
+    x /= np.float32(intr.fx)
+    y = dv.take(v)
+    y *= z
+    y /= np.float32(intr.fy)
+    out = np.empty((n, 4), dtype="<f4")
+    out[:, 0], out[:, 1], out[:, 2] = x, y, z
+    out[:, 3] = (0.0 if score is None else
+                 np.asarray(score, dtype=np.float32).reshape(-1).take(sel))
+    return Points(out[:, :3], out[:, 3], int(px.size), n_valid, out)
 
 
 __all__ = ["CameraInfoError", "DEPTH_ENCODINGS", "DepthFormatError", "DepthGeometry",

@@ -54,6 +54,31 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
+SMALL = 64  # regions x tracks up to which plain Python beats numpy's per-call cost
+
+
+def _pairs_small(boxes, tracks, threshold: float) -> list[tuple[int, int]]:
+    """Return the (region, track) pairs with IoU >= ``threshold``, best first, in plain Python.
+
+    The same IoU as :func:`box_iou` (the same float64 operations in the same order) and the
+    same order as the numpy path of :meth:`Persistence._match`: IoU descending, then the older
+    track, then the earlier region.
+    """
+    found = []
+    for r, (ax, ay, aw, ah) in enumerate(boxes):
+        for t, track in enumerate(tracks):
+            bx, by, bw, bh = track.box
+            iw = max(float(min(ax + aw, bx + bw) - max(ax, bx)), 0.0)
+            ih = max(float(min(ay + ah, by + bh) - max(ay, by)), 0.0)
+            inter = iw * ih
+            union = float(aw * ah) + float(bw * bh) - inter
+            iou = inter / max(union, 1e-12) if union > 0 else 0.0
+            if iou >= threshold:
+                found.append((-iou, track.key, r, t))
+    found.sort()
+    return [(r, t) for _, _, r, t in found]
+
+
 @dataclass(frozen=True)
 class Detection:
     """A region that passed persistence in this frame.
@@ -156,18 +181,19 @@ class Persistence:
         tracks = self._tracks
         if not regions or not tracks:
             return {}
-        iou = box_iou(np.array([r.box for r in regions]), np.array([t.box for t in tracks]))
-        ri, ti = np.nonzero(iou >= self.iou_threshold)
-        if ri.size == 0:
-            return {}
-        # highest IoU first; ties: older track (lower key), then earlier region
-        keys = np.array([tracks[j].key for j in ti])
-        order = np.lexsort((ri, keys, -iou[ri, ti]))
+        if len(regions) * len(tracks) <= SMALL:
+            pairs = _pairs_small([r.box for r in regions], tracks, self.iou_threshold)
+        else:
+            iou = box_iou(np.array([r.box for r in regions]), np.array([t.box for t in tracks]))
+            ri, ti = np.nonzero(iou >= self.iou_threshold)
+            # highest IoU first; ties: older track (lower key), then earlier region
+            keys = np.array([tracks[j].key for j in ti])
+            order = np.lexsort((ri, keys, -iou[ri, ti]))
+            pairs = [(int(ri[o]), int(ti[o])) for o in order]
         used_r: set[int] = set()
         used_t: set[int] = set()
         out: dict[int, _Track] = {}
-        for o in order:
-            r, t = int(ri[o]), int(ti[o])
+        for r, t in pairs:
             if r in used_r or t in used_t:
                 continue
             used_r.add(r)

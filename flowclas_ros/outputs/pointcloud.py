@@ -3,7 +3,10 @@
 :func:`pack_points` lays out one point per 16 bytes, little-endian float32 ``x, y, z, score``
 at offsets 0, 4, 8, 12 (PointField datatype 7 = FLOAT32, count 1), as an unorganised cloud
 (``height`` 1, ``width`` N, ``row_step`` = 16 N, ``is_dense`` True: every point is finite).
-The node only fills a message::
+:func:`~flowclas_ros.outputs.depth.back_project` already writes its points in this layout
+(:attr:`~flowclas_ros.outputs.depth.Points.packed`), so the node only copies them once into the
+message's ``data`` with :func:`packed_data` (``flowclas_ros/node/robot_messages.py``); for
+points from elsewhere :func:`pack_points` gives the same bytes and the other fields::
 
     c = pack_points(points.xyz, points.score)
     msg = PointCloud2(header=depth_header, height=c.height, width=c.width,
@@ -17,6 +20,7 @@ The header is the **depth image's** (its frame_id is the optical frame the point
 """
 from __future__ import annotations
 
+import array
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -72,10 +76,25 @@ def pack_points(xyz: np.ndarray, score: np.ndarray | None = None) -> PackedCloud
     return PackedCloud(buf.tobytes(), n)
 
 
+def packed_data(packed: np.ndarray) -> array.array:
+    """Return (N, 4) ``x y z score`` float32 points as PointCloud2 ``data`` (one copy).
+
+    An ``array.array('B')``: rclpy's generated setter for ``uint8[]`` keeps one as it is when it
+    checks fields (``ROS_PYTHON_CHECK_FIELDS=1``; bytes are then checked byte by byte) and copies
+    it with one memcpy otherwise (so do bytes; a numpy array is copied element by element).
+    """
+    buf = np.ascontiguousarray(packed, dtype="<f4")
+    if buf.ndim != 2 or buf.shape[1] != 4:
+        raise ValueError(f"packed points must be (N, 4), got shape {buf.shape}")
+    data = array.array("B")
+    data.frombytes(buf.reshape(-1).view(np.uint8))
+    return data
+
+
 def unpack_points(data: bytes) -> np.ndarray:
     """Return the inverse, for tests and tools: (N, 4) float32 ``x, y, z, score``."""
     return np.frombuffer(data, dtype="<f4").reshape(-1, 4)
 
 
 __all__ = ["FIELDS", "FLOAT32", "FieldSpec", "POINT_STEP", "PackedCloud", "pack_points",
-           "unpack_points"]
+           "packed_data", "unpack_points"]

@@ -13,11 +13,12 @@ wall time and as the thread's CPU time (``time.thread_time``: what the stage cos
 not descheduled by other processes; its resolution is coarser on some kernels):
 
 * ``regions``: :func:`~flowclas_ros.outputs.regions.find_regions` (ignore mask applied, 8-connected
-  labelling at full resolution, boxes, peaks, exceedance scores);
+  components from the mask's runs, boxes, peaks, exceedance scores);
 * ``persistence``: :meth:`~flowclas_ros.outputs.persistence.Persistence.update` (2 of 3);
 * ``back_projection``: decoding the depth message, the reported regions' pixels, and
   :func:`~flowclas_ros.outputs.depth.back_project` to at most ``--points`` points;
-* ``packing``: :func:`~flowclas_ros.outputs.pointcloud.pack_points`;
+* ``packing``: :func:`~flowclas_ros.outputs.pointcloud.packed_data` (the points, already laid
+  out by the back-projection, copied once into PointCloud2 data, as the node does);
 * ``snapshot_add``: :meth:`~flowclas_ros.outputs.snapshots.SnapshotRecorder.add` (no event);
 * ``total``: all of them.
 """
@@ -36,7 +37,7 @@ from scipy import ndimage
 
 from flowclas_ros.outputs.depth import Intrinsics, back_project, decode_depth, depth_geometry
 from flowclas_ros.outputs.persistence import Persistence
-from flowclas_ros.outputs.pointcloud import pack_points
+from flowclas_ros.outputs.pointcloud import packed_data
 from flowclas_ros.outputs.regions import exceedance_table, find_regions
 from flowclas_ros.outputs.snapshots import SnapshotRecorder
 
@@ -120,7 +121,7 @@ def run(width: int, height: int, regions: int, points: int, depth_scale: float,
             pix = found.pixel_indices([d.region.label for d in dets])
             pts = back_project(pix, (height, width), depth, geo, score, max_points=points)
             mark()
-            cloud = pack_points(pts.xyz, pts.score)
+            cloud = packed_data(pts.packed)
             mark()
             rec.add(1_700_000_000_000_000_000 + k * 33_000_000, frame_msg, score,
                     [d.as_dict() for d in dets])
@@ -133,7 +134,7 @@ def run(width: int, height: int, regions: int, points: int, depth_scale: float,
                 times["total"].append((t[-1] - t[0]) * 1e3)
                 cpu["total"].append((c[-1] - c[0]) * 1e3)
                 sizes["regions"].append(len(found.regions))
-                sizes["points"].append(cloud.width)
+                sizes["points"].append(len(cloud) // 16)
                 sizes["pixels"].append(pts.candidates)
         rec.close()
     return {"wall": {s: latency_row(v) for s, v in times.items()},
