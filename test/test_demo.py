@@ -51,8 +51,11 @@ def test_iter_frames_reads_folders_videos_and_refuses_the_rest(tmp_path):
 def test_shipped_demo_sequence_is_small_and_attributed():
     seq = default_sequence()
     files = sorted(seq.glob("*.jpg"))
-    assert 0 < len(files) <= 20
-    assert "CC BY-NC 4.0" in (seq / "ATTRIBUTION.md").read_text()
+    assert seq.name == "demo_sequence_kitti" and 0 < len(files) <= 20
+    assert "CC BY-NC-SA 3.0" in (seq / "ATTRIBUTION.md").read_text()  # KITTI raw
+    old = seq.parent / "demo_sequence"  # the previous sequence, still used by the benchmarks
+    assert 0 < len(list(old.glob("*.jpg"))) <= 20
+    assert "CC BY-NC 4.0" in (old / "ATTRIBUTION.md").read_text()
 
 
 @pytest.mark.ros

@@ -66,7 +66,7 @@ from .robot_outputs import RobotOutputs
 from .stats import Meters
 
 NODE_NAME = "flowclas_anomaly"
-DEMO_BUNDLE = "flowclas_lite2_camvid"
+DEMO_BUNDLE = "flowclas_lite2_hires"  # issue 18; flowclas_lite2_camvid is the previous one
 
 OUTPUT_QOS = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE,
                         history=HistoryPolicy.KEEP_LAST)

@@ -32,11 +32,12 @@ from .image_conversion import compressed_to_msg, numpy_to_msg
 
 
 def default_sequence() -> Path:
-    """Return the demo sequence shipped with the package.
+    """Return the demo sequence shipped with the package: small obstacles on a KITTI road.
 
-    The installed share/ first, then the source tree.
+    The installed share/ first, then the source tree (``models/demo_sequence_kitti``;
+    ``models/demo_sequence``, CamVid with pasted COCO photos, is the previous one).
     """
-    return package_file("models", "demo_sequence")
+    return package_file("models", "demo_sequence_kitti")
 
 
 def is_bag(path: str | Path) -> bool:

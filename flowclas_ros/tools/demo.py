@@ -6,20 +6,21 @@
 
 1. starts ``anomaly_node`` as its own process (as ``ros2 run`` would) on a private ROS domain;
 2. brings it to active through its lifecycle services (configure, then activate);
-3. plays the source (default: the shipped sequence of CamVid test frames with held-out COCO
-   objects pasted; or a recording, ``--source bag.mcap --topic NAME``, with its own stamps, at
-   its recorded rate unless ``--rate`` is given) with
+3. plays the source (default: the shipped sequence ``models/demo_sequence_kitti``, a held-out
+   KITTI raw drive with lost cargo composited on the road at camera resolution; or a
+   recording, ``--source bag.mcap --topic NAME``, with its own stamps, at its recorded rate
+   unless ``--rate`` is given) with
    :class:`~flowclas_ros.node.image_player.ImagePlayer`, raw or compressed (``--transport``);
 4. writes every overlay it receives to ``<out>/overlay_NNNN.png``, and a summary (frames,
    throughput, latency p50/p99 from the frame's publication to the heatmap's arrival) to
    ``<out>/summary.json``;
 5. shuts the node down through its lifecycle.
 
-``python -m flowclas_ros.tools.demo --build-sequence --camvid ROOT --coco ROOT`` rebuilds the
-shipped sequence from the project's data (see models/demo_sequence/ATTRIBUTION.md);
-``--build-obstacle-sequence --hires ROOT/hires-road --coco ROOT/coco128-seg`` the KITTI one of
-small obstacles on the road at camera resolution, ``models/demo_sequence_kitti``
-(:mod:`flowclas_ros.data.demo_sequence`; play it with ``--source models/demo_sequence_kitti``).
+``python -m flowclas_ros.tools.demo --build-obstacle-sequence --hires ROOT/hires-road --coco
+ROOT/coco128-seg`` rebuilds the shipped sequence from the project's data
+(:mod:`flowclas_ros.data.demo_sequence`, models/demo_sequence_kitti/ATTRIBUTION.md);
+``--build-sequence --camvid ROOT --coco ROOT`` the previous one, ``models/demo_sequence``
+(CamVid with pasted COCO photos; ``--source models/demo_sequence`` plays it).
 """
 from __future__ import annotations
 
