@@ -67,11 +67,18 @@ class BatchBackend:
         self.thresholds.append(thr)
         out = []
         for im, h, m, o, t in zip(images, *per[:3], thr):
-            s = np.full(im.shape[:2], float(im[0, 0, 0]), np.float32)
+            s = self.score_map(im)
             out.append(FrameResult(s if h else None, mask_np(s, t) if m else None,
-                                   overlay_np(s, im, (0.0, 255.0), overlay_alpha, colormap)
-                                   if o else None, 1.0))
+                                   overlay_np(s, im, self.display_range(), overlay_alpha,
+                                              colormap) if o else None, 1.0))
         return out
+
+    def score_map(self, im):
+        """Return the frame's score map: its marker everywhere."""
+        return np.full(im.shape[:2], float(im[0, 0, 0]), np.float32)
+
+    def display_range(self):
+        return (0.0, 255.0)
 
     def close(self):
         self.closed = True

@@ -24,6 +24,7 @@ from PIL import Image as PILImage  # noqa: E402
 from ros_harness import TIMEOUT, wait_until  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
+from test_multi_camera import BatchBackend  # noqa: E402
 from test_robot_outputs_node import (  # noqa: E402
     CX,
     CY,
@@ -40,8 +41,6 @@ from test_robot_outputs_node import (  # noqa: E402
 )
 
 from flowclas_ros.node.image_conversion import numpy_to_msg  # noqa: E402
-from flowclas_ros.runtime.backend import FrameResult  # noqa: E402
-from flowclas_ros.runtime.visualisation import mask_np, overlay_np  # noqa: E402
 
 pytestmark = pytest.mark.ros
 
@@ -54,37 +53,18 @@ def vm():
     return ros_msgs.ensure_vision_msgs()
 
 
-class MapBackend:
+class MapBackend(BatchBackend):
     """A batching backend whose score maps are known: ``maps[k]`` for red value k at (0, 0)."""
 
-    name, device, precision = "fake", "cpu", "fp32"
-
     def __init__(self, bundle, maps, options):
-        self.bundle, self.maps, self.options = bundle, maps, options
-        self.runs: list[list[int]] = []
+        super().__init__(bundle, options)
+        self.maps = maps
 
-    def warmup(self, height, width):
-        pass
+    def score_map(self, im):
+        return np.array(self.maps[int(im[0, 0, 0])], dtype=np.float32)  # a fresh copy per frame
 
-    def infer(self, image, *, threshold=None, **kw):
-        return self.infer_batch([image], threshold=[threshold], **kw)[0]
-
-    def infer_batch(self, images, *, heatmap=True, mask=True, overlay=True, threshold=None,
-                    overlay_alpha=0.5, colormap="turbo"):
-        n = len(images)
-        per = [v if isinstance(v, list) else [v] * n for v in (heatmap, mask, overlay, threshold)]
-        self.runs.append([int(im[0, 0, 0]) for im in images])
-        out = []
-        for im, h, m, o, t in zip(images, *per):
-            s = np.array(self.maps[int(im[0, 0, 0])], dtype=np.float32)  # a copy: the node's
-            thr = self.bundle.mask_threshold(t)
-            out.append(FrameResult(s if h else None, mask_np(s, thr) if m else None,
-                                   overlay_np(s, im, self.bundle.score_range, overlay_alpha,
-                                              colormap) if o else None, 1.0))
-        return out
-
-    def close(self):
-        pass
+    def display_range(self):
+        return self.bundle.score_range
 
 
 def map_factory(maps):
