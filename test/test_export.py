@@ -158,3 +158,35 @@ def test_dynamo_export_and_verify(tiny_model, tmp_path):
     v = verify_onnx(tiny_model, tmp_path / "m.onnx", (40, 56), score_range=(0.0, 2.0))
     assert v["provider"] == "CPUExecutionProvider" and v["finite"]
     assert v["relative_to_score_range"] < 1e-5 and v["image"].startswith("skimage.data")
+
+
+def test_regraph_keeps_weights_threshold_and_card_notes(checkpoint, tmp_path, capsys):
+    """``export --regraph``: today's graph for an existing bundle, nothing else changed."""
+    src = tmp_path / "old"
+    notes = tmp_path / "notes.md"
+    notes.write_text("## Provenance\n\nTrained on the test photographs.\n")
+    assert export_cli.main(["--checkpoint", str(checkpoint), "--out", str(src), "--input-size",
+                            "32", "48", "--threshold", "1.5", "--card-notes", str(notes)]) == 0
+    old = load_bundle(src)
+    capsys.readouterr()
+    out = tmp_path / "new"
+    assert export_cli.main(["--regraph", str(src), "--out", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["passes"] == {"fold_same_padding": 0}
+    new = load_bundle(out)
+    assert new.threshold == old.threshold and new.score_range == old.score_range
+    for key in ("threshold", "metrics", "train_config", "model", "input"):
+        assert new.manifest[key] == old.manifest[key]
+    assert (new.manifest["files"]["weights.safetensors"]
+            == old.manifest["files"]["weights.safetensors"])
+    assert new.manifest["onnx"]["verification"]["relative_to_score_range"] < 1e-3
+    assert (out / "MODEL_CARD.md").read_text().endswith(notes.read_text())
+    frame = sample_images()[0][1]
+    a = create_backend(src, backend="onnxruntime").infer(frame).heatmap
+    b = create_backend(out, backend="onnxruntime").infer(frame).heatmap
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    # in place without --out; neither or both sources is a usage error
+    assert export_cli.main(["--regraph", str(src)]) == 0
+    with pytest.raises(SystemExit):
+        export_cli.main(["--out", str(out)])
+    with pytest.raises(SystemExit):
+        export_cli.main(["--regraph", str(src), "--checkpoint", str(checkpoint)])

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from flowclas_ros.model.flowclas import FlowCLAS
 
 from .graph import INPUT_NAME, OUTPUT_NAME, ScoreGraph
+from .onnx_passes import fold_same_padding
 from .preprocess_torch import frame_to_input
 
 log = logging.getLogger("flowclas_ros.export")
@@ -110,13 +111,27 @@ def _fix_io_shapes(path: Path, size: tuple[int, int], dynamic: bool) -> int:
     return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
 
 
+def _fold_padding(path: Path) -> int:
+    """Apply :func:`.onnx_passes.fold_same_padding` to the file; return the Pads folded."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    folded = fold_same_padding(proto)
+    if folded:
+        onnx.save(proto, str(path))
+        onnx.checker.check_model(str(path))
+        log.info("folded %d size-independent Pad nodes into their convolutions", folded)
+    return folded
+
+
 def export_onnx(model: FlowCLAS, path: str | Path, input_size: tuple[int, int], *,
                 opset: int = 17, dynamic: bool = False, fp16: bool = False,
                 exporter: str = "auto") -> dict:
     """Write the score graph of ``model`` (not modified) to ``path``.
 
-    Returns {"exporter", "opset", "external_data", "seconds", "note"}; ``note`` says why the
-    first exporter tried did not produce the graph, if it did not.
+    Returns {"exporter", "opset", "external_data", "seconds", "note", "passes"}; ``note`` says
+    why the first exporter tried did not produce the graph, if it did not; ``passes`` what the
+    graph rewrites of :mod:`.onnx_passes` changed.
     """
     import copy
 
@@ -154,6 +169,7 @@ def export_onnx(model: FlowCLAS, path: str | Path, input_size: tuple[int, int], 
             log.warning(msg)
             notes.append(msg)
             continue
+        folded = 0 if external else _fold_padding(path)
         seconds = time.perf_counter() - t0
         if dynamic and name == "torchscript" and exporter == "auto":
             notes.append("dynamic H/W: TorchScript first (dynamo's symbolic shapes are very slow "
@@ -161,7 +177,8 @@ def export_onnx(model: FlowCLAS, path: str | Path, input_size: tuple[int, int], 
         log.info("exported %s with the %s exporter (opset %d) in %.1f s", path.name, name,
                  actual, seconds)
         return {"exporter": name, "opset": actual, "external_data": external,
-                "seconds": round(seconds, 2), "note": "; ".join(notes) or None}
+                "seconds": round(seconds, 2), "note": "; ".join(notes) or None,
+                "passes": {"fold_same_padding": folded}}
     raise RuntimeError("ONNX export failed with every exporter: " + " | ".join(notes))
 
 

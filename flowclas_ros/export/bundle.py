@@ -63,7 +63,7 @@ def write_bundle(model: FlowCLAS, out_dir: str | Path, *, input_size: tuple[int,
         writer.save_weights(model, tmp)
         onnx = {"opset": info["opset"], "requested_opset": opset, "exporter": info["exporter"],
                 "exporter_note": info.get("note"), "dynamic": bool(dynamic), "fp16": bool(fp16),
-                "verification": verification}
+                "passes": info.get("passes"), "verification": verification}
         manifest = writer.make_manifest(
             model, input_size=(h, w), threshold=threshold, score_range=score_range, onnx=onnx,
             threshold_fpr=threshold_fpr, threshold_method=threshold_method,
@@ -73,6 +73,49 @@ def write_bundle(model: FlowCLAS, out_dir: str | Path, *, input_size: tuple[int,
     bundle = _reader.load_bundle(out_dir)
     log.info("wrote bundle %s (%s exporter, opset %s)", out_dir, info["exporter"], info["opset"])
     return bundle
+
+
+def regraph_bundle(path: str | Path, out_dir: str | Path | None = None, *,
+                   exporter: str = "auto", verify: bool = True) -> _reader.Bundle:
+    """Export a bundle's graph again with today's exporter, keeping everything else.
+
+    The model is rebuilt from the bundle's own weights, so thresholds, calibration, metrics and
+    card notes carry over unchanged; only ``model.onnx`` and the manifest's ``onnx`` section
+    (and the file hashes, library versions) are new. For bundles exported before a graph
+    rewrite of :mod:`flowclas_ros.bundle.onnx_passes` existed. ``out_dir`` defaults to the
+    bundle itself (replaced only once the new one is complete).
+    """
+    import json
+    import shutil
+
+    from flowclas_ros.bundle.model_card import model_card
+    from flowclas_ros.bundle.torch_model import build_torch_model
+
+    bundle = _reader.load_bundle(path)
+    out_dir = Path(out_dir) if out_dir is not None else bundle.path
+    manifest = json.loads((bundle.path / _reader.MANIFEST).read_text())
+    old = manifest["onnx"]
+    card = (bundle.path / _reader.MODEL_CARD).read_text()
+    generated = model_card(manifest)
+    notes = card[len(generated):].strip() if card.startswith(generated) else None
+    model = build_torch_model(bundle)
+    h, w = bundle.input_size
+    with writer.staged(out_dir) as tmp:
+        info = export_onnx(model, tmp / _reader.ONNX_FILE, (h, w), opset=old["requested_opset"],
+                           dynamic=bool(old["dynamic"]), fp16=bool(old["fp16"]),
+                           exporter=exporter)
+        verification = (verify_onnx(model, tmp / _reader.ONNX_FILE, (h, w),
+                                    score_range=tuple(manifest["score_range"]))
+                        if verify else None)
+        shutil.copy2(bundle.weights_path, tmp / _reader.WEIGHTS_FILE)
+        manifest["onnx"] = {**old, "opset": info["opset"], "exporter": info["exporter"],
+                            "exporter_note": info.get("note"), "passes": info.get("passes"),
+                            "verification": verification}
+        manifest["versions"] = writer.library_versions()
+        manifest["files"] = {}
+        writer.finish(tmp, manifest, notes)
+    log.info("re-exported the graph of %s into %s", bundle.path, out_dir)
+    return _reader.load_bundle(out_dir)
 
 
 _MOVED = dict.fromkeys(("FORMAT", "FORMAT_VERSION", "MANIFEST", "ONNX_FILE", "WEIGHTS_FILE",
@@ -103,4 +146,4 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["write_bundle"]
+__all__ = ["regraph_bundle", "write_bundle"]

@@ -5,6 +5,7 @@ r"""``export``: a training checkpoint -> a model bundle (``ros2 run flowclas_ros
            [--calibration DIR --fpr 0.05 | --calibration-bag BAG --topic T] [--threshold X] \
            [--ignore-mask PNG] \
            [--protocol DIR] [--card-notes FILE] [--backbone-weights FILE]
+    export --regraph models/my_bundle [--out DIR]   # today's graph, same weights and threshold
 
 What it does: :func:`flowclas_ros.export.export.export_checkpoint`; how the threshold is set:
 :mod:`flowclas_ros.export.calibration`.
@@ -30,8 +31,11 @@ threshold is --threshold or an uncalibrated placeholder."""
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="export", description=CLI_DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="training checkpoint (.pt)")
-    p.add_argument("--out", required=True, help="bundle directory to write (replaced if a bundle)")
+    p.add_argument("--checkpoint", help="training checkpoint (.pt)")
+    p.add_argument("--regraph", metavar="BUNDLE", help="instead of a checkpoint: export an "
+                   "existing bundle's graph again with this version's exporter (its weights, "
+                   "threshold and card kept; into --out, or in place without it)")
+    p.add_argument("--out", help="bundle directory to write (replaced if a bundle)")
     p.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"),
                    help="graph input size (default: 518 1036 for DINOv2, else 480 640)")
     p.add_argument("--dynamic", action="store_true", help="graph accepts any H and W")
@@ -71,6 +75,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="device for calibration (cpu, cuda)")
     p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs torch check")
     args = p.parse_args(argv)
+    if bool(args.checkpoint) == bool(args.regraph):
+        p.error("give --checkpoint (with --out) or --regraph")
+    if args.checkpoint and not args.out:
+        p.error("--checkpoint needs --out")
     if not 0.0 <= args.fpr <= 1.0:
         p.error(f"--fpr must be in [0, 1], got {args.fpr}")
     if args.input_size and min(args.input_size) < 1:
@@ -83,6 +91,18 @@ def main(argv=None) -> int:
     setup_logging("%(levelname)s %(name)s: %(message)s")
     from flowclas_ros.export.export import export_checkpoint
 
+    if args.regraph:
+        from flowclas_ros.export.bundle import regraph_bundle
+
+        try:
+            bundle = regraph_bundle(args.regraph, args.out, exporter=args.exporter,
+                                    verify=not args.no_verify)
+        except (FileNotFoundError, ValueError, FileExistsError) as exc:
+            print(f"export: error: {exc}", file=sys.stderr)
+            return 2
+        print(json.dumps({"bundle": str(bundle.path), **{k: bundle.manifest["onnx"].get(k) for k
+                          in ("exporter", "opset", "passes", "verification")}}, indent=2))
+        return 0
     resolution = None
     if args.long_side or args.max_pixels:
         resolution = {"long_side": args.long_side, "pixels": args.max_pixels,
