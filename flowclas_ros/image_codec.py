@@ -104,10 +104,12 @@ def validate_image(msg, max_pixels: int | None = None) -> ImageLayout:
 
 
 def image_to_rgb(msg, max_pixels: int | None = None,
-                 layout: ImageLayout | None = None) -> np.ndarray:
+                 layout: ImageLayout | None = None, *, copy: bool = True) -> np.ndarray:
     """Decode an Image message to (H, W, 3) uint8 RGB, C-contiguous.
 
-    The result is a copy, never a view of ``msg``.
+    The result is a copy, never a view of ``msg``; with ``copy=False`` an rgb8 message without
+    row padding comes back as a read-only view of its data instead (an HD frame's copy saved,
+    for a caller that keeps the message alive while it reads the pixels).
 
     ``layout``: the result of an earlier :func:`validate_image` on the same message (skips the
     checks); otherwise the message is validated here. Raises :class:`ImageFormatError`.
@@ -126,6 +128,10 @@ def image_to_rgb(msg, max_pixels: int | None = None,
     pix = rows.reshape(lay.height, lay.width, lay.channels)
     if enc == "mono8":
         return np.repeat(pix, 3, axis=2)
+    if enc == "rgb8" and not copy and rows.flags.c_contiguous:
+        view = pix.view()
+        view.flags.writeable = False
+        return view
     if enc in ("rgb8", "rgba8"):
         return np.array(pix[:, :, :3], order="C", copy=True)  # never a view of the message
     return np.array(pix[:, :, 2::-1], order="C", copy=True)  # bgr8 / bgra8 -> RGB

@@ -87,6 +87,23 @@ def test_output_is_a_copy(rgb):
     assert out[0, 0, 0] == rgb[0, 0, 0]
 
 
+@pytest.mark.parametrize("pad", [0, 5])
+def test_view_without_copy_only_where_the_rows_are_unpadded_rgb8(rgb, pad):
+    """copy=False: an unpadded rgb8 frame is a read-only view of the message, else a copy."""
+    msg = numpy_to_msg(rgb, "rgb8", step=rgb.shape[1] * 3 + pad)
+    out = image_to_rgb(msg, copy=False)
+    np.testing.assert_array_equal(out, rgb)
+    assert out.flags.c_contiguous and out.dtype == np.uint8 and out.shape == rgb.shape
+    assert np.shares_memory(out, np.frombuffer(msg.data, np.uint8)) == (pad == 0)
+    if pad == 0:
+        assert not out.flags.writeable
+        with pytest.raises(ValueError):
+            out[0, 0, 0] = 1
+    bgr = image_to_rgb(numpy_to_msg(rgb[:, :, ::-1], "bgr8"), copy=False)
+    np.testing.assert_array_equal(bgr, rgb)
+    assert bgr.flags.writeable  # converted: a copy
+
+
 def _msg(**kw):
     m = Image(height=2, width=3, encoding="rgb8", step=9, is_bigendian=0)
     m.data = bytes(18)

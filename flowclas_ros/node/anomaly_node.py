@@ -57,6 +57,7 @@ from . import parameters
 from .backend_loading import ConfigureError, load_backend
 from .cameras import OUTPUTS, Camera, CameraPath, Settings, camera_parameters, unused_node_depth
 from .diagnostics import camera_status, node_status
+from .memory import keep_frame_buffers
 from .rclpy_workarounds import (
     answer_queries_during_transitions,
     guard_change_state_service,
@@ -108,6 +109,7 @@ class AnomalyNode(LifecycleNode):
     def __init__(self, node_name: str = NODE_NAME, *,
                  backend_factory: Callable[..., Any] | None = None, **kwargs):
         super().__init__(node_name, **kwargs)
+        memory = keep_frame_buffers()  # process-wide, before the first frame's buffers
         self._backend_factory = backend_factory or _default_backend_factory
         guard_change_state_service(self)
         answer_queries_during_transitions(self)
@@ -136,7 +138,8 @@ class AnomalyNode(LifecycleNode):
         self._diag_previous: dict[str, Any] | None = None  # the counters at the last status
         self.get_logger().info(
             f"{self.get_fully_qualified_name()} created (unconfigured); configure it to load "
-            f"{self.get_parameter('model_path').value or default_model_path()}")
+            f"{self.get_parameter('model_path').value or default_model_path()}; frame "
+            f"buffers: {memory}")
 
     @property
     def _worker(self) -> CameraPath | None:

@@ -308,7 +308,7 @@ class CameraPath:
                 self.refuse(cam, exc)
                 return None
         else:
-            rgb = image_to_rgb(frame.msg, layout=frame.layout)
+            rgb = image_to_rgb(frame.msg, layout=frame.layout, copy=False)  # msg outlives the job
         return _Job(frame, rgb, want, plan)
 
     @staticmethod
