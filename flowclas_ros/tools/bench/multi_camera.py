@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -46,33 +45,24 @@ NODE = "flowclas_anomaly"
 def dynamic_batch_bundle(bundle: Path, out_dir: Path) -> tuple[Path, str]:
     """Return a bundle whose ONNX graph takes any batch, and a note saying which one it is.
 
-    ``bundle`` itself when its graph already does; else a copy in ``out_dir`` with model.onnx
-    re-exported from the bundle's weights (dynamic batch, fixed H/W) and the manifest's file
-    hash updated.
+    ``bundle`` itself when its graph already does; else its copy in ``out_dir`` with today's
+    graph (``export --regraph``: dynamic batch, the same weights and threshold).
     """
     import onnx
 
-    from flowclas_ros.bundle.hashing import sha256_file
-    from flowclas_ros.bundle.onnx_export import export_onnx
     from flowclas_ros.bundle.reader import load_bundle
-    from flowclas_ros.bundle.torch_model import build_torch_model
+    from flowclas_ros.export.bundle import regraph_bundle
 
     b = load_bundle(bundle)
     dim = onnx.load(str(b.onnx_path), load_external_data=False).graph.input[0].type.tensor_type \
         .shape.dim[0]
     if dim.dim_param:
         return bundle, f"the bundle's graph (batch dimension {dim.dim_param!r})"
-    copy = out_dir / f"{bundle.name}_dynamic_batch"
-    shutil.copytree(bundle, copy)
-    info = export_onnx(build_torch_model(b), copy / "model.onnx", tuple(b.input_size),
-                       opset=int(b.manifest["onnx"].get("requested_opset", 17)))
-    manifest = json.loads((copy / "manifest.json").read_text())
-    manifest["onnx"]["opset"] = info["opset"]
-    manifest["files"]["model.onnx"] = {"sha256": sha256_file(copy / "model.onnx"),
-                                       "bytes": (copy / "model.onnx").stat().st_size}
-    (copy / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    return copy, (f"re-exported from the bundle's weights with a dynamic batch dimension "
-                  f"({info['exporter']}, {info['seconds']:.0f} s); the shipped graph has batch 1")
+    t0 = time.perf_counter()
+    copy = regraph_bundle(bundle, out_dir / f"{bundle.name}_dynamic_batch", verify=False)
+    return copy.path, (f"re-exported from the bundle's weights with a dynamic batch dimension "
+                       f"({copy.manifest['onnx']['exporter']}, {time.perf_counter() - t0:.0f} s);"
+                       f" the shipped graph has batch 1")
 
 
 def _rss_mb(pids: list[int]) -> float:
