@@ -331,7 +331,8 @@ class CameraPath:
         pubs, robot, header = cam.pubs, cam.robot, msg.header
         published = False
         if want["heatmap"]:  # the raw score, ignored pixels included
-            published |= _send(pubs["heatmap"], heatmap_to_msg(result.heatmap, header))
+            published |= _send(pubs["heatmap"], heatmap_to_msg(result.heatmap, header,
+                                                               finite=True))  # the pipeline's
         mask = robot.mask_out_ignored(result.mask)
         if want["mask"] and mask is not None:
             published |= _send(pubs["mask"], mask_to_msg(mask, header))

@@ -58,16 +58,17 @@ def _whole_array_array(data: np.ndarray) -> array.array | None:
     return None
 
 
-def heatmap_to_msg(heatmap: np.ndarray, header=None) -> Image:
+def heatmap_to_msg(heatmap: np.ndarray, header=None, *, finite: bool = False) -> Image:
     """(H, W) float scores -> ``32FC1`` Image in host byte order.
 
     Always finite: NaN -> 0, +-inf -> the largest/smallest float32 (only a check when the
-    input is already finite, which the backends guarantee).
+    input is already finite). ``finite=True``: the caller vouches for it (a backend's
+    heatmap, which the pipelines make finite), and the check over every pixel is skipped.
     """
     hm = np.asarray(heatmap, dtype=np.float32)
     if hm.ndim != 2:
         raise ValueError(f"heatmap must be (H, W), got shape {hm.shape}")
-    if not np.isfinite(hm).all():
+    if not finite and not np.isfinite(hm).all():
         hm = np.nan_to_num(hm, nan=0.0, posinf=np.finfo(np.float32).max,
                            neginf=np.finfo(np.float32).min)
     return _to_msg(np.ascontiguousarray(hm), "32FC1", header, _HOST_BIG_ENDIAN)
