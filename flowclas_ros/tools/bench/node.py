@@ -13,8 +13,8 @@ published once the previous heatmap arrived, so the numbers are latency, not que
   (serialisation, DDS both ways, validation, conversion, inference, publishing included);
 * backend: ``FrameResult.inference_ms`` of the same frames (``Backend.infer``'s own wall time).
 
-Bundle: ``--bundle``, else the demo bundle ``models/flowclas_lite2_camvid`` when it exists, else
-an EfficientNet-Lite0 + 8-step flow model exported to a temporary bundle at the frame size.
+Bundle: ``--bundle``, else the demo bundle (``models/flowclas_lite2_hires``) when it exists,
+else an EfficientNet-Lite0 + 8-step flow model exported to a temporary bundle at the frame size.
 Prints one JSON object (p50/p99/mean of both, their ratio; the goal is ratio <= 1.15), and the
 cost of decoding one compressed frame of that size (``image_transport: compressed``: jpeg
 quality 90 and png, as the node's worker decodes them).
@@ -23,6 +23,9 @@ Both nodes share one Python process (and its GIL), which can only make end-to-en
 ``--sizes 640x480 1920x1080``: the same measurement at each size, one after the other in one
 run (a fresh node each), and the ratios of issue 20: each size's backend p50 against the first
 size's (goal: at most 1.3 at 1080p against 640x480) and its end to end / backend (at most 1.15).
+That goal is about the host work around a fixed model input (``--bundle
+models/flowclas_lite2_camvid``): an aspect-keeping bundle's model input grows with the frame up
+to its long side, so its backend ratio measures the model's own cost as well.
 
 ``robot_outputs`` (``--robot-frames``, default 200; 0 skips it): the cost of the outputs a
 robot acts on, on the same node in the same run (:mod:`.robot_path`): today's path (heatmap
