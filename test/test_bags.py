@@ -36,8 +36,13 @@ def frame(i: int, h: int = 24, w: int = 32) -> np.ndarray:
 
 
 def write_bag(path: Path, n: int = 20, *, storage=StoragePlugin.MCAP, compressed=False,
-              bad: dict | None = None, period_s: float = 0.5, topic="/cam/image") -> Path:
-    """N frames at 1/period_s Hz; ``bad``: {index: "encoding" | "truncated"} broken messages."""
+              bad: dict | None = None, period_s: float = 0.5, topic="/cam/image",
+              more_cameras: dict[str, int] | None = None) -> Path:
+    """N frames at 1/period_s Hz; ``bad``: {index: "encoding" | "truncated"} broken messages.
+
+    ``more_cameras``: {topic: seed} more raw cameras in the same recording, each seeing the
+    same scene through its own noise (a camera of its own).
+    """
     Image = TS.types["sensor_msgs/msg/Image"]
     CI = TS.types["sensor_msgs/msg/CompressedImage"]
     Header = TS.types["std_msgs/msg/Header"]
@@ -46,6 +51,8 @@ def write_bag(path: Path, n: int = 20, *, storage=StoragePlugin.MCAP, compressed
     with Writer(path, version=9, storage_plugin=storage) as w:
         conn = w.add_connection(topic, msgtype, typestore=TS)
         other = w.add_connection("/imu", "std_msgs/msg/String", typestore=TS)
+        more = {t: (w.add_connection(t, Image.__msgtype__, typestore=TS),
+                    np.random.default_rng(seed)) for t, seed in (more_cameras or {}).items()}
         for i in range(n):
             t_ns = 1_700_000_000_000_000_000 + int(i * period_s * 1e9)
             header = Header(stamp=Time(sec=100 + i, nanosec=7), frame_id="cam")
@@ -65,6 +72,11 @@ def write_bag(path: Path, n: int = 20, *, storage=StoragePlugin.MCAP, compressed
                 msg = Image(header=header, height=24, width=32, encoding=enc, is_bigendian=0,
                             step=96, data=np.ascontiguousarray(data))
             w.write(conn, t_ns, TS.serialize_cdr(msg, msgtype))
+            for c, rng in more.values():
+                noisy = np.clip(rgb + rng.normal(0, 40, rgb.shape), 0, 255).astype(np.uint8)
+                w.write(c, t_ns, TS.serialize_cdr(
+                    Image(header=header, height=24, width=32, encoding="rgb8", is_bigendian=0,
+                          step=96, data=noisy.reshape(-1)), Image.__msgtype__))
             w.write(other, t_ns, TS.serialize_cdr(TS.types["std_msgs/msg/String"](data="x"),
                                                   "std_msgs/msg/String"))
     return path

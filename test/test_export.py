@@ -190,3 +190,46 @@ def test_regraph_keeps_weights_threshold_and_card_notes(checkpoint, tmp_path, ca
         export_cli.main(["--out", str(out)])
     with pytest.raises(SystemExit):
         export_cli.main(["--regraph", str(src), "--checkpoint", str(checkpoint)])
+
+
+def test_one_threshold_per_camera_topic_of_a_calibration_bag(checkpoint, tmp_path, monkeypatch):
+    """``--calibration-bag BAG --topic T1 T2``: each camera on its own frames, the first leads."""
+    from test_bags import write_bag
+
+    monkeypatch.setenv("FLOWCLAS_CACHE", str(tmp_path / "cache"))
+    bag = write_bag(tmp_path / "drive", n=40, more_cameras={"/cam2/image": 1})
+    out = tmp_path / "bundle"
+    assert export_cli.main(["--checkpoint", str(checkpoint), "--out", str(out), "--input-size",
+                            "24", "32", "--calibration-bag", str(bag), "--topic", "/cam/image",
+                            "/cam2/image", "--fpr", "0.1", "--no-verify"]) == 0
+    b = load_bundle(out)
+    per = b.manifest["threshold"]["per_topic"]
+    assert set(per) == {"/cam/image", "/cam2/image"}
+    assert per["/cam/image"]["value"] == b.threshold  # the first topic leads
+    assert per["/cam2/image"]["value"] != b.threshold  # the noisy camera scores otherwise
+    assert all(v["fpr"] == 0.1 and v["frames"] > 0 for v in per.values())
+    assert b.topic_threshold("/cam2/image/compressed") == per["/cam2/image"]["value"]
+    assert b.topic_threshold("/elsewhere/image") is None
+    # an explicit --threshold is one threshold for every camera
+    assert export_cli.main(["--checkpoint", str(checkpoint), "--out", str(out), "--input-size",
+                            "24", "32", "--calibration-bag", str(bag), "--topic", "/cam/image",
+                            "/cam2/image", "--threshold", "1.5", "--no-verify"]) == 0
+    assert "per_topic" not in load_bundle(out).manifest["threshold"]
+    for bad in (["/cam/image", "/cam/image"], ["cam/image"]):
+        assert export_cli.main(["--checkpoint", str(checkpoint), "--out", str(out),
+                                "--calibration-bag", str(bag), "--topic", *bad]) == 2
+
+
+def test_a_bad_per_topic_threshold_is_refused(tiny_bundle, tmp_path):
+    import shutil
+
+    from flowclas_ros.bundle.reader import BundleError
+
+    bundle = tmp_path / "b"
+    shutil.copytree(tiny_bundle, bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    for per in ({"cam/image": {"value": 1.0}}, {"/cam/image": {"value": None}}, ["/cam"]):
+        manifest["threshold"]["per_topic"] = per
+        (bundle / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(BundleError, match="per_topic"):
+            load_bundle(bundle)

@@ -191,6 +191,42 @@ def test_three_cameras_get_their_own_outputs_headers_and_thresholds_in_one_batch
     rig.close()
 
 
+def test_each_camera_gets_the_threshold_calibrated_on_its_own_topic(ros, nodes, tiny_bundle,
+                                                                   tmp_path):
+    """threshold.per_topic (export --calibration-bag --topic T1 T2 ...) picks per camera.
+
+    Matched by the camera's resolved input topic (front), also in its /compressed form (right);
+    a camera override still wins (left).
+    """
+    import json
+    import shutil
+
+    bundle = tmp_path / "per_topic"
+    shutil.copytree(tiny_bundle, bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    ns = "/t_mc_topic"
+    manifest["threshold"]["per_topic"] = {
+        f"{ns}/front/image": {"value": 25.0, "fpr": 0.05},
+        f"{ns}/left/image": {"value": 5.0, "fpr": 0.05},
+        f"{ns}/right/image/compressed": {"value": 35.0, "fpr": 0.05}}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    factory = batch_factory()
+    rig = Rig(ros, nodes, ns, factory, model_path=str(bundle),
+              **{"camera_overrides.left.threshold": 1e9})
+    assert {c.name: c.calibrated for c in rig.node.cameras} == {
+        "front": 25.0, "left": 5.0, "right": 35.0}
+    be = rig.backend
+    for cam in CAMERAS:
+        rig.wait_output(cam, rig.send(cam), keys=("mask",))
+    flat = {m: t for run, thr in zip(be.runs, be.thresholds) for m, t in zip(run, thr)}
+    assert flat == {MARK["front"]: 25.0, MARK["left"]: 1e9, MARK["right"]: 35.0}
+    # the node's own threshold parameter comes before the per-topic ones, after overrides
+    ros.set_params(rig.fqn, threshold=15.0)
+    assert [c.mask_threshold(rig.node.settings.threshold) for c in rig.node.cameras] == [
+        15.0, 1e9, 15.0]
+    rig.close()
+
+
 def test_no_camera_starves_when_one_publishes_five_times_faster(ros, nodes, tiny_bundle):
     factory = batch_factory(delay=0.08)  # about 12 runs a second
     rig = Rig(ros, nodes, "/t_mc_fair", factory, model_path=str(tiny_bundle),

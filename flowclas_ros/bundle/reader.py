@@ -30,7 +30,9 @@ A bundle is a directory::
     score_range [lo, hi] + score_range_method: raw scores mapped to [0, 1] for display
     threshold: {value, fpr (None = not calibrated), method, exceedance (optional: {levels,
              scores, pixels, source}: quantiles of the calibration set's normal-pixel scores,
-             flowclas_ros.outputs.regions.exceedance_table; what a detection's score means)}
+             flowclas_ros.outputs.regions.exceedance_table; what a detection's score means),
+             per_topic (optional: {topic: {value, fpr, ...}}: each camera topic of a
+             multi-camera calibration recording calibrated on its own frames)}
     metrics, train_config, train_config_sha256 (sha256 of the canonical JSON of train_config)
     versions: torch, onnx, onnxruntime, onnxscript, timm, flowclas_ros, python
     files:   {name: {sha256, bytes}} for every file the runtime reads
@@ -145,6 +147,19 @@ class Bundle:
         return np.stack([np.asarray(spec["levels"], np.float64),
                          np.asarray(spec["scores"], np.float64)], axis=1)
 
+    def topic_threshold(self, topic: str) -> float | None:
+        """Return the threshold calibrated on ``topic``'s own frames, or None.
+
+        ``topic``: a camera's fully resolved image topic; its ``/compressed`` form (and the
+        other way round) matches too, as a recording may hold either.
+        """
+        per = self.manifest["threshold"].get("per_topic") or {}
+        base = topic[: -len("/compressed")] if topic.endswith("/compressed") else topic
+        for name in (topic, base, base + "/compressed"):
+            if name in per:
+                return float(per[name]["value"])
+        return None
+
     def mask_threshold(self, override: float | None = None) -> float:
         """Return the mask threshold to use.
 
@@ -252,6 +267,14 @@ def _check_values(path: Path, m: dict) -> tuple[tuple[int, int], float, tuple[fl
         problem = _exceedance_problem(exc)
         if problem:
             raise bundle_error(path, f"threshold.exceedance is not a valid table: {problem}")
+    per = m["threshold"].get("per_topic")
+    if per is not None:
+        if not isinstance(per, dict) or not all(
+                isinstance(t, str) and t.startswith("/") and isinstance(v, dict)
+                and isinstance(v.get("value"), (int, float)) and math.isfinite(v["value"])
+                for t, v in per.items()):
+            raise bundle_error(path, "threshold.per_topic must map absolute topic names to "
+                                     "{value: a finite number, ...}")
     spec = m["input"].get("resolution")
     if spec is not None:
         try:

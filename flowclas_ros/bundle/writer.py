@@ -85,13 +85,16 @@ def make_manifest(model, *, input_size: tuple[int, int], threshold: float,
                   threshold_method: str | None = None, score_range_method: str | None = None,
                   metrics: dict | None = None, train_config: Any = None,
                   resolution: Resolution | dict | None = None,
-                  exceedance: dict | None = None) -> dict:
+                  exceedance: dict | None = None,
+                  topic_thresholds: dict[str, dict] | None = None) -> dict:
     """Build the manifest of ``model`` (a FlowCLAS) exported at ``input_size``.
 
     See :mod:`.reader` for the fields; ``onnx`` is the graph's section (file aside).
     ``resolution``: frames keep their aspect ratio, scaled to it (the graph must be dynamic);
     None: every frame is resized to ``input_size``. ``exceedance``: the calibration set's
     exceedance table as ``{levels, scores, pixels, source}`` (:func:`exceedance_section`).
+    ``topic_thresholds``: ``{topic: {value, fpr, ...}}``, each camera topic of a calibration
+    recording calibrated on its own frames (``threshold.per_topic``).
     """
     h, w = (int(v) for v in input_size)
     lo, hi = (float(v) for v in score_range)
@@ -125,7 +128,9 @@ def make_manifest(model, *, input_size: tuple[int, int], threshold: float,
                       "method": threshold_method or (
                           "given" if threshold_fpr is None else
                           f"smallest threshold with inlier-pixel FPR <= {threshold_fpr}"),
-                      **({"exceedance": exceedance} if exceedance else {})},
+                      **({"exceedance": exceedance} if exceedance else {}),
+                      **({"per_topic": jsonio.to_json(topic_thresholds)}
+                         if topic_thresholds else {})},
         "metrics": jsonio.to_json(metrics) if metrics is not None else None,
         "train_config": jsonio.to_json(train_config) if train_config is not None else None,
         "train_config_sha256": config_sha256(train_config) if train_config is not None else None,

@@ -28,7 +28,8 @@ def write_bundle(model: FlowCLAS, out_dir: str | Path, *, input_size: tuple[int,
                  score_range_method: str | None = None, exporter: str = "auto",
                  verify: bool = True, card_notes: str | None = None,
                  resolution: dict | None = None,
-                 exceedance: dict | None = None) -> _reader.Bundle:
+                 exceedance: dict | None = None,
+                 topic_thresholds: dict[str, dict] | None = None) -> _reader.Bundle:
     """Export ``model`` to a bundle directory ``out_dir`` and return it, loaded and validated.
 
     input_size (H, W): the graph's input size (and the size the runtime resizes frames to).
@@ -44,6 +45,8 @@ def write_bundle(model: FlowCLAS, out_dir: str | Path, *, input_size: tuple[int,
     then the reference size the graph is verified at); None: frames are resized to input_size.
     exceedance: the calibration set's exceedance table as the manifest's
     ``threshold.exceedance`` (:func:`flowclas_ros.bundle.writer.exceedance_section`).
+    topic_thresholds: ``{topic: {value, fpr, ...}}`` (``threshold.per_topic``): the thresholds
+    of the cameras of a multi-camera calibration recording, each on its own frames.
 
     A failed export never leaves a half-written bundle; an existing bundle at ``out_dir`` is
     replaced.
@@ -68,7 +71,7 @@ def write_bundle(model: FlowCLAS, out_dir: str | Path, *, input_size: tuple[int,
             model, input_size=(h, w), threshold=threshold, score_range=score_range, onnx=onnx,
             threshold_fpr=threshold_fpr, threshold_method=threshold_method,
             score_range_method=score_range_method, metrics=metrics, train_config=train_config,
-            resolution=resolution, exceedance=exceedance)
+            resolution=resolution, exceedance=exceedance, topic_thresholds=topic_thresholds)
         writer.finish(tmp, manifest, card_notes)
     bundle = _reader.load_bundle(out_dir)
     log.info("wrote bundle %s (%s exporter, opset %s)", out_dir, info["exporter"], info["opset"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Sequence
 
 from flowclas_ros.bundle.preprocess import Resolution
 from flowclas_ros.bundle.reader import Bundle
@@ -47,7 +48,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *,
                       input_size: tuple[int, int] | None = None, dynamic: bool = False,
                       fp16: bool = False, opset: int = 17, exporter: str = "auto",
                       calibration: str | Path | None = None,
-                      calibration_bag: str | Path | None = None, topic: str | None = None,
+                      calibration_bag: str | Path | None = None,
+                      topic: str | Sequence[str] | None = None,
                       fpr: float = 0.05, threshold: float | None = None,
                       protocol: str | Path | None = None, card_notes: str | None = None,
                       backbone_weights: str | None = None, device: str = "cpu",
@@ -56,8 +58,12 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *,
     """Export ``checkpoint`` to the bundle ``out`` (see the module docstring).
 
     calibration: a folder dataset; calibration_bag + topic: a recording (takes precedence);
-    neither: uncalibrated photo statistics. threshold overrides the calibrated one (the FPR is
-    then not recorded). card_notes: Markdown text appended to the model card.
+    neither: uncalibrated photo statistics. Several topics (a robot's cameras in one
+    recording): each is calibrated on its own frames into ``threshold.per_topic`` (the node
+    gives each camera the threshold of its input topic); the first also gives the bundle's
+    own threshold, display range and exceedance table. threshold overrides the calibrated
+    one (the FPR is then not recorded, nor the per-topic ones). card_notes: Markdown text
+    appended to the model card.
     resolution: ``{"long_side": L}`` / ``{"pixels": P}`` (+ ``max_scale``): frames keep their
     aspect ratio (a dynamic graph; calibration scores every frame that way too); input_size is
     then the reference size the graph is verified at (default: a 2:1 frame at that resolution).
@@ -85,11 +91,20 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *,
         if not (calibration_bag or calibration):
             raise ValueError("--ignore-mask applies to calibration: give --calibration-bag or "
                              "--calibration too")
+    per_topic = None
     if calibration_bag:
-        if not topic:
+        topics = [topic] if isinstance(topic, str) else list(topic or [])
+        if not topics:
             raise ValueError("--calibration-bag needs --topic (the bag's camera topic)")
-        cal = calibrate_on_bag(model, calibration_bag, topic, scoring, fpr, device,
-                               ignore=ignore)
+        if len(set(topics)) != len(topics) or not all(t.startswith("/") for t in topics):
+            raise ValueError(f"--topic: give each camera topic once, as an absolute name "
+                             f"(as the bag records it), got {topics}")
+        cals = [calibrate_on_bag(model, calibration_bag, t, scoring, fpr, device, ignore=ignore)
+                for t in topics]
+        cal = cals[0]
+        per_topic = {t: {"value": c["threshold"], "fpr": fpr,
+                         "test_fpr": c["metrics"].get("test_fpr_at_threshold"),
+                         "frames": c["metrics"].get("frames")} for t, c in zip(topics, cals)}
     elif calibration:
         cal = calibrate(model, calibration, scoring, fpr, device, ignore=ignore)
     else:
@@ -99,6 +114,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *,
     thr, method = cal["threshold"], cal["threshold_method"]
     if threshold is not None:
         thr, fpr_recorded, method = threshold, None, "given on the command line (--threshold)"
+        per_topic = None  # one threshold for every camera
     metrics = {}
     if ckpt.get("metrics"):
         metrics["checkpoint"] = ckpt["metrics"]
@@ -121,7 +137,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *,
                           opset=opset, dynamic=dynamic, fp16=fp16, threshold_method=method,
                           score_range_method=cal["score_range_method"], exporter=exporter,
                           verify=verify, card_notes=card_notes, resolution=resolution,
-                          exceedance=exceedance)
+                          exceedance=exceedance, topic_thresholds=per_topic)
     ver = bundle.manifest["onnx"]["verification"] or {}
     if ver.get("relative_to_score_range", 0.0) > (1e-2 if fp16 else 1e-3):
         log.warning("ONNX Runtime differs from torch by %.2g of the score range",

@@ -227,6 +227,9 @@ class AnomalyNode(LifecycleNode):
                          for n in names] or [Camera("", self._robot, self.meters)])
         self._refresh_live()  # the cameras' thresholds and robot settings
         for cam in self.cameras:
+            cam.calibrated = next(  # calibrated on this camera's own recorded topic, if it was
+                (t for t in (bundle.topic_threshold(self.resolve_topic_name(cam.prefix + name))
+                             for name in ("image", "image/compressed")) if t is not None), None)
             cam.pubs = {name: self._make_publisher(Image, f"{cam.prefix}anomaly/{name}")
                         for name in OUTPUTS}
             reason = cam.robot.configure(camera_parameters(g, cam.name, len(names)), bundle,
@@ -241,7 +244,11 @@ class AnomalyNode(LifecycleNode):
         self._path = CameraPath(self, self.cameras, self._borrow_backend, lambda: self.settings)
         self.last_error = ""
         self.state_label = "inactive"
-        thr = bundle.mask_threshold(self._threshold)
+        # the node's own threshold; with one unnamed camera, that camera's
+        thr = bundle.mask_threshold(self._threshold if names
+                                    else self.cameras[0].mask_threshold(self._threshold))
+        per_camera = [f"{c.name or 'image'} {c.calibrated:.4g}" for c in self.cameras
+                      if c.calibrated is not None]
         h, w = bundle.input_size
         why = getattr(be, "selection_reason", "")
         built = getattr(be, "built", None)  # TensorRT engines and torch-tensorrt programs
@@ -251,7 +258,8 @@ class AnomalyNode(LifecycleNode):
         served = f"; cameras {', '.join(names)} batched" if names else ""
         self.get_logger().info(
             f"configured: bundle {path} (input {w}x{h}), backend {be.name} on {be.device} "
-            f"({be.precision}){' [' + why + ']' if why else ''}, threshold {thr:.4g}; "
+            f"({be.precision}){' [' + why + ']' if why else ''}, threshold {thr:.4g}"
+            f"{' (calibrated per topic: ' + ', '.join(per_camera) + ')' if per_camera else ''}; "
             f"backend ready in {loaded.backend_s:.1f} s{engine}{served}")
         return TransitionCallbackReturn.SUCCESS
 
@@ -372,12 +380,14 @@ class AnomalyNode(LifecycleNode):
 
     def _publish_diagnostics(self) -> None:
         be, bundle = self._backend, self._bundle
-        thr = bundle.mask_threshold(self._threshold) if bundle is not None else self._threshold
+        named = self._named()
+        thr = (self.cameras[0].mask_threshold(self._threshold)
+               if self.cameras and not named else self._threshold)
+        thr = bundle.mask_threshold(thr) if bundle is not None else thr
         # the bundle loaded, not the parameter (whose "" means the demo bundle)
         model_path = str(bundle.path) if bundle is not None else str(
             self.get_parameter("model_path").value)
         stats = self.stats()
-        named = self._named()
         fqn = self.get_fully_qualified_name()
         arr = DiagnosticArray()
         arr.header.stamp = self.get_clock().now().to_msg()
@@ -389,7 +399,7 @@ class AnomalyNode(LifecycleNode):
             now = stats.get("cameras", {}).get(cam.name)
             if now is None:  # released meanwhile
                 continue
-            cam_thr = cam.threshold if cam.threshold is not None else self._threshold
+            cam_thr = cam.mask_threshold(self._threshold)
             arr.status.append(camera_status(
                 fqn, cam.name, self.resolve_topic_name(f"{cam.prefix}image"), self.state_label,
                 be.device if be is not None else "none",

@@ -121,9 +121,22 @@ class Camera:
         self.name, self.robot, self.meters, self.total = name, robot, meters, total
         self.prefix = f"{name}/" if name else ""
         self.threshold: float | None = None  # camera_overrides.<name>.threshold; None: node's
+        self.calibrated: float | None = None  # the bundle's threshold for its input topic
         self.pubs: dict[str, Any] = {}
         self.sub = None
         self.previous: dict[str, Any] | None = None  # its statistics at the last /diagnostics
+
+    def mask_threshold(self, node_threshold: float | None) -> float | None:
+        """Return the threshold for this camera's frames; None: the bundle's own.
+
+        Its override first, then the node's ``threshold`` parameter, then the threshold the
+        bundle was calibrated to on this camera's own input topic (``export --calibration-bag
+        --topic T1 T2 ...``).
+        """
+        for value in (self.threshold, node_threshold, self.calibrated):
+            if value is not None:
+                return value
+        return None
 
     def add(self, counter: str, n: int = 1) -> None:
         self.meters.counters.add(counter, n)
@@ -313,8 +326,7 @@ class CameraPath:
 
     @staticmethod
     def _infer(be, jobs: list[_Job], s: Settings) -> list:
-        thr = [j.frame.camera.threshold if j.frame.camera.threshold is not None else s.threshold
-               for j in jobs]
+        thr = [j.frame.camera.mask_threshold(s.threshold) for j in jobs]
         heat = [j.want["heatmap"] or j.plan.regions for j in jobs]
         mask = [j.want["mask"] or j.plan.regions for j in jobs]
         over = [j.want["overlay"] for j in jobs]

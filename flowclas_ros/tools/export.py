@@ -2,7 +2,8 @@ r"""``export``: a training checkpoint -> a model bundle (``ros2 run flowclas_ros
 
     export --checkpoint runs/x/checkpoints/best.pt --out models/my_bundle \
            [--input-size H W] [--dynamic] [--fp16] [--opset 17] \
-           [--calibration DIR --fpr 0.05 | --calibration-bag BAG --topic T] [--threshold X] \
+           [--calibration DIR --fpr 0.05 | --calibration-bag BAG --topic T [T2 ...]] \
+           [--threshold X] \
            [--ignore-mask PNG] \
            [--protocol DIR] [--card-notes FILE] [--backbone-weights FILE]
     export --regraph models/my_bundle [--out DIR]   # today's graph, same weights and threshold
@@ -58,7 +59,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--calibration-bag", help="calibrate on a recording of normal operation "
                    "instead: a rosbag2 folder or an .mcap file (its calibration part by time; "
                    "the rate is then measured on its test part)")
-    p.add_argument("--topic", help="the camera topic of --calibration-bag")
+    p.add_argument("--topic", nargs="+", help="the camera topic(s) of --calibration-bag; with "
+                   "several, each camera gets the threshold of its own frames (the node matches "
+                   "a camera by its input topic); the first gives the display range")
     p.add_argument("--ignore-mask", help="a PNG (non-zero = ignore: the car's hood, the "
                    "robot's body; the node's ignore_mask) whose pixels are left out of "
                    "calibration (VOID), with --calibration-bag or --calibration")
