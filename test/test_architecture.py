@@ -4,7 +4,7 @@ Every import of every module counts, the ones inside functions and under ``TYPE_
 included (a function-local import still ties the two modules together). The layers, lowest
 first; a module may import its own package and any lower layer, nothing above and nothing beside:
 
-    0  labels, options, paths, jsonio, image_codec  (no torch, no ROS)
+    0  labels, options, paths, jsonio, image_codec, memory  (no torch, no ROS)
     1  model, data                                   (the method and its data; independent)
     2  bundle                                        (the deployed artifact: reader, graph, writer)
     2  outputs                                       (regions, persistence, depth, snapshots)
@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "flowclas_ros"
 LAYERS = {
     "__init__": 0, "labels": 0, "options": 0, "paths": 0, "jsonio": 0, "image_codec": 0,
+    "memory": 0,
     "model": 1, "data": 1,
     "bundle": 2,
     "outputs": 2,

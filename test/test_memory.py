@@ -1,11 +1,11 @@
-"""The node keeps freed frame buffers for reuse (flowclas_ros.node.memory), unless told not to."""
+"""Freed frame buffers are kept for reuse (flowclas_ros.memory), unless told not to."""
 import os
 import subprocess
 import sys
 
 import pytest
 
-CODE = "from flowclas_ros.node.memory import keep_frame_buffers as k; print(k()); print(k())"
+CODE = "from flowclas_ros.memory import keep_frame_buffers as k; print(k()); print(k())"
 
 
 def _run(**env) -> list[str]:

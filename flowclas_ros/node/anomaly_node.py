@@ -52,12 +52,12 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image
 
+from ..memory import keep_frame_buffers
 from ..paths import package_file
 from . import parameters
 from .backend_loading import ConfigureError, load_backend
 from .cameras import OUTPUTS, Camera, CameraPath, Settings, camera_parameters, unused_node_depth
 from .diagnostics import camera_status, node_status
-from .memory import keep_frame_buffers
 from .rclpy_workarounds import (
     answer_queries_during_transitions,
     guard_change_state_service,

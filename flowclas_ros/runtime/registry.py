@@ -16,6 +16,7 @@ from pathlib import Path
 
 from flowclas_ros.bundle.reader import Bundle, load_bundle
 
+from ..memory import keep_frame_buffers
 from ..options import BACKENDS, PRECISIONS, check_device
 from .backend import Backend, BackendUnavailable
 from .cuda import cuda_available
@@ -154,6 +155,7 @@ def create_backend(bundle_path: str | Path | Bundle, backend: str = "auto", devi
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     device = check_device(device)
     bundle = bundle_path if isinstance(bundle_path, Bundle) else load_bundle(bundle_path)
+    keep_frame_buffers()  # process-wide, once: frame-sized temporaries reused, not re-faulted
     node = {"cpu_threads": cpu_threads, "cpu_spinning": cpu_spinning,
             "torch_compile": torch_compile, "cuda_graphs": cuda_graphs, "max_batch": max_batch}
     if backend == "auto":

@@ -1,15 +1,17 @@
 """Keep freed camera-frame buffers in the process instead of handing them back to the kernel.
 
-Every frame through the node allocates buffers of the frame's size several times: rclpy's
-message conversions and (de)serialisation on the way in and out, the host pipeline's outputs.
-glibc serves an allocation over its mmap threshold (128 KiB, raised dynamically only in the
-main arena and only up to the size last freed) with a fresh ``mmap`` and returns it with
-``munmap`` on free, so each of those buffers is page-faulted in and zeroed by the kernel anew
-every frame: at 1920x1080 that cost about 16 ms per frame here, end to end (``bench.node``,
-README). Raising the mmap threshold above a frame's size and the trim threshold above a few
-frames' worth lets freed buffers be reused as they are.
+Every frame allocates buffers of the frame's size several times: the host pipeline's resize
+temporaries and outputs, and in the node rclpy's message conversions and (de)serialisation on
+the way in and out. glibc serves an allocation over its mmap threshold (128 KiB, raised
+dynamically only in the main arena and only up to the size last freed) with a fresh ``mmap``
+and returns it with ``munmap`` on free, so each of those buffers is page-faulted in and zeroed
+by the kernel anew every frame: at 1920x1080 that cost about 16 ms per frame here, end to end
+(``bench.node``, README), 6 ms of it in the resize to the model's input alone. Raising the mmap
+threshold above a frame's size and the trim threshold above a few frames' worth lets freed
+buffers be reused as they are.
 
-The setting is process-wide (every thread and arena), applied once when the node is built:
+The setting is process-wide (every thread and arena), applied once, when a backend is created
+(:func:`flowclas_ros.runtime.create_backend`: the node, the tools) or the node is built:
 ``FLOWCLAS_KEEP_FRAME_BUFFERS=0`` in the environment turns it off, and a ``GLIBC_TUNABLES``
 that sets the malloc thresholds itself is left to win. The price is resident memory: up to
 ``TRIM_THRESHOLD`` of freed buffers may stay mapped.
