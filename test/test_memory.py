@@ -30,3 +30,13 @@ def test_the_environment_turns_it_off():
     assert off == "not applied (FLOWCLAS_KEEP_FRAME_BUFFERS=0)"
     assert _run(GLIBC_TUNABLES="glibc.malloc.trim_threshold=1000000")[0].startswith(
         "not applied (GLIBC_TUNABLES")
+
+
+def test_creating_a_backend_applies_it(tiny_bundle):
+    code = ("import flowclas_ros.memory as m; from flowclas_ros.runtime import create_backend; "
+            f"b = create_backend({str(tiny_bundle)!r}, backend='onnxruntime'); print(m._applied)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         timeout=120, env={k: v for k, v in os.environ.items()
+                                           if k not in ("FLOWCLAS_KEEP_FRAME_BUFFERS",
+                                                        "GLIBC_TUNABLES")}).stdout
+    assert out.strip().splitlines()[-1] == _run()[0]  # what keep_frame_buffers() says here
