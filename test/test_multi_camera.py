@@ -84,15 +84,20 @@ class BatchBackend:
         self.closed = True
 
 
-def batch_factory(delay=0.0):
+def recording_factory(make):
+    """Return a backend factory building ``make(bundle, options)``; ``.made`` lists them."""
     made = []
 
     def factory(bundle, backend, device, precision, **options):
-        made.append(BatchBackend(bundle, options, delay))
+        made.append(make(bundle, options))
         return made[-1]
 
     factory.made = made
     return factory
+
+
+def batch_factory(delay=0.0):
+    return recording_factory(lambda bundle, options: BatchBackend(bundle, options, delay))
 
 
 def image(cam, size=None):

@@ -24,7 +24,7 @@ from PIL import Image as PILImage  # noqa: E402
 from ros_harness import TIMEOUT, wait_until  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
-from test_multi_camera import BatchBackend  # noqa: E402
+from test_multi_camera import BatchBackend, recording_factory  # noqa: E402
 from test_robot_outputs_node import (  # noqa: E402
     CX,
     CY,
@@ -68,14 +68,7 @@ class MapBackend(BatchBackend):
 
 
 def map_factory(maps):
-    made = []
-
-    def factory(bundle, backend, device, precision, **options):
-        made.append(MapBackend(bundle, maps, options))
-        return made[-1]
-
-    factory.made = made
-    return factory
+    return recording_factory(lambda bundle, options: MapBackend(bundle, maps, options))
 
 
 class LogRecorder:
