@@ -244,9 +244,7 @@ class AnomalyNode(LifecycleNode):
         self._path = CameraPath(self, self.cameras, self._borrow_backend, lambda: self.settings)
         self.last_error = ""
         self.state_label = "inactive"
-        # the node's own threshold; with one unnamed camera, that camera's
-        thr = bundle.mask_threshold(self._threshold if names
-                                    else self.cameras[0].mask_threshold(self._threshold))
+        thr = bundle.mask_threshold(self._node_threshold())
         per_camera = [f"{c.name or 'image'} {c.calibrated:.4g}" for c in self.cameras
                       if c.calibrated is not None]
         h, w = bundle.input_size
@@ -358,6 +356,15 @@ class AnomalyNode(LifecycleNode):
         self._release()
 
     # diagnostics -------------------------------------------------------------------------------
+    def _node_threshold(self) -> float | None:
+        """Return the threshold the node reports; None: the bundle's.
+
+        Its own; with the single camera, that camera's (its topic's calibrated one counts).
+        """
+        if self.cameras and not self._named():
+            return self.cameras[0].mask_threshold(self._threshold)
+        return self._threshold
+
     def _named(self) -> list[Camera]:
         """Return the cameras of a node with ``cameras`` (none for the single camera)."""
         return [c for c in self.cameras if c.name]
@@ -381,8 +388,7 @@ class AnomalyNode(LifecycleNode):
     def _publish_diagnostics(self) -> None:
         be, bundle = self._backend, self._bundle
         named = self._named()
-        thr = (self.cameras[0].mask_threshold(self._threshold)
-               if self.cameras and not named else self._threshold)
+        thr = self._node_threshold()
         thr = bundle.mask_threshold(thr) if bundle is not None else thr
         # the bundle loaded, not the parameter (whose "" means the demo bundle)
         model_path = str(bundle.path) if bundle is not None else str(
