@@ -210,6 +210,14 @@ def test_one_threshold_per_camera_topic_of_a_calibration_bag(checkpoint, tmp_pat
     assert all(v["fpr"] == 0.1 and v["frames"] > 0 for v in per.values())
     assert b.topic_threshold("/cam2/image/compressed") == per["/cam2/image"]["value"]
     assert b.topic_threshold("/elsewhere/image") is None
+    # each topic's exceedance table (a detection's score on that camera); the first leads
+    import numpy as np
+
+    np.testing.assert_array_equal(b.topic_exceedance_table("/cam/image"), b.exceedance_table)
+    cam2 = b.topic_exceedance_table("/cam2/image/compressed")
+    assert cam2.shape == b.exceedance_table.shape and not np.array_equal(cam2,
+                                                                        b.exceedance_table)
+    assert b.topic_exceedance_table("/elsewhere/image") is None
     # an explicit --threshold is one threshold for every camera
     assert export_cli.main(["--checkpoint", str(checkpoint), "--out", str(out), "--input-size",
                             "24", "32", "--calibration-bag", str(bag), "--topic", "/cam/image",
@@ -228,7 +236,9 @@ def test_a_bad_per_topic_threshold_is_refused(tiny_bundle, tmp_path):
     bundle = tmp_path / "b"
     shutil.copytree(tiny_bundle, bundle)
     manifest = json.loads((bundle / "manifest.json").read_text())
-    for per in ({"cam/image": {"value": 1.0}}, {"/cam/image": {"value": None}}, ["/cam"]):
+    falling = {"levels": [0, 1], "scores": [2, 1]}
+    for per in ({"cam/image": {"value": 1.0}}, {"/cam/image": {"value": None}}, ["/cam"],
+                {"/cam/image": {"value": 1.0, "exceedance": falling}}):
         manifest["threshold"]["per_topic"] = per
         (bundle / "manifest.json").write_text(json.dumps(manifest))
         with pytest.raises(BundleError, match="per_topic"):

@@ -242,6 +242,47 @@ def test_each_camera_has_its_own_detections_headers_and_persistence(ros, nodes, 
     rig.close()
 
 
+def test_a_camera_calibrated_on_its_own_topic_scores_with_its_own_table(ros, nodes,
+                                                                       tiny_bundle, vm,
+                                                                       tmp_path):
+    """A detection's score: the exceedance table of the camera's topic, else the bundle's.
+
+    ``export --calibration-bag --topic T1 T2`` records each topic's table in
+    ``threshold.per_topic``; the same region (peak 1.0) then scores 0.25 on front, whose
+    normal pixels score higher, 0.75 on left and 0.5 (the bundle's table) on right, which was
+    not calibrated on its own.
+    """
+    import json
+    import shutil
+
+    from flowclas_ros.bundle.writer import exceedance_section
+    from flowclas_ros.outputs.regions import exceedance_table
+
+    def table(lo):  # normal scores uniform on [lo, lo + 2]
+        return exceedance_section(exceedance_table(np.linspace(lo, lo + 2, 4001)), 4001, "t")
+
+    ns, cameras = "/t_mco_score", ("front", "left", "right")
+    bundle = tmp_path / "per_topic_tables"
+    shutil.copytree(tiny_bundle, bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["threshold"]["exceedance"] = table(0.0)
+    manifest["threshold"]["per_topic"] = {
+        f"{ns}/front/image": {"value": 0.0, "fpr": 0.05, "exceedance": table(0.5)},
+        f"{ns}/left/image/compressed": {"value": 0.0, "fpr": 0.05, "exceedance": table(-0.5)}}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    region = blank()
+    region[10:30, 20:50] = 1.0
+    rig = Rig(ros, nodes, ns, bundle, {0: blank(), 1: region}, vm,
+              dict.fromkeys(cameras, ("det",)), cameras=cameras, persistence_n=1,
+              persistence_m=1)
+    for cam, want in (("front", 0.25), ("left", 0.75), ("right", 0.5)):
+        det = rig.run(cam, 1)["det"]
+        assert len(det.detections) == 1, cam
+        assert det.detections[0].results[0].hypothesis.score == pytest.approx(want, abs=2e-3), \
+            cam
+    rig.close()
+
+
 def test_a_cameras_ignore_mask_override_is_its_own(ros, nodes, tiny_bundle, vm, tmp_path):
     ignore = np.zeros((60, 80), np.uint8)  # half the frame's size: resized to it
     ignore[:, :40] = 255  # the left half of the image (columns < 80 of 160)

@@ -31,7 +31,7 @@ A bundle is a directory::
     threshold: {value, fpr (None = not calibrated), method, exceedance (optional: {levels,
              scores, pixels, source}: quantiles of the calibration set's normal-pixel scores,
              flowclas_ros.outputs.regions.exceedance_table; what a detection's score means),
-             per_topic (optional: {topic: {value, fpr, ...}}: each camera topic of a
+             per_topic (optional: {topic: {value, fpr, exceedance, ...}}: each camera topic of a
              multi-camera calibration recording calibrated on its own frames)}
     metrics, train_config, train_config_sha256 (sha256 of the canonical JSON of train_config)
     versions: torch, onnx, onnxruntime, onnxscript, timm, flowclas_ros, python
@@ -139,26 +139,32 @@ class Bundle:
         exported without calibration data, or before the table was recorded (validated by
         :func:`load_bundle`).
         """
-        spec = self.manifest["threshold"].get("exceedance")
-        if not spec:
-            return None
-        import numpy as np
+        return _table(self.manifest["threshold"].get("exceedance"))
 
-        return np.stack([np.asarray(spec["levels"], np.float64),
-                         np.asarray(spec["scores"], np.float64)], axis=1)
-
-    def topic_threshold(self, topic: str) -> float | None:
-        """Return the threshold calibrated on ``topic``'s own frames, or None.
+    def topic_calibration(self, topic: str) -> dict | None:
+        """Return ``threshold.per_topic``'s entry for ``topic``, or None.
 
         ``topic``: a camera's fully resolved image topic; its ``/compressed`` form (and the
         other way round) matches too, as a recording may hold either.
         """
         per = self.manifest["threshold"].get("per_topic") or {}
         base = topic[: -len("/compressed")] if topic.endswith("/compressed") else topic
-        for name in (topic, base, base + "/compressed"):
-            if name in per:
-                return float(per[name]["value"])
-        return None
+        return next((per[name] for name in (topic, base, base + "/compressed") if name in per),
+                    None)
+
+    def topic_threshold(self, topic: str) -> float | None:
+        """Return the threshold calibrated on ``topic``'s own frames, or None."""
+        entry = self.topic_calibration(topic)
+        return None if entry is None else float(entry["value"])
+
+    def topic_exceedance_table(self, topic: str):
+        """Return the exceedance table of ``topic``'s own calibration frames, or None.
+
+        As :attr:`exceedance_table`; None where the topic was not calibrated on its own, or
+        was before per-topic tables were recorded.
+        """
+        entry = self.topic_calibration(topic)
+        return None if entry is None else _table(entry.get("exceedance"))
 
     def mask_threshold(self, override: float | None = None) -> float:
         """Return the mask threshold to use.
@@ -222,6 +228,16 @@ def _read_manifest(path: Path) -> dict:
     return manifest
 
 
+def _table(spec):
+    """Return a validated ``exceedance`` section as (K, 2) float64 ``[level, score]``, or None."""
+    if not spec:
+        return None
+    import numpy as np
+
+    return np.stack([np.asarray(spec["levels"], np.float64),
+                     np.asarray(spec["scores"], np.float64)], axis=1)
+
+
 def _exceedance_problem(spec) -> str | None:
     """Say why ``threshold.exceedance`` is unusable, or None.
 
@@ -275,6 +291,11 @@ def _check_values(path: Path, m: dict) -> tuple[tuple[int, int], float, tuple[fl
                 for t, v in per.items()):
             raise bundle_error(path, "threshold.per_topic must map absolute topic names to "
                                      "{value: a finite number, ...}")
+        for topic, entry in per.items():
+            problem = entry.get("exceedance") and _exceedance_problem(entry["exceedance"])
+            if problem:
+                raise bundle_error(path, f"threshold.per_topic[{topic!r}].exceedance is not a "
+                                         f"valid table: {problem}")
     spec = m["input"].get("resolution")
     if spec is not None:
         try:

@@ -60,10 +60,10 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *,
     calibration: a folder dataset; calibration_bag + topic: a recording (takes precedence);
     neither: uncalibrated photo statistics. Several topics (a robot's cameras in one
     recording): each is calibrated on its own frames into ``threshold.per_topic`` (the node
-    gives each camera the threshold of its input topic); the first also gives the bundle's
-    own threshold, display range and exceedance table. threshold overrides the calibrated
-    one (the FPR is then not recorded, nor the per-topic ones). card_notes: Markdown text
-    appended to the model card.
+    gives each camera the threshold and exceedance table of its input topic); the first also
+    gives the bundle's own threshold, display range and exceedance table. threshold overrides
+    the calibrated one (the FPR is then not recorded, nor the per-topic entries). card_notes:
+    Markdown text appended to the model card.
     resolution: ``{"long_side": L}`` / ``{"pixels": P}`` (+ ``max_scale``): frames keep their
     aspect ratio (a dynamic graph; calibration scores every frame that way too); input_size is
     then the reference size the graph is verified at (default: a 2:1 frame at that resolution).
@@ -104,7 +104,9 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *,
         cal = cals[0]
         per_topic = {t: {"value": c["threshold"], "fpr": fpr,
                          "test_fpr": c["metrics"].get("test_fpr_at_threshold"),
-                         "frames": c["metrics"].get("frames")} for t, c in zip(topics, cals)}
+                         "frames": c["metrics"].get("frames"),
+                         **({"exceedance": _exceedance(c)} if c.get("exceedance") else {})}
+                     for t, c in zip(topics, cals)}
     elif calibration:
         cal = calibrate(model, calibration, scoring, fpr, device, ignore=ignore)
     else:
@@ -128,9 +130,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *,
         metrics["protocol"] = {"threshold": thr, "score": report.get("score"),
                                "parts": report["parts"]}
         model = model.cpu()
-    exc = cal.get("exceedance")
-    exceedance = (exceedance_section(exc["table"], exc["pixels"], exc["source"])
-                  if exc else None)
+    exceedance = _exceedance(cal) if cal.get("exceedance") else None
     bundle = write_bundle(model, out, input_size=size, threshold=thr,
                           score_range=cal["score_range"], threshold_fpr=fpr_recorded,
                           train_config=ckpt.get("train_config"), metrics=metrics or None,
@@ -143,6 +143,12 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *,
         log.warning("ONNX Runtime differs from torch by %.2g of the score range",
                     ver["relative_to_score_range"])
     return bundle
+
+
+def _exceedance(cal: dict) -> dict:
+    """Return the manifest section of a calibration's exceedance table (a detection's score)."""
+    exc = cal["exceedance"]
+    return exceedance_section(exc["table"], exc["pixels"], exc["source"])
 
 
 __all__ = ["default_input_size", "export_checkpoint", "load_checkpoint_model"]

@@ -227,13 +227,16 @@ class AnomalyNode(LifecycleNode):
                          for n in names] or [Camera("", self._robot, self.meters)])
         self._refresh_live()  # the cameras' thresholds and robot settings
         for cam in self.cameras:
-            cam.calibrated = next(  # calibrated on this camera's own recorded topic, if it was
-                (t for t in (bundle.topic_threshold(self.resolve_topic_name(cam.prefix + name))
-                             for name in ("image", "image/compressed")) if t is not None), None)
+            topic = next(  # calibrated on this camera's own recorded topic, if it was
+                (t for t in (self.resolve_topic_name(cam.prefix + name)
+                             for name in ("image", "image/compressed"))
+                 if bundle.topic_calibration(t) is not None), None)
+            cam.calibrated = None if topic is None else bundle.topic_threshold(topic)
             cam.pubs = {name: self._make_publisher(Image, f"{cam.prefix}anomaly/{name}")
                         for name in OUTPUTS}
-            reason = cam.robot.configure(camera_parameters(g, cam.name, len(names)), bundle,
-                                         self._make_publisher)
+            reason = cam.robot.configure(
+                camera_parameters(g, cam.name, len(names)), bundle, self._make_publisher,
+                None if topic is None else bundle.topic_exceedance_table(topic))
             if reason is not None:
                 self._release()
                 return self._fail(f"camera {cam.name}: {reason}" if cam.name else reason)

@@ -18,9 +18,10 @@ listens: with no subscriber to ``anomaly/detections`` or ``anomaly/points`` and 
 
 Region score (``hypothesis.score``): the fraction of the bundle's calibration pixels (normal
 scenes) that score below the region's peak raw score (:func:`~flowclas_ros.outputs.regions.
-exceedance`, the manifest's ``threshold.exceedance``). Bundles exported before it have no table:
-the score then falls back to the display-normalised peak, ``clip((peak - lo) / (hi - lo), 0,
-1)`` over the bundle's ``score_range`` (logged at configure).
+exceedance`, the manifest's ``threshold.exceedance``; a camera calibrated on its own recorded
+topic uses that topic's table, ``threshold.per_topic``). Bundles exported before it have no
+table: the score then falls back to the display-normalised peak, ``clip((peak - lo) / (hi -
+lo), 0, 1)`` over the bundle's ``score_range`` (logged at configure).
 """
 from __future__ import annotations
 
@@ -130,11 +131,12 @@ class RobotOutputs:
             self.depth.set_max_skew(self.live.depth_max_skew_s)
             self.depth.max_pixels = self.live.max_pixels
 
-    def configure(self, get, bundle, make_publisher) -> str | None:
+    def configure(self, get, bundle, make_publisher, exceedance=None) -> str | None:
         """Read the structural parameters and make what they ask for.
 
         Loads the ignore mask, starts the snapshot writer and creates the publishers
         (``make_publisher(type, topic)``); returns the reason it failed, or None.
+        ``exceedance``: this camera's own calibration table (its topic's); None: the bundle's.
         """
         log = self.node.get_logger()
         mask_path = str(get("ignore_mask"))
@@ -151,7 +153,7 @@ class RobotOutputs:
         n, m, _ = self.live.persistence
         if n > m:
             return f"persistence_n={n} > persistence_m={m}: set persistence_n <= persistence_m"
-        self._table = bundle.exceedance_table
+        self._table = exceedance if exceedance is not None else bundle.exceedance_table
         self._score_range = tuple(bundle.score_range)
         if self._table is None:
             log.info("the bundle has no calibration exceedance table (exported before it was "
