@@ -33,8 +33,9 @@ only) against the path with detections + persistence (2 of 3) + points (at most 
 synthetic 16UC1 depth image and its CameraInfo published beside each frame), in alternating
 blocks of ``--block`` frames of the demo sequence at the frame size, with a threshold that
 flags enough pixels for 20k points; the added p50/p99 and the node's own time in the robot
-outputs. Detections need vision_msgs (without it the comparison measures points alone and
-says so).
+outputs. That part's frames are published and its outputs received by a peer process, as a
+robot's drivers and consumers are (its own GIL). Detections need vision_msgs (without it the
+comparison measures points alone and says so).
 """
 from __future__ import annotations
 
@@ -157,7 +158,12 @@ def run(bundle: Path, *, frames: int, warmup: int, height: int, width: int, back
                                              precision=precision_, **options)))
         return made[-1]
 
+    from flowclas_ros.paths import DDS_PROFILE_ENV, dds_profile
+
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    # as the launch file runs the node (and the robot part's peer process inherits it): camera
+    # frames over shared memory, not best-effort UDP fragments between processes
+    os.environ.setdefault(DDS_PROFILE_ENV, str(dds_profile()))
     node_ctx, bench_ctx = Context(), Context()
     rclpy.init(context=node_ctx, domain_id=domain_id)
     rclpy.init(context=bench_ctx, domain_id=domain_id)
@@ -192,8 +198,9 @@ def run(bundle: Path, *, frames: int, warmup: int, height: int, width: int, back
             if trigger() != TransitionCallbackReturn.SUCCESS:
                 raise RuntimeError(f"{trigger.__name__} failed: {node.last_error}")
         be = made[-1]
-        bench.create_subscription(Image, f"{ns}/anomaly/heatmap", on_heatmap,
-                                  QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE))
+        heat_sub = bench.create_subscription(
+            Image, f"{ns}/anomaly/heatmap", on_heatmap,
+            QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE))
         pub = bench.create_publisher(Image, f"{ns}/image", qos_profile_sensor_data)
         deadline = time.monotonic() + timeout
         while pub.get_subscription_count() == 0 or \
@@ -239,9 +246,11 @@ def run(bundle: Path, *, frames: int, warmup: int, height: int, width: int, back
             "goal_ratio": GOAL_RATIO,
             "meets_goal_p50": s_e2e["p50"] / s_be["p50"] <= GOAL_RATIO,
         }
-        if robot_frames:
+        if robot_frames:  # from a peer process: this one's participant steps aside
+            bench.destroy_subscription(heat_sub)
+            bench.destroy_publisher(pub)
             result["robot_outputs"] = robot_path.measure(
-                node, bench, pub, ns, received, arrived, height=height, width=width,
+                node, ns, domain_id=domain_id, height=height, width=width,
                 frames=robot_frames, block=block, first_stamp=10 + warmup + frames,
                 timeout=timeout)
         return result

@@ -3,8 +3,11 @@
 Today's path against detections + persistence + points, in one run.
 
 :func:`measure` drives an already active ``flowclas_anomaly`` node (configured with
-:data:`NODE_PARAMETERS`: a depth topic, persistence 2 of 3, at most 20000 points) from the
-bench's participant, closed loop, one frame in flight:
+:data:`NODE_PARAMETERS`: a depth topic, persistence 2 of 3, at most 20000 points) from a peer
+process (:class:`Peer`, this module run with ``--peer``), as a robot's camera drivers and the
+consumers of the outputs are: the camera images, depth images and CameraInfo are published
+there and the heatmaps, detections and points received and timed there (one clock:
+``time.monotonic``), never sharing the node's GIL. Closed loop, one frame in flight:
 
 * frames: those of the shipped demo sequence (resized to the frame size) whose regions hold
   more than 22k pixels at the mask threshold chosen for it (the highest that leaves at least
@@ -26,6 +29,10 @@ processes' load does not inflate) and the points and detections per frame.
 """
 from __future__ import annotations
 
+import argparse
+import json
+import subprocess
+import sys
 import threading
 import time
 
@@ -103,99 +110,47 @@ def _wait(predicate, timeout: float, what: str) -> None:
         tick.wait(0.01)
 
 
-def measure(node, bench, pub, ns: str, heatmaps: dict, arrived: threading.Condition, *,
-            height: int, width: int, frames: int, block: int, first_stamp: int,
-            timeout: float = 60.0) -> dict:
-    """Alternate today / robot blocks on ``node`` (module docstring).
+def measure(node, ns: str, *, domain_id: int, height: int, width: int, frames: int,
+            block: int, first_stamp: int, timeout: float = 60.0) -> dict:
+    """Alternate today / robot blocks on ``node`` from a peer process (module docstring).
 
-    ``heatmaps``: stamp ->
-    arrival time of the bench's heatmap subscription (notified on ``arrived``); ``pub``: the
-    bench's image publisher.
+    ``node``: an active ``flowclas_anomaly`` in namespace ``ns`` on ``domain_id``, spun by
+    the caller, configured with :data:`NODE_PARAMETERS`.
     """
     from rclpy.parameter import Parameter
-    from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-    from sensor_msgs.msg import CameraInfo, Image, PointCloud2
-
-    from flowclas_ros.node.image_conversion import numpy_to_msg
-    from flowclas_ros.node.robot_messages import load_vision_msgs
 
     robot = node._robot  # noqa: SLF001 - the bench reads the node's own counters
     images = demo_frames(height, width)
     thr, keep = pick_threshold(node._backend, images)  # noqa: SLF001
-    images = [images[k] for k in keep]
     node.set_parameters([Parameter("threshold", value=thr)])
-    reliable = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
-    got: dict[str, dict] = {"det": {}, "points": {}}
-    sizes: dict[str, dict] = {"det": {}, "points": {}}
-
-    def record(key, size):
-        def cb(msg):
-            t = time.monotonic()
-            with arrived:
-                stamp = (msg.header.stamp.sec, msg.header.stamp.nanosec)
-                got[key][stamp] = t
-                sizes[key][stamp] = size(msg)
-                arrived.notify_all()
-        return cb
-
-    vm, why = load_vision_msgs()
-    subs = [bench.create_subscription(PointCloud2, f"{ns}/anomaly/points",
-                                      record("points", lambda m: m.width), reliable)]
-    if vm is not None:
-        subs.append(bench.create_subscription(vm.Detection2DArray, f"{ns}/anomaly/detections",
-                                              record("det", lambda m: len(m.detections)),
-                                              reliable))
-    depth_pub = bench.create_publisher(Image, f"{ns}/depth/image", qos_profile_sensor_data)
-    info_pub = bench.create_publisher(CameraInfo, f"{ns}/depth/camera_info", reliable)
-    depth, info = depth_messages(height, width)
-    _wait(lambda: robot.depth is not None and depth_pub.get_subscription_count() > 0
-          and info_pub.get_subscription_count() > 0, timeout, "the depth subscriptions")
-
-    def info_held():
-        info_pub.publish(info)
-        return robot.depth.intrinsics is not None
-
-    _wait(info_held, timeout, "the CameraInfo")
-    wanted = ["points"] + (["det"] if vm is not None else [])
-    pubs = [robot._pts_pub] + ([robot._det_pub] if vm is not None else [])  # noqa: SLF001
-    _wait(lambda: all(p.get_subscription_count() > 0 for p in pubs), timeout,
-          "the bench's detections/points subscriptions")
+    spec = {"ns": ns, "domain_id": domain_id, "height": height, "width": width, "keep": keep,
+            "block": block, "first_stamp": first_stamp, "timeout": timeout}
     lat: dict[str, list[float]] = {"today": [], "robot": []}
     points, dets, lost = [], [], 0
-    robot.timing = type(robot.timing)()  # the robot blocks' own time only
-    robot.cpu_timing = type(robot.cpu_timing)()
-    for i in range(frames):
-        on = (i // block) % 2 == 1
-        if i % block == 0:
+    with Peer(spec, timeout) as peer:
+        pubs = [node._pubs["heatmap"], robot._pts_pub]  # noqa: SLF001
+        pubs += [robot._det_pub] if peer.detections else []  # noqa: SLF001
+        _wait(lambda: all(p.get_subscription_count() > 0 for p in pubs), timeout,
+              "the peer's heatmap/points/detections subscriptions")
+        _wait(lambda: peer.call({"cmd": "info"}) and robot.depth.intrinsics is not None,
+              timeout, "the CameraInfo")
+        robot.timing = type(robot.timing)()  # the robot blocks' own time only
+        robot.cpu_timing = type(robot.cpu_timing)()
+        for b0 in range(0, frames, block):
+            on = (b0 // block) % 2 == 1
             node.set_parameters([Parameter("publish_detections", value=on),
                                  Parameter("publish_points", value=on)])
-        stamp = (first_stamp + i, 0)
-        k = (i // (2 * block)) * block + i % block  # a today block and the robot block after
-        msg = numpy_to_msg(images[(k // REPEAT) % len(images)], "rgb8")  # it: the same frames
-        msg.header.frame_id = "bench"
-        msg.header.stamp.sec, msg.header.stamp.nanosec = stamp
-        keys = wanted if on else []
-        if on:  # the depth camera's own message: not part of the frame's latency
-            depth.header.stamp = msg.header.stamp
-            depth_pub.publish(depth)
-        t0 = time.monotonic()
-        pub.publish(msg)
-        with arrived:
-            ok = arrived.wait_for(lambda: stamp in heatmaps
-                                  and all(stamp in got[k] for k in keys), timeout=10.0)
-        if not ok:
-            lost += 1
-            continue
-        if i % block < SKIP:
-            continue
-        done = max([heatmaps[stamp]] + [got[k][stamp] for k in keys])
-        lat["robot" if on else "today"].append((done - t0) * 1e3)
-        if on:
-            points.append(sizes["points"][stamp])
-            if vm is not None:
-                dets.append(sizes["det"][stamp])
-    for sub in subs:
-        bench.destroy_subscription(sub)
+            got = peer.call({"cmd": "run", "robot": on, "start": b0,
+                             "count": min(block, frames - b0)})
+            for i, ms, n_points, n_dets in got["frames"]:
+                if ms is None:
+                    lost += 1
+                elif i % block >= SKIP:
+                    lat["robot" if on else "today"].append(ms)
+                    if on:
+                        points.append(n_points)
+                        if n_dets is not None:
+                            dets.append(n_dets)
     today, with_robot = percentile_summary(lat["today"]), percentile_summary(lat["robot"])
     own50, own99 = robot.timing.percentiles(50, 99)
     cpu50, cpu99 = robot.cpu_timing.percentiles(50, 99)
@@ -203,7 +158,7 @@ def measure(node, bench, pub, ns: str, heatmaps: dict, arrived: threading.Condit
         "frames": f"demo sequence at {width}x{height}, each shown {REPEAT}x; blocks of {block},"
                   f" the first {SKIP} of each left out",
         "threshold": thr, "demo_frames_used": keep,
-        "detections": "on" if vm is not None else f"off: {why}",
+        "detections": "on" if peer.detections else f"off: {peer.why}",
         "today_ms": today, "with_robot_outputs_ms": with_robot,
         "added_p50_ms": with_robot["p50"] - today["p50"],
         "added_p99_ms": with_robot["p99"] - today["p99"],
@@ -215,4 +170,137 @@ def measure(node, bench, pub, ns: str, heatmaps: dict, arrived: threading.Condit
     }
 
 
-__all__ = ["NODE_PARAMETERS", "demo_frames", "depth_messages", "measure", "pick_threshold"]
+class Peer:
+    """The consumer and camera side of the comparison, as its own process (:func:`peer_main`).
+
+    Commands go to its stdin as JSON lines, one JSON line answers each; its first line says
+    it is ready (its publishers matched, its subscriptions made) and whether it receives
+    detections (vision_msgs importable there: the environment is this process's).
+    """
+
+    def __init__(self, spec: dict, timeout: float):
+        self.timeout = timeout
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", __name__, "--peer", json.dumps(spec)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        hello = self._read()
+        self.detections, self.why = hello["detections"], hello.get("why", "")
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the bench peer exited (code {self.proc.wait()}); its errors "
+                               "are above")
+        return json.loads(line)
+
+    def call(self, command: dict) -> dict:
+        self.proc.stdin.write(json.dumps(command) + "\n")
+        return self._read()
+
+    def __enter__(self) -> "Peer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
+            self.proc.stdin.close()
+            self.proc.wait(timeout=self.timeout)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait()
+
+
+def peer_main(spec: dict) -> int:
+    """Run the peer: publish frames (and depth) closed loop, time what comes back."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.node import Node
+    from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+    from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+
+    from flowclas_ros.node.image_conversion import numpy_to_msg
+    from flowclas_ros.node.robot_messages import load_vision_msgs
+
+    ns, timeout = spec["ns"], float(spec["timeout"])
+    rclpy.init(domain_id=int(spec["domain_id"]))
+    peer = Node("flowclas_bench_peer")
+    reliable = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
+    arrived = threading.Condition()
+    got: dict[str, dict] = {"heatmap": {}, "det": {}, "points": {}}
+
+    def record(key, size):
+        def cb(msg):
+            t = time.monotonic()
+            with arrived:
+                got[key][(msg.header.stamp.sec, msg.header.stamp.nanosec)] = (t, size(msg))
+                arrived.notify_all()
+        return cb
+
+    vm, why = load_vision_msgs()
+    peer.create_subscription(Image, f"{ns}/anomaly/heatmap", record("heatmap", lambda m: 0),
+                             reliable)
+    peer.create_subscription(PointCloud2, f"{ns}/anomaly/points",
+                             record("points", lambda m: m.width), reliable)
+    if vm is not None:
+        peer.create_subscription(vm.Detection2DArray, f"{ns}/anomaly/detections",
+                                 record("det", lambda m: len(m.detections)), reliable)
+    pub = peer.create_publisher(Image, f"{ns}/image", qos_profile_sensor_data)
+    depth_pub = peer.create_publisher(Image, f"{ns}/depth/image", qos_profile_sensor_data)
+    info_pub = peer.create_publisher(CameraInfo, f"{ns}/depth/camera_info", reliable)
+    executor = SingleThreadedExecutor()
+    executor.add_node(peer)
+    threading.Thread(target=executor.spin, daemon=True).start()
+    _wait(lambda: all(p.get_subscription_count() > 0 for p in (pub, depth_pub, info_pub)),
+          timeout, "the node's image and depth subscriptions")
+    images = demo_frames(int(spec["height"]), int(spec["width"]))
+    images = [images[k] for k in spec["keep"]]
+    depth, info = depth_messages(int(spec["height"]), int(spec["width"]))
+    block, first = int(spec["block"]), int(spec["first_stamp"])
+    print(json.dumps({"detections": vm is not None, "why": why}), flush=True)
+
+    def frame(i: int, robot: bool) -> list:
+        stamp = (first + i, 0)
+        k = (i // (2 * block)) * block + i % block  # a today block and the robot block after
+        msg = numpy_to_msg(images[(k // REPEAT) % len(images)], "rgb8")  # it: the same frames
+        msg.header.frame_id = "bench"
+        msg.header.stamp.sec, msg.header.stamp.nanosec = stamp
+        keys = ["heatmap"] + (["points"] + (["det"] if vm is not None else []) if robot else [])
+        if robot:  # the depth camera's own message: not part of the frame's latency
+            depth.header.stamp = msg.header.stamp
+            depth_pub.publish(depth)
+        t0 = time.monotonic()
+        pub.publish(msg)
+        with arrived:
+            if not arrived.wait_for(lambda: all(stamp in got[k] for k in keys), timeout=10.0):
+                return [i, None, None, None]
+        done = max(got[k][stamp][0] for k in keys)
+        return [i, (done - t0) * 1e3, got["points"].get(stamp, (0, 0))[1] if robot else None,
+                got["det"].get(stamp, (0, None))[1] if robot else None]
+
+    try:
+        for line in sys.stdin:
+            cmd = json.loads(line)
+            if cmd["cmd"] == "info":
+                info_pub.publish(info)
+                print(json.dumps({"ok": True}), flush=True)
+            elif cmd["cmd"] == "run":
+                rows = [frame(i, bool(cmd["robot"]))
+                        for i in range(cmd["start"], cmd["start"] + cmd["count"])]
+                print(json.dumps({"frames": rows}), flush=True)
+            else:
+                break
+    finally:
+        executor.shutdown(timeout_sec=5)
+        peer.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+__all__ = ["NODE_PARAMETERS", "Peer", "demo_frames", "depth_messages", "measure", "peer_main",
+           "pick_threshold"]
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description="the peer process of bench.node's robot_outputs")
+    ap.add_argument("--peer", required=True, help="its settings, as JSON (from Peer)")
+    raise SystemExit(peer_main(json.loads(ap.parse_args().peer)))
