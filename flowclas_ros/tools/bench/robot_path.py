@@ -38,6 +38,8 @@ import time
 
 import numpy as np
 
+from flowclas_ros.paths import DDS_PROFILE_ENV
+
 from .common import percentile_summary
 
 NODE_PARAMETERS = {"depth_topic": "depth/image", "persistence_n": 2, "persistence_m": 3,
@@ -142,6 +144,11 @@ def measure(node, ns: str, *, domain_id: int, height: int, width: int, frames: i
                                  Parameter("publish_points", value=on)])
             got = peer.call({"cmd": "run", "robot": on, "start": b0,
                              "count": min(block, frames - b0)})
+            if all(ms is None for _, ms, _, _ in got["frames"]):
+                raise RuntimeError(
+                    f"no frame of a block of {len(got['frames'])} came back from the node "
+                    f"(robot outputs {'on' if on else 'off'}): between processes, camera frames "
+                    f"need the shared-memory DDS profile ({DDS_PROFILE_ENV})")
             for i, ms, n_points, n_dets in got["frames"]:
                 if ms is None:
                     lost += 1
