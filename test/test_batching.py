@@ -1,7 +1,8 @@
 """Batched inference (issue 20): one forward run for several frames, results as one by one.
 
 No DDS here: the backends' :meth:`infer_batch` on the tiny bundle (exported with a dynamic batch
-dimension), the shape grouping, and the one-at-a-time fallback of graphs with a fixed batch of 1.
+dimension), the shape grouping, the one-at-a-time runs of ONNX Runtime on the CPU and of graphs
+with a fixed batch of 1, and each result handed over as soon as it is ready.
 """
 from __future__ import annotations
 
@@ -42,8 +43,9 @@ def test_batch_groups_by_shape_in_order_and_bounded():
     assert batch_groups([]) == []
 
 
-@pytest.mark.parametrize("name", ["onnxruntime", "torch"])
-def test_batch_equals_frame_by_frame(tiny_bundle, name):
+@pytest.mark.parametrize("name,want", [("onnxruntime", [1, 1, 1]), ("torch", [3])])
+def test_batch_equals_frame_by_frame(tiny_bundle, name, want):
+    """One run in torch; ONNX Runtime on the CPU runs one frame at a time (no gain there)."""
     imgs = frames((48, 64), (120, 160), (30, 40))  # cameras of different resolutions
     thresholds = [None, -1e9, 1e9]
     with create_backend(tiny_bundle, backend=name, device="cpu") as be:
@@ -51,7 +53,7 @@ def test_batch_equals_frame_by_frame(tiny_bundle, name):
         runs = _recording(be)
         batch = be.infer_batch(imgs, threshold=thresholds)
         thr = [be.bundle.mask_threshold(t) for t in thresholds]
-    assert runs == [3]  # one run: every frame resized to the bundle's input size
+    assert runs == want  # torch: one run, every frame resized to the bundle's input size
     for s, b, im, t in zip(single, batch, imgs, thr):
         assert b.heatmap.shape == b.mask.shape == im.shape[:2]
         np.testing.assert_allclose(b.heatmap, s.heatmap, rtol=1e-5, atol=1e-5)
@@ -84,3 +86,28 @@ def test_a_fixed_batch_graph_runs_one_frame_at_a_time():
     assert runs == [1, 1]
     for s, b in zip(single, batch):
         np.testing.assert_array_equal(s.heatmap, b.heatmap)
+
+
+@pytest.mark.parametrize("name", ["onnxruntime", "torch"])
+def test_each_result_is_handed_over_when_ready(tiny_bundle, name):
+    """``on_result``: one frame at a time, each result before the next frame is prepared."""
+    imgs = frames((48, 64), (120, 160), (30, 40))
+    events = []
+    with create_backend(tiny_bundle, backend=name, device="cpu") as be:
+        prepare = be.pipeline.prepare
+
+        def recording_prepare(image):
+            events.append(("prepare", image.shape[:2]))
+            return prepare(image)
+
+        be.pipeline.prepare = recording_prepare
+        batch = be.infer_batch(imgs, on_result=lambda i, r: events.append(("result", i, r)))
+    handed = [e for e in events if e[0] == "result"]
+    assert [i for _, i, _ in handed] == [0, 1, 2] and all(
+        r is batch[i] for _, i, r in handed)
+    times = [r.inference_ms for r in batch]
+    assert times == sorted(times) and times[0] > 0
+    if name == "onnxruntime":  # frame by frame: result i before frame i + 1 is prepared
+        assert [e[0] for e in events] == ["prepare", "result"] * 3
+    else:  # one run: every frame prepared first, then every result
+        assert [e[0] for e in events] == ["prepare"] * 3 + ["result"] * 3

@@ -54,7 +54,7 @@ class BatchBackend:
         return self.infer_batch([image], threshold=[threshold], **kw)[0]
 
     def infer_batch(self, images, *, heatmap=True, mask=True, overlay=True, threshold=None,
-                    overlay_alpha=0.5, colormap="turbo"):
+                    overlay_alpha=0.5, colormap="turbo", on_result=None):
         n = len(images)
         per = [v if isinstance(v, list) else [v] * n for v in (heatmap, mask, overlay, threshold)]
         self.entered.set()
@@ -71,6 +71,8 @@ class BatchBackend:
             out.append(FrameResult(s if h else None, mask_np(s, t) if m else None,
                                    overlay_np(s, im, self.display_range(), overlay_alpha,
                                               colormap) if o else None, 1.0))
+        for i, result in enumerate(out if on_result is not None else ()):
+            on_result(i, result)  # one forward run: every result at its end
         return out
 
     def score_map(self, im):

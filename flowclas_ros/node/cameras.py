@@ -16,7 +16,8 @@ threshold, ignore mask and depth topic (``camera_overrides.<c>.*``, :func:`camer
         c replaces c's waiting one); bad frames are dropped and counted for c alone
     worker thread: every waiting frame, one per camera -> RGB (jpeg/png decoded here) ->
         backend.infer (one frame) or backend.infer_batch (several: one forward run for the
-        frames of one model input shape) -> each camera's outputs with its input header
+        frames of one model input shape where the backend batches) -> each camera's outputs
+        with its input header, as soon as its result is ready
 
 One slot per camera is the fairness: a camera publishing 5x faster than the others has one
 frame in each batch like them, and a camera that stopped has none (nothing stale is batched).
@@ -277,7 +278,11 @@ class CameraPath:
                                      throttle_duration_sec=THROTTLE_S)
 
     def _process(self, frames: list[Frame]) -> None:
-        """Run every camera's waiting frame as one batch and publish each camera's outputs."""
+        """Run every camera's waiting frame as one batch and publish each camera's outputs.
+
+        Each camera's outputs go out as soon as its result is ready (a backend that runs the
+        frames one at a time hands each over after its own run).
+        """
         s = self._settings()
         jobs = []
         for frame in frames:
@@ -290,21 +295,29 @@ class CameraPath:
                 jobs.append(job)
         if not jobs:
             return
+        done: set[int] = set()
+
+        def publish(i: int, result) -> None:
+            done.add(i)
+            try:
+                self._publish(jobs[i], result)
+            except Exception as exc:  # one camera's outputs failed: the others still go out
+                self._on_error(exc, jobs[i].frame.camera)
+
         with self._borrow() as be:
             if be is None:  # released while the frames waited
                 return
             try:
-                results = self._infer(be, jobs, s)
-            except Exception as exc:  # the whole batch failed: an error for each camera in it
-                for job in jobs[1:]:
+                results = self._infer(be, jobs, s, publish)
+            except Exception as exc:  # an error for each camera left without its result
+                failed = [j for i, j in enumerate(jobs) if i not in done]
+                for job in failed[1:]:
                     job.frame.camera.add("errors")
-                self._on_error(exc, jobs[0].frame.camera)
+                self._on_error(exc, failed[0].frame.camera if failed else None)
                 return
-        for job, result in zip(jobs, results):
-            try:
-                self._publish(job, result)
-            except Exception as exc:  # one camera's outputs failed: the others still go out
-                self._on_error(exc, job.frame.camera)
+        for i, result in enumerate(results):
+            if i not in done:
+                publish(i, result)
 
     def _prepare(self, frame: Frame, s: Settings) -> _Job | None:
         """Decide what the frame's camera needs and convert it to RGB; None: nothing to do."""
@@ -325,7 +338,7 @@ class CameraPath:
         return _Job(frame, rgb, want, plan)
 
     @staticmethod
-    def _infer(be, jobs: list[_Job], s: Settings) -> list:
+    def _infer(be, jobs: list[_Job], s: Settings, on_result) -> list:
         thr = [j.frame.camera.mask_threshold(s.threshold) for j in jobs]
         heat = [j.want["heatmap"] or j.plan.regions for j in jobs]
         mask = [j.want["mask"] or j.plan.regions for j in jobs]
@@ -335,7 +348,7 @@ class CameraPath:
             return [be.infer(j.rgb, heatmap=h, mask=m, overlay=o, threshold=t, **common)
                     for j, h, m, o, t in zip(jobs, heat, mask, over, thr)]
         return be.infer_batch([j.rgb for j in jobs], heatmap=heat, mask=mask, overlay=over,
-                              threshold=thr, **common)
+                              threshold=thr, on_result=on_result, **common)
 
     def _publish(self, job: _Job, result) -> None:
         """Publish one camera's outputs of one frame, each with the frame's header."""

@@ -26,9 +26,11 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
+from flowclas_ros.bundle.preprocess import check_image
 from flowclas_ros.bundle.reader import Bundle
 
 from .visualisation import check_alpha, check_colormap
@@ -88,7 +90,7 @@ class Backend:
     (-> (n, h, w)), at most ``max_batch`` frames a run. A backend that cannot batch (or a
     graph with a fixed batch of 1, e.g. a bundle exported before batching) keeps the default
     :meth:`_batches` False: its frames run one at a time, same results. ``inference_ms`` of
-    each result is the wall time of the whole call (the batch is one unit of work).
+    each result is the time from the call until that result was ready.
     """
 
     max_batch: int | None = None  # frames per forward run; None = no limit
@@ -173,11 +175,17 @@ class Backend:
         return FrameResult(heatmap=heat, mask=m, overlay=ov, inference_ms=ms)
 
     def infer_batch(self, images, *, heatmap=True, mask=True, overlay=True, threshold=None,
-                    overlay_alpha: float = 0.5, colormap: str = "turbo") -> list[FrameResult]:
+                    overlay_alpha: float = 0.5, colormap: str = "turbo",
+                    on_result: Callable[[int, FrameResult], None] | None = None,
+                    ) -> list[FrameResult]:
         """Score several (H_i, W_i, 3) uint8 RGB frames; one :class:`FrameResult` each, in order.
 
         ``heatmap``, ``mask``, ``overlay`` and ``threshold`` are one value for every frame or a
         sequence of one per frame (cameras differ in subscribers and thresholds).
+        ``on_result(i, result)``: called as soon as frame ``i``'s result is ready (frames run
+        one at a time: each after its own run; a batch run: all after it), so that a camera's
+        outputs need not wait for the others' frames; its ``inference_ms`` is the time from
+        the call to that moment.
         """
         n = len(images)
         if n == 0:
@@ -191,31 +199,38 @@ class Backend:
             check_colormap(colormap)
             check_alpha(overlay_alpha)
         thr = [self.bundle.mask_threshold(t) for t in per["threshold"]]
+        anything = any(per["heatmap"] + per["mask"] + per["overlay"])
         outs: list = [None] * n
         with self._lock, self.device_guard():
             if self._closed:
                 raise RuntimeError(f"the {self.name} backend is closed")
             t0 = time.perf_counter()
-            prepared = [self.pipeline.prepare(im) for im in images]
+            sizes = [self.pipeline.resolution.model_size(*check_image(im)) for im in images]
 
-            def finish(i, score):
-                outs[i] = self.pipeline.finish(
-                    score, prepared[i][1], heatmap=per["heatmap"][i], mask=per["mask"][i],
+            def finish(i, score, frame):
+                heat, m, ov = self.pipeline.finish(
+                    score, frame, heatmap=per["heatmap"][i], mask=per["mask"][i],
                     overlay=per["overlay"][i], threshold=thr[i], alpha=overlay_alpha,
                     colormap=colormap)
+                if not anything:
+                    self._sync()
+                outs[i] = FrameResult(heat, m, ov, (time.perf_counter() - t0) * 1e3)
+                if on_result is not None:
+                    on_result(i, outs[i])
 
-            for group in batch_groups([tuple(x.shape) for x, _ in prepared], self.max_batch):
+            for group in batch_groups(sizes, self.max_batch):
+                prepared = {i: self.pipeline.prepare(images[i]) for i in group[:1]}
                 if len(group) > 1 and self._batches(tuple(prepared[group[0]][0].shape)):
+                    prepared.update((i, self.pipeline.prepare(images[i])) for i in group[1:])
                     scores = self._forward_batch(_concat([prepared[i][0] for i in group]))
                     for j, i in enumerate(group):  # before the next run reuses its buffers
-                        finish(i, scores[j])
-                else:
-                    for i in group:
-                        finish(i, self._forward(prepared[i][0]))
-            if not any(per["heatmap"] + per["mask"] + per["overlay"]):
-                self._sync()
-            ms = (time.perf_counter() - t0) * 1e3
-        return [FrameResult(heatmap=h, mask=m, overlay=o, inference_ms=ms) for h, m, o in outs]
+                        finish(i, scores[j], prepared[i][1])
+                    continue
+                for i in group:  # one at a time, each prepared just before its run
+                    x, frame = prepared.pop(i) if i in prepared else \
+                        self.pipeline.prepare(images[i])
+                    finish(i, self._forward(x), frame)
+        return outs
 
     def warmup(self, height: int, width: int, iterations: int = 2) -> None:
         """Run a few full inferences on a synthetic (height, width) frame.

@@ -12,9 +12,11 @@
   compute stream when the session is created (``user_compute_stream``), and the binding
   synchronises inputs and outputs around each run.
 
-Batches (:meth:`Backend.infer_batch`): one run of (n, 3, h, w) where the graph's batch
-dimension is symbolic (bundles exported since batching); a graph with a fixed batch of 1 runs
-its frames one at a time.
+Batches (:meth:`Backend.infer_batch`): on a GPU provider, one run of (n, 3, h, w) where the
+graph's batch dimension is symbolic (bundles exported since batching); a graph with a fixed
+batch of 1 runs its frames one at a time. On the CPU provider frames always run one at a time:
+a batch costs what its frames cost one by one there (4 frames of the demo bundle at 640x480:
+103 ms against 4 x 26 ms), and one at a time each camera's result is out after its own run.
 
 Precision is the graph's: fp32, or a float16 backbone for bundles exported with ``--fp16``.
 fp16 on an fp32 graph is only possible with the TensorRT provider (``trt_fp16_enable``).
@@ -152,7 +154,7 @@ class OnnxRuntimeBackend(Backend):
         return d
 
     def _batches(self, shape: tuple[int, ...]) -> bool:
-        return self._dynamic_batch
+        return self._dynamic_batch and self.provider != PROVIDERS["cpu"]
 
     def _forward(self, x):
         return self._forward_batch(x)[0]
