@@ -15,10 +15,21 @@ The setting is process-wide (every thread and arena), applied once, when a backe
 ``FLOWCLAS_KEEP_FRAME_BUFFERS=0`` in the environment turns it off, and a ``GLIBC_TUNABLES``
 that sets the malloc thresholds itself is left to win. The price is resident memory: up to
 ``TRIM_THRESHOLD`` of freed buffers may stay mapped.
+
+Collector pauses: Python's cyclic garbage collector now and then scans every container object
+of the process (a full collection), and a node holds some 60,000 of them once its libraries and
+backend are loaded, nearly all for good: a full scan then stalls the worker about 30 ms here,
+which with several cameras on one worker delays every camera's next frames.
+:func:`freeze_long_lived` (the node calls it at the end of configure) collects once and moves
+what exists to the collector's permanent generation, which it never scans; :func:`thaw`
+(cleanup) gives it back, so that a backend released later is collected as usual. Objects
+frozen are still freed by reference counting; only a reference cycle among them would wait
+for the thaw.
 """
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import sys
 
@@ -60,4 +71,16 @@ def _mallopt() -> str:
             f"{TRIM_THRESHOLD >> 20} MiB kept (trim threshold)")
 
 
-__all__ = ["ENV", "keep_frame_buffers"]
+def freeze_long_lived() -> int:
+    """Collect, then exempt every object alive now from later scans; return how many."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
+
+
+def thaw() -> None:
+    """Hand the frozen objects back to the collector (they are scanned again from now on)."""
+    gc.unfreeze()
+
+
+__all__ = ["ENV", "freeze_long_lived", "keep_frame_buffers", "thaw"]

@@ -13,6 +13,7 @@ test.
 """
 from __future__ import annotations
 
+import gc
 import importlib.util
 import math
 import signal
@@ -218,11 +219,13 @@ def test_configure_fails_with_a_fix_it_message_then_succeeds(ros, nodes, tiny_bu
     assert ros.set_params(fqn, model_path=str(tiny_bundle))[0].successful
     assert ros.change_state(fqn, T.TRANSITION_CONFIGURE)
     assert ros.get_state(fqn) == "inactive" and node.last_error == ""
+    assert gc.get_freeze_count() > 0  # what configure loaded is exempt from the gc's scans
     # structural parameters are refused while a backend is loaded, with the reason
     res = ros.set_params(fqn, model_path=str(broken))[0]
     assert not res.successful and "cleanup" in res.reason
     assert not ros.set_params(fqn, backend="torch")[0].successful
     assert ros.change_state(fqn, T.TRANSITION_CLEANUP)
+    assert gc.get_freeze_count() == 0  # thawed: the released backend is collected as usual
     assert ros.set_params(fqn, device="cpu")[0].successful  # allowed again once unconfigured
 
 

@@ -1,4 +1,9 @@
-"""Freed frame buffers are kept for reuse (flowclas_ros.memory), unless told not to."""
+"""The process memory policy of flowclas_ros.memory.
+
+Freed frame buffers are kept for reuse, unless told not to; long-lived objects are exempt from
+the garbage collector's scans until thawed.
+"""
+import gc
 import os
 import subprocess
 import sys
@@ -40,3 +45,17 @@ def test_creating_a_backend_applies_it(tiny_bundle):
                                            if k not in ("FLOWCLAS_KEEP_FRAME_BUFFERS",
                                                         "GLIBC_TUNABLES")}).stdout
     assert out.strip().splitlines()[-1] == _run()[0]  # what keep_frame_buffers() says here
+
+
+def test_freeze_exempts_what_exists_until_thawed():
+    from flowclas_ros.memory import freeze_long_lived, thaw
+
+    kept = [["a long-lived container"]]
+    try:
+        assert freeze_long_lived() == gc.get_freeze_count() > 0
+        assert not any(o is kept for o in gc.get_objects())  # in the permanent generation
+        new = [["made after the freeze"]]
+        assert any(o is new for o in gc.get_objects())  # scanned as usual
+    finally:
+        thaw()
+    assert gc.get_freeze_count() == 0 and any(o is kept for o in gc.get_objects())

@@ -52,7 +52,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image
 
-from ..memory import keep_frame_buffers
+from ..memory import freeze_long_lived, keep_frame_buffers, thaw
 from ..paths import package_file
 from . import parameters
 from .backend_loading import ConfigureError, load_backend
@@ -245,6 +245,7 @@ class AnomalyNode(LifecycleNode):
         if unused:  # said once per configure: the node's depth_topic serves no named camera
             self.get_logger().warning(unused)
         self._path = CameraPath(self, self.cameras, self._borrow_backend, lambda: self.settings)
+        frozen = freeze_long_lived()  # libraries and backend: never scanned again (memory.py)
         self.last_error = ""
         self.state_label = "inactive"
         thr = bundle.mask_threshold(self._node_threshold())
@@ -261,7 +262,8 @@ class AnomalyNode(LifecycleNode):
             f"configured: bundle {path} (input {w}x{h}), backend {be.name} on {be.device} "
             f"({be.precision}){' [' + why + ']' if why else ''}, threshold {thr:.4g}"
             f"{' (calibrated per topic: ' + ', '.join(per_camera) + ')' if per_camera else ''}; "
-            f"backend ready in {loaded.backend_s:.1f} s{engine}{served}")
+            f"backend ready in {loaded.backend_s:.1f} s{engine}{served}; {frozen} objects "
+            f"exempt from the garbage collector's scans")
         return TransitionCallbackReturn.SUCCESS
 
     def _make_publisher(self, msg_type, topic: str):
@@ -338,6 +340,7 @@ class AnomalyNode(LifecycleNode):
         with self._backend_lock:
             be, self._backend, self._bundle = self._backend, None, None
         self._close_backend(be)
+        thaw()  # the released backend is collected as usual
         cameras, self.cameras, self._pubs = self.cameras, [], {}
         for robot in {id(r): r for r in [self._robot] + [c.robot for c in cameras]}.values():
             robot.release(self.destroy_lifecycle_publisher)
