@@ -78,8 +78,9 @@ class BackendUnavailable(RuntimeError):
 class Backend:
     """Base class: :meth:`infer` = pipeline.prepare -> :meth:`_forward` -> pipeline.finish.
 
-    Subclasses set ``pipeline`` (a Torch- or NumpyPipeline) and implement ``_forward`` (model
-    input (1, 3, h, w) -> score (h, w), on the pipeline's device) and ``_release``.
+    Subclasses set ``pipeline`` (a Torch- or NumpyPipeline: ``prepare``, ``finish`` and the
+    bundle's ``resolution``) and implement ``_forward`` (model input (1, 3, h, w) -> score
+    (h, w), on the pipeline's device) and ``_release``.
 
     Batches (:meth:`infer_batch`, one node serving several cameras): frames of any sizes in,
     one :class:`FrameResult` each, in order, every one as :meth:`infer` would give it. Each
