@@ -1,4 +1,6 @@
-"""Keep freed camera-frame buffers in the process instead of handing them back to the kernel.
+"""The process's memory policy for frames: buffers kept for reuse, long-lived objects unscanned.
+
+Frame buffers: keep freed ones in the process instead of handing them back to the kernel.
 
 Every frame allocates buffers of the frame's size several times: the host pipeline's resize
 temporaries and outputs, and in the node rclpy's message conversions and (de)serialisation on
