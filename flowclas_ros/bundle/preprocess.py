@@ -138,18 +138,21 @@ def _resize_axis0(img: np.ndarray, n_out: int) -> np.ndarray:
 # one matmul at most this many multiply-adds: OpenBLAS then stays on the calling thread (its
 # own threads spin, which on a busy small CPU costs far more than they save)
 _GEMM_MACS = 1 << 18
+# output rows (columns) a block when upsampling a score map: larger blocks, fewer calls
+_UPSAMPLE_BLOCK = 32
 
 
 @lru_cache(maxsize=64)
-def _bands(n_in: int, n_out: int) -> tuple[tuple[int, int, int, int, np.ndarray], ...]:
+def _bands(n_in: int, n_out: int,
+           per: int = 0) -> tuple[tuple[int, int, int, int, np.ndarray], ...]:
     """Return the taps of one axis as dense blocks: (o0, o1, i0, i1, weights (o1-o0, i1-i0)).
 
     Output rows o0..o1 read only input rows i0..i1 (the filter is narrow): resizing is then a
     few small float32 matmuls instead of a gather per tap. The weights are :func:`_axis`'s
-    (float32).
+    (float32). ``per``: output rows a block (0: ~12 input rows' worth, 2 to 8 rows).
     """
     idx, w = _axis(n_in, n_out)
-    per = max(2, min(8, int(24 * n_out / n_in)))  # output rows a block: ~24 input rows or fewer
+    per = per or max(2, min(8, int(12 * n_out / n_in)))
     blocks = []
     for o0 in range(0, n_out, per):
         o1 = min(o0 + per, n_out)
@@ -263,13 +266,14 @@ def upsample_score_np(score: np.ndarray, size: tuple[int, int], map_fn=map,
                       chunks: int = 1, out: np.ndarray | None = None) -> np.ndarray:
     """Upsample a (h, w) float32 score map -> (H, W) float32 (into ``out`` when given).
 
-    The result is the taps of :func:`resize_bilinear_np`, bit for bit: rows, then columns
-    gathered with ``np.take`` into reused scratch (the same products, summed in the same order),
-    64 output rows at a time (they stay in the cache), in ``chunks`` bands of rows (``map_fn``
-    may run them on a thread pool: numpy releases the GIL). A map that holds NaN or
-    +-inf goes through the guarded taps, which keep an infinite score from spreading into its
-    neighbours' weights. ``out``: a C-contiguous (H, W) float32 array to write (e.g. a message's
-    buffer).
+    The taps of :func:`resize_bilinear_np` as banded matmuls (:func:`_bands`): the columns of
+    the small map first, then each block of output rows is one matmul written straight into
+    ``out``. Within a float32 rounding of the taps (rows then columns, as
+    :func:`resize_bilinear_np` sums them): 1e-6 relative. The same blocks whatever ``chunks``,
+    so every call gives the same bits: ``chunks`` bands of blocks (``map_fn`` may run them on
+    a thread pool: numpy releases the GIL). A map that holds NaN or +-inf goes through the
+    guarded taps, which keep an infinite score from spreading into its neighbours' weights.
+    ``out``: a C-contiguous (H, W) float32 array to write (e.g. a message's buffer).
     """
     H, W = size
     if out is None:
@@ -281,26 +285,32 @@ def upsample_score_np(score: np.ndarray, size: tuple[int, int], map_fn=map,
         out[...] = resize_bilinear_np(score[:, :, None], size)[:, :, 0]
         return out
     h, w = score.shape
-    iy, wy = _axis(h, H)
-    ix, wx = _axis(w, W)
+    score = score.astype(np.float32, copy=False)
+    cols = np.empty((h, W), np.float32) if w != W else score
 
-    def bands(rows: tuple[int, int]) -> None:
-        tmp = np.empty((min(64, rows[1] - rows[0]), W), np.float32)
-        for y0 in range(rows[0], rows[1], 64):
-            y1 = min(y0 + 64, rows[1])
-            r = score[iy[y0:y1, 0]] * wy[y0:y1, 0, None]  # the same sums, in the same order,
-            for k in range(1, iy.shape[1]):  # as resize_bilinear_np's row then column passes
-                r += score[iy[y0:y1, k]] * wy[y0:y1, k, None]
-            o, t = out[y0:y1], tmp[:y1 - y0]
-            np.take(r, ix[:, 0], axis=1, out=o)
-            o *= wx[:, 0]
-            for k in range(1, ix.shape[1]):
-                np.take(r, ix[:, k], axis=1, out=t)
-                t *= wx[:, k]
-                o += t
+    def col_blocks(part) -> None:
+        for o0, o1, i0, i1, m in part:
+            step = max(8, _GEMM_MACS // m.size)
+            for r0 in range(0, h, step):
+                np.matmul(score[r0:r0 + step, i0:i1], m.T, out=cols[r0:r0 + step, o0:o1])
 
-    edges = np.linspace(0, H, max(1, chunks) + 1).astype(int)
-    list(map_fn(bands, zip(edges[:-1], edges[1:])))
+    def row_blocks(part) -> None:
+        for o0, o1, i0, i1, m in part:
+            step = max(64, _GEMM_MACS // m.size)
+            for c0 in range(0, W, step):
+                np.matmul(m, cols[i0:i1, c0:c0 + step], out=out[o0:o1, c0:c0 + step])
+
+    def run(blocks, bands) -> None:
+        k = max(1, min(chunks, len(bands)))
+        edges = np.linspace(0, len(bands), k + 1).astype(int)
+        list(map_fn(blocks, [bands[a:b] for a, b in zip(edges[:-1], edges[1:])]))
+
+    if w != W:
+        run(col_blocks, _bands(w, W, _UPSAMPLE_BLOCK))
+    if h != H:
+        run(row_blocks, _bands(h, H, _UPSAMPLE_BLOCK))
+    else:
+        out[...] = cols
     return out
 
 

@@ -1,7 +1,8 @@
 r"""N cameras through one node (batched) against N single-camera nodes in separate processes.
 
     python -m flowclas_ros.tools.bench.multi_camera [--bundle DIR] [--cameras 4] [--rate 10] \
-        [--width 640 --height 480] [--duration 20] [--backend onnxruntime] [--out FILE]
+        [--width 640 --height 480] [--duration 20] [--backend onnxruntime] \
+        [--param cpu_threads:=1 ...] [--load N] [--out FILE]
 
 Both setups run the ``anomaly_node`` executable as processes of their own (as ``ros2 run``
 would) on a private ROS domain on loopback, one after the other, on the same bundle and backend
@@ -15,6 +16,13 @@ Per setup: frames processed per camera (heatmaps received for the frames sent af
 ``--warmup`` s), end-to-end latency p50/p99 (publish to heatmap), and the total RSS of the
 node processes (the sum, sampled every second; the peak). One JSON object on stdout (and in
 ``--out``).
+
+``--load N``: N busy processes run beside the nodes while the frames flow, as a robot's other
+software does (planning, mapping, drivers). Each setup is then measured under that load, and
+the JSON says how much work the busy processes got done against running alone: the share of
+the CPU the setup left to the rest of the robot. Linux shares the CPU per thread, so a setup
+with more threads (four node processes) takes more of it from the others; both figures are
+needed to compare the setups fairly.
 
 Bundle: ``--bundle``, else the demo bundle. Batching needs a graph with a dynamic batch
 dimension; a bundle exported before batching has a fixed batch of 1, which the backend runs a
@@ -78,6 +86,49 @@ def _rss_mb(pids: list[int]) -> float:
     return total_kb / 1024
 
 
+def _busy(counter, stop) -> None:
+    """Stand for the robot's other software: one core's worth of work, counted as it goes."""
+    while not stop.is_set():
+        for _ in range(100_000):
+            pass
+        with counter.get_lock():
+            counter.value += 1
+
+
+class Load:
+    """``n`` busy processes beside the nodes; :meth:`rate` is their work done per second.
+
+    Spawned, not forked: this process has DDS threads. The rate over a window, against the
+    rate with nothing else running (:func:`run` measures that first), is the share of the
+    CPU the node setup left to the rest of the robot.
+    """
+
+    def __init__(self, n: int):
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        self.counter, self.stop = ctx.Value("q", 0), ctx.Event()
+        self.procs = [ctx.Process(target=_busy, args=(self.counter, self.stop), daemon=True)
+                      for _ in range(n)]
+        for p in self.procs:
+            p.start()
+
+    def mark(self) -> tuple[float, int]:
+        return time.monotonic(), self.counter.value
+
+    @staticmethod
+    def rate(a: tuple[float, int], b: tuple[float, int]) -> float:
+        """Work units (1e5 loop turns) a second between two marks."""
+        return (b[1] - a[1]) / max(1e-9, b[0] - a[0])
+
+    def close(self) -> None:
+        self.stop.set()
+        for p in self.procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+
+
 def _stop(procs: list[subprocess.Popen]) -> None:
     for p in procs:
         if p.poll() is None:
@@ -92,10 +143,13 @@ def _stop(procs: list[subprocess.Popen]) -> None:
 
 def measure(client, setups: list[tuple[str, list[str], list[str]]], *, bundle: Path,
             backend: str, device: str, env: dict, log_dir: Path, rate: float, width: int,
-            height: int, warmup: float, duration: float, timeout: float = 300.0) -> dict:
+            height: int, warmup: float, duration: float, params: tuple[str, ...] = (),
+            load: int = 0, timeout: float = 300.0) -> dict:
     """Start one node process per setup entry, feed every camera, return the figures.
 
-    ``setups``: (namespace, cameras parameter, camera topic prefixes) per process.
+    ``setups``: (namespace, cameras parameter, camera topic prefixes) per process; ``params``:
+    more ``name:=value`` node parameters, the same for every process; ``load``: busy processes
+    beside the nodes while the frames flow (:class:`Load`).
     """
     from lifecycle_msgs.msg import Transition
     from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -105,13 +159,15 @@ def measure(client, setups: list[tuple[str, list[str], list[str]]], *, bundle: P
     from flowclas_ros.node.image_conversion import numpy_to_msg
     from flowclas_ros.node.lifecycle_client import LifecycleClient
 
-    procs = []
+    procs, busy = [], None
     for i, (ns, cameras, _) in enumerate(setups):
         args = [sys.executable, "-m", "flowclas_ros.tools.anomaly_node", "--ros-args",
                 "-r", f"__ns:={ns}", "-p", f"model_path:={bundle}", "-p", f"backend:={backend}",
                 "-p", f"device:={device}"]
         if cameras:
             args += ["-p", f"cameras:=[{','.join(cameras)}]"]
+        for p in params:
+            args += ["-p", p]
         log = open(log_dir / f"node_{ns.strip('/')}.log", "w")
         procs.append(subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT))
     qos = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
@@ -151,6 +207,7 @@ def measure(client, setups: list[tuple[str, list[str], list[str]]], *, bundle: P
                                   Header(frame_id=f"{t}optical")) for t in topics}
         period, n = 1.0 / rate, len(topics)
         rss: list[float] = []
+        busy, marks = Load(load) if load else None, []
         start = time.monotonic()
         counted = dict.fromkeys(topics, 0)
         k, pace = 0, threading.Event()
@@ -159,6 +216,8 @@ def measure(client, setups: list[tuple[str, list[str], list[str]]], *, bundle: P
             now = time.monotonic()
             if tick > start + warmup + duration:
                 break
+            if busy is not None and not marks and tick >= start + warmup:
+                marks.append(busy.mark())
             pace.wait(max(0.0, tick - now))
             topic = topics[k % n]
             msg = frames[topic]
@@ -172,6 +231,10 @@ def measure(client, setups: list[tuple[str, list[str], list[str]]], *, bundle: P
             if k % max(1, int(n * rate)) == 0:  # about once a second
                 rss.append(_rss_mb([p.pid for p in procs]))
             k += 1
+        if busy is not None:
+            marks.append(busy.mark())
+            busy.close()
+            busy = None
         pace.wait(3.0)  # the last frames in flight
         with lock:
             lat = {t: list(v) for t, v in latency.items()}
@@ -188,8 +251,11 @@ def measure(client, setups: list[tuple[str, list[str], list[str]]], *, bundle: P
                                       for t, v in lat.items()},
             "rss_mb_total_peak": round(max(rss), 1) if rss else None,
             "rss_mb_total_end": round(_rss_mb([p.pid for p in procs]), 1),
+            "load_work_per_s": round(Load.rate(*marks), 1) if len(marks) == 2 else None,
         }
     finally:
+        if busy is not None:
+            busy.close()
         for s in subs:
             client.destroy_subscription(s)
         for p in pubs.values():
@@ -197,9 +263,22 @@ def measure(client, setups: list[tuple[str, list[str], list[str]]], *, bundle: P
         _stop(procs)
 
 
+def _load_alone(n: int, seconds: float = 5.0) -> float:
+    """Return the work rate of ``n`` busy processes with no node running (``load``'s 100 %)."""
+    busy = Load(n)
+    try:
+        threading.Event().wait(2.0)  # spawned and running
+        a = busy.mark()
+        threading.Event().wait(seconds)
+        return Load.rate(a, busy.mark())
+    finally:
+        busy.close()
+
+
 def run(bundle: Path, *, cameras: int = 4, rate: float = 10.0, width: int = 640,
         height: int = 480, warmup: float = 3.0, duration: float = 20.0,
-        backend: str = "onnxruntime", device: str = "cpu", reexport: bool = True) -> dict:
+        backend: str = "onnxruntime", device: str = "cpu", reexport: bool = True,
+        params: tuple[str, ...] = (), load: int = 0) -> dict:
     """Measure both setups, one after the other; return the JSON of the module docstring."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
@@ -225,8 +304,9 @@ def run(bundle: Path, *, cameras: int = 4, rate: float = 10.0, width: int = 640,
     spin.start()
     common = {"bundle": bundle, "backend": backend, "device": device, "env": env,
               "log_dir": work, "rate": rate, "width": width, "height": height,
-              "warmup": warmup, "duration": duration}
+              "warmup": warmup, "duration": duration, "params": tuple(params), "load": load}
     try:
+        alone = _load_alone(load) if load else None
         one = measure(client, [("/mc_one", names, [f"{n}/" for n in names])], **common)
         separate = measure(client, [(f"/mc_{n}", [], [""]) for n in names], **common)
     finally:
@@ -237,9 +317,14 @@ def run(bundle: Path, *, cameras: int = 4, rate: float = 10.0, width: int = 640,
              if one["rss_mb_total_peak"] and separate["rss_mb_total_peak"] else None)
     return {
         "machine": machine(), "bundle": str(bundle), "graph": graph, "backend": backend,
-        "device": device, "cameras": cameras, "rate_hz": rate, "frame": [width, height],
+        "device": device, "node_parameters": list(params), "cameras": cameras,
+        "rate_hz": rate, "frame": [width, height],
         "warmup_s": warmup, "duration_s": duration, "logs": str(work),
         "one_node": one, "separate_nodes": separate,
+        "load": None if not load else {
+            "processes": load, "work_per_s_alone": round(alone, 1),
+            "share_left_one_node": round(one["load_work_per_s"] / alone, 3),
+            "share_left_separate_nodes": round(separate["load_work_per_s"] / alone, 3)},
         "rss_ratio_one_to_separate": round(ratio, 3) if ratio else None,
         "goal": "one node: at least as many frames processed, p99 no worse, at most half the "
                 "total RSS of the separate nodes",
@@ -261,11 +346,20 @@ def main(argv=None) -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--no-reexport", dest="reexport", action="store_false",
                     help="run the bundle's graph as it is (batch 1: frames run one at a time)")
+    ap.add_argument("--param", action="append", default=[], metavar="NAME:=VALUE",
+                    help="a node parameter for every node process of both setups, e.g. "
+                         "cpu_threads:=1 (repeatable)")
+    ap.add_argument("--load", type=int, default=0, metavar="N",
+                    help="N busy processes beside the nodes (the robot's other software): "
+                         "frames and latency under load, and the share of the CPU each setup "
+                         "left them")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args(argv)
+    if any(":=" not in p for p in a.param):
+        ap.error("--param takes NAME:=VALUE")
     result = run(a.bundle, cameras=a.cameras, rate=a.rate, width=a.width, height=a.height,
                  warmup=a.warmup, duration=a.duration, backend=a.backend, device=a.device,
-                 reexport=a.reexport)
+                 reexport=a.reexport, params=tuple(a.param), load=a.load)
     text = json.dumps(result, indent=2)
     print(text)
     if a.out is not None:
