@@ -19,10 +19,10 @@ node processes (the sum, sampled every second; the peak). One JSON object on std
 
 ``--load N``: N busy processes run beside the nodes while the frames flow, as a robot's other
 software does (planning, mapping, drivers). Each setup is then measured under that load, and
-the JSON says how much work the busy processes got done against running alone: the share of
-the CPU the setup left to the rest of the robot. Linux shares the CPU per thread, so a setup
-with more threads (four node processes) takes more of it from the others; both figures are
-needed to compare the setups fairly.
+the JSON says how much work the busy processes got done against running alone (the mean of
+before and after both setups): the share of the CPU the setup left to the rest of the robot.
+Linux shares the CPU per thread, so a setup with more threads (four node processes) takes more
+of it from the others; both figures are needed to compare the setups fairly.
 
 Bundle: ``--bundle``, else the demo bundle. Batching needs a graph with a dynamic batch
 dimension; a bundle exported before batching has a fixed batch of 1, which the backend runs a
@@ -306,9 +306,10 @@ def run(bundle: Path, *, cameras: int = 4, rate: float = 10.0, width: int = 640,
               "log_dir": work, "rate": rate, "width": width, "height": height,
               "warmup": warmup, "duration": duration, "params": tuple(params), "load": load}
     try:
-        alone = _load_alone(load) if load else None
+        alone = [_load_alone(load)] if load else []  # before and after: the host drifts
         one = measure(client, [("/mc_one", names, [f"{n}/" for n in names])], **common)
         separate = measure(client, [(f"/mc_{n}", [], [""]) for n in names], **common)
+        alone += [_load_alone(load)] if load else []
     finally:
         executor.shutdown(timeout_sec=5)
         client.destroy_node()
@@ -322,9 +323,10 @@ def run(bundle: Path, *, cameras: int = 4, rate: float = 10.0, width: int = 640,
         "warmup_s": warmup, "duration_s": duration, "logs": str(work),
         "one_node": one, "separate_nodes": separate,
         "load": None if not load else {
-            "processes": load, "work_per_s_alone": round(alone, 1),
-            "share_left_one_node": round(one["load_work_per_s"] / alone, 3),
-            "share_left_separate_nodes": round(separate["load_work_per_s"] / alone, 3)},
+            "processes": load, "work_per_s_alone_before_after": [round(a, 1) for a in alone],
+            "share_left_one_node": round(one["load_work_per_s"] / np.mean(alone), 3),
+            "share_left_separate_nodes": round(separate["load_work_per_s"] / np.mean(alone),
+                                               3)},
         "rss_ratio_one_to_separate": round(ratio, 3) if ratio else None,
         "goal": "one node: at least as many frames processed, p99 no worse, at most half the "
                 "total RSS of the separate nodes",
