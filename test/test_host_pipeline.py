@@ -18,6 +18,7 @@ from PIL import Image
 
 from flowclas_ros.bundle.preprocess import (
     _axis,
+    _upsample_matmul,
     frame_to_input,
     resize_bilinear_np,
     upsample_score_np,
@@ -84,6 +85,20 @@ def test_upsample_is_the_taps(size):
         assert np.array_equal(upsample_score_np(score, size, pool.map, 2), got)
     out = message_array(size, np.float32)
     assert upsample_score_np(score, size, out=out) is out and np.array_equal(out, got)
+
+
+@pytest.mark.parametrize("size", [(36, 200), (90, 48), (37, 53), (131, 77), (20, 30), (18, 96)])
+def test_matmul_upsampling_at_any_size(size):
+    """The HD path, on sizes that keep one axis or shrink one: still the taps, any threads."""
+    score = np.random.default_rng(1).normal(1.0, 0.4, (36, 48)).astype(np.float32)
+    want = resize_bilinear_np(score[:, :, None], size)[:, :, 0]
+    got = np.empty(size, np.float32)
+    _upsample_matmul(score, got, map, 1)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * np.abs(score).max())
+    again = np.empty(size, np.float32)
+    with ThreadPoolExecutor(2) as pool:
+        _upsample_matmul(score, again, pool.map, 2)
+    assert np.array_equal(again, got)
 
 
 def test_upsample_keeps_an_infinite_score_in_its_own_pixels():
