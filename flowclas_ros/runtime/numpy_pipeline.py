@@ -6,13 +6,14 @@ bilinear back to the frame's (H, W) -> ``nan_to_num`` (NaN and +inf become the l
 i.e. "most anomalous", -inf the lowest) -> only the outputs asked for: the heatmap (the raw
 score), and the mask and overlay of :mod:`.visualisation`.
 
-An HD frame costs more host work than the model on a small CPU: the resize and the score's
-upsampling are banded float32 matmuls (:mod:`flowclas_ros.bundle.preprocess`), run with the
-overlay in bands on two threads (numpy and PIL release the GIL), and each output is written
-once, straight into memory a ROS message takes without a copy (:func:`message_array`; the node's
-``image_conversion`` hands that buffer over). The heatmap and mask are bit for bit what a single
-pass gives; the overlay is within one grey level of the integer blend. Its twin on a device is
-:class:`.torch_pipeline.TorchPipeline` (same interface: ``prepare``, ``finish``).
+An HD frame costs more host work than the model on a small CPU: the resize, and the score's
+upsampling to an HD frame, are banded float32 matmuls (:mod:`flowclas_ros.bundle.preprocess`),
+run with the overlay in bands on two threads (numpy and PIL release the GIL), and each output
+is written once, straight into memory a ROS message takes without a copy
+(:func:`message_array`; the node's ``image_conversion`` hands that buffer over). The heatmap and
+mask are bit for bit what a single pass gives; the overlay is within one grey level of the
+integer blend. Its twin on a device is :class:`.torch_pipeline.TorchPipeline` (same interface:
+``prepare``, ``finish``).
 """
 from __future__ import annotations
 

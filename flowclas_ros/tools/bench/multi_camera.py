@@ -99,8 +99,8 @@ class Load:
     """``n`` busy processes beside the nodes; :meth:`rate` is their work done per second.
 
     Spawned, not forked: this process has DDS threads. The rate over a window, against the
-    rate with nothing else running (:func:`run` measures that first), is the share of the
-    CPU the node setup left to the rest of the robot.
+    rate with nothing else running (:func:`run` measures it before and after the setups), is
+    the share of the CPU the node setup left to the rest of the robot.
     """
 
     def __init__(self, n: int):
