@@ -2,14 +2,15 @@ r"""N cameras through one node (batched) against N single-camera nodes in separa
 
     python -m flowclas_ros.tools.bench.multi_camera [--bundle DIR] [--cameras 4] [--rate 10] \
         [--width 640 --height 480] [--duration 20] [--backend onnxruntime] \
-        [--param cpu_threads:=1 ...] [--load N] [--out FILE]
+        [--param cpu_threads:=1 ...] [--load N] [--synchronized] [--out FILE]
 
 Both setups run the ``anomaly_node`` executable as processes of their own (as ``ros2 run``
 would) on a private ROS domain on loopback, one after the other, on the same bundle and backend
 (CPU by default): ``one_node`` is one process with ``cameras: [cam0, ..., camN-1]`` (one backend,
 every camera's waiting frame in one batch); ``separate_nodes`` is N processes, one camera each
 (the node's single ``image`` input). The bench process publishes an rgb8 frame per camera at
-``--rate`` Hz (the cameras staggered evenly over the period, as unsynchronised cameras are) and
+``--rate`` Hz (the cameras staggered evenly over the period, as unsynchronised cameras are;
+``--synchronized``: all at once, as a hardware-triggered rig's are) and
 subscribes to each camera's ``anomaly/heatmap`` only.
 
 Per setup: frames processed per camera (heatmaps received for the frames sent after
@@ -144,12 +145,13 @@ def _stop(procs: list[subprocess.Popen]) -> None:
 def measure(client, setups: list[tuple[str, list[str], list[str]]], *, bundle: Path,
             backend: str, device: str, env: dict, log_dir: Path, rate: float, width: int,
             height: int, warmup: float, duration: float, params: tuple[str, ...] = (),
-            load: int = 0, timeout: float = 300.0) -> dict:
+            load: int = 0, synchronized: bool = False, timeout: float = 300.0) -> dict:
     """Start one node process per setup entry, feed every camera, return the figures.
 
     ``setups``: (namespace, cameras parameter, camera topic prefixes) per process; ``params``:
     more ``name:=value`` node parameters, the same for every process; ``load``: busy processes
-    beside the nodes while the frames flow (:class:`Load`).
+    beside the nodes while the frames flow (:class:`Load`); ``synchronized``: every camera's
+    frame at the same instant.
     """
     from lifecycle_msgs.msg import Transition
     from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -212,7 +214,8 @@ def measure(client, setups: list[tuple[str, list[str], list[str]]], *, bundle: P
         counted = dict.fromkeys(topics, 0)
         k, pace = 0, threading.Event()
         while True:
-            tick = start + k * period / n  # camera k % n, staggered over the period
+            # camera k % n: staggered over the period, or every camera at the period's start
+            tick = start + ((k // n) * period if synchronized else k * period / n)
             now = time.monotonic()
             if tick > start + warmup + duration:
                 break
@@ -278,7 +281,7 @@ def _load_alone(n: int, seconds: float = 5.0) -> float:
 def run(bundle: Path, *, cameras: int = 4, rate: float = 10.0, width: int = 640,
         height: int = 480, warmup: float = 3.0, duration: float = 20.0,
         backend: str = "onnxruntime", device: str = "cpu", reexport: bool = True,
-        params: tuple[str, ...] = (), load: int = 0) -> dict:
+        params: tuple[str, ...] = (), load: int = 0, synchronized: bool = False) -> dict:
     """Measure both setups, one after the other; return the JSON of the module docstring."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
@@ -304,7 +307,8 @@ def run(bundle: Path, *, cameras: int = 4, rate: float = 10.0, width: int = 640,
     spin.start()
     common = {"bundle": bundle, "backend": backend, "device": device, "env": env,
               "log_dir": work, "rate": rate, "width": width, "height": height,
-              "warmup": warmup, "duration": duration, "params": tuple(params), "load": load}
+              "warmup": warmup, "duration": duration, "params": tuple(params), "load": load,
+              "synchronized": synchronized}
     try:
         alone = [_load_alone(load)] if load else []  # before and after: the host drifts
         one = measure(client, [("/mc_one", names, [f"{n}/" for n in names])], **common)
@@ -319,7 +323,7 @@ def run(bundle: Path, *, cameras: int = 4, rate: float = 10.0, width: int = 640,
     return {
         "machine": machine(), "bundle": str(bundle), "graph": graph, "backend": backend,
         "device": device, "node_parameters": list(params), "cameras": cameras,
-        "rate_hz": rate, "frame": [width, height],
+        "rate_hz": rate, "synchronized": synchronized, "frame": [width, height],
         "warmup_s": warmup, "duration_s": duration, "logs": str(work),
         "one_node": one, "separate_nodes": separate,
         "load": None if not load else {
@@ -355,13 +359,16 @@ def main(argv=None) -> None:
                     help="N busy processes beside the nodes (the robot's other software): "
                          "frames and latency under load, and the share of the CPU each setup "
                          "left them")
+    ap.add_argument("--synchronized", action="store_true",
+                    help="every camera publishes at the same instant (a triggered rig)")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args(argv)
     if any(":=" not in p for p in a.param):
         ap.error("--param takes NAME:=VALUE")
     result = run(a.bundle, cameras=a.cameras, rate=a.rate, width=a.width, height=a.height,
                  warmup=a.warmup, duration=a.duration, backend=a.backend, device=a.device,
-                 reexport=a.reexport, params=tuple(a.param), load=a.load)
+                 reexport=a.reexport, params=tuple(a.param), load=a.load,
+                 synchronized=a.synchronized)
     text = json.dumps(result, indent=2)
     print(text)
     if a.out is not None:
