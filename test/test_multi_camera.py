@@ -109,11 +109,24 @@ def image(cam, size=None):
     return a
 
 
+_open_rigs: list[Rig] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_rigs():
+    """Close every rig a test opened, passed or failed: a failure stays that test's own."""
+    yield
+    while _open_rigs:
+        _open_rigs[-1].close()
+
+
 class Rig:
     """A node with three cameras, a publisher per camera and a probe on every output."""
 
     def __init__(self, ros, nodes, ns, factory, outputs=OUTPUTS, **params):
         self.ros, self.ns, self.factory = ros, ns, factory
+        self.pubs, self.probe = {}, None
+        _open_rigs.append(self)
         params = {"model_path": params.pop("model_path"), "image_qos": "reliable",
                   "cameras": list(CAMERAS), **params}
         self.node = nodes(ns, backend_factory=factory, **params)
@@ -156,9 +169,15 @@ class Rig:
         wait_until(drained, what="the node to drain")
 
     def close(self):
-        self.probe.close()
+        """Destroy the probe and publishers (again: nothing)."""
+        if self in _open_rigs:
+            _open_rigs.remove(self)
+        if self.probe is not None:
+            self.probe.close()
+            self.probe = None
         for p in self.pubs.values():
             self.ros.client.destroy_publisher(p)
+        self.pubs = {}
 
 
 def test_three_cameras_get_their_own_outputs_headers_and_thresholds_in_one_batch(
