@@ -200,8 +200,10 @@ class Ros:
             except ExternalShutdownException:
                 return
             except Exception:  # noqa: BLE001 - kept, reported at close, spinning goes on
-                if not executor.context.ok() or len(self.spin_errors) >= 20:
-                    raise
+                if not executor.context.ok():
+                    return  # shut down while spinning
+                if len(self.spin_errors) >= 20:
+                    raise  # not a race: something breaks every spin
                 self.spin_errors.append(traceback.format_exc())
 
     def close(self):
