@@ -20,10 +20,10 @@ The pytest fixtures (``ros``, ``ros_env``, ``nodes``) are in conftest.py.
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import time
 import traceback
+import warnings
 from contextlib import contextmanager
 
 import pytest
@@ -190,8 +190,8 @@ class Ros:
 
         rclpy's multi-threaded executor can raise from a spin (a handle destroyed while it
         builds its wait set, on a loaded machine); a spin thread that died would leave every
-        later test of the module without service replies. The error is kept and printed when
-        the harness closes.
+        later test of the module without service replies. The error is kept and reported when
+        the harness closes (a warning).
         """
         while executor.context.ok():
             try:
@@ -207,8 +207,8 @@ class Ros:
                 self.spin_errors.append(traceback.format_exc())
 
     def close(self):
-        for err in self.spin_errors:
-            print(f"ros_harness: a spin raised and went on:\n{err}", file=sys.__stderr__)
+        for err in self.spin_errors:  # in pytest's warnings summary
+            warnings.warn(f"ros_harness: a spin raised and went on:\n{err}", stacklevel=1)
         for e in (self.node_exec, self.client_exec):
             e.shutdown(timeout_sec=5)
         self.client.destroy_node()
