@@ -195,6 +195,9 @@ class AnomalyNode(LifecycleNode):
                                         current=current)
 
     def _apply_parameters(self, params) -> None:
+        if any(p.name == "cameras" for p in params):
+            # their overrides can be set now (ros2 param set), before the configure reading them
+            self._declare_cameras()
         self._refresh_live()
 
     # lifecycle ---------------------------------------------------------------------------------

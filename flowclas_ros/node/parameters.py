@@ -192,7 +192,7 @@ def table() -> tuple[Param, ...]:
 
 
 def camera_table(names) -> tuple[Param, ...]:
-    """List the per-camera overrides of ``names`` (declared at start-up and at configure)."""
+    """List the per-camera overrides of ``names`` (declared at start-up and when set)."""
     rows = []
     for n in names:
         key = f"{OVERRIDES}.{n}"
@@ -298,7 +298,7 @@ def declare(node, params: tuple[Param, ...]) -> None:
     rclpy enforces read-only only after start-up, so a bad one could never be fixed.
     """
     for p in params:
-        if not node.has_parameter(p.name):  # camera overrides: declared again at configure
+        if not node.has_parameter(p.name):  # camera overrides: declared again for new names
             node.declare_parameter(p.name, p.default_value(), p.descriptor())
     for p in params:
         if p.change == READ_ONLY:
