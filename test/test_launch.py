@@ -4,8 +4,9 @@
   launch arguments and imports against the launch_ros Jazzy API, and its setup function run
   against recording stand-ins of the launch classes; the rviz2 view and the installed files.
 * With launch, launch_ros and launch_testing installed (a colcon workspace): a launch_testing
-  test that launches it with a tiny bundle, sees the node reach ``active`` by itself (configure
-  at start, activate on reaching inactive) and serve a frame, and checks the exit codes.
+  test that launches it twice with a tiny bundle (the single camera; ``cameras:=[front,
+  left]``), sees each node reach ``active`` by itself (configure at start, activate on reaching
+  inactive) and serve a frame on every camera's topics, and checks the exit codes.
   Elsewhere that test is reported as skipped, with the reason.
 
 The static checks are unittest.TestCase classes so they run under pytest and, where the
@@ -276,60 +277,100 @@ if HAVE_LAUNCH_TESTING:  # pragma: no cover - needs a ROS 2 workspace with launc
         write_bundle(model, out, input_size=(48, 64), threshold=0.0, score_range=(-5.0, 5.0))
         return str(out)
 
+    MULTI = f"{NAMESPACE}_cams"  # the same file with cameras:=[front, left]
+
+    def _include(namespace: str, **arguments: str):
+        """Include the launch file with these arguments, in a group that keeps them its own."""
+        from launch.actions import GroupAction
+
+        return GroupAction([IncludeLaunchDescription(
+            PythonLaunchDescriptionSource(str(LAUNCH_FILE)),
+            launch_arguments={"namespace": namespace,
+                              "params_file": str(ROOT / "config" / "anomaly.yaml"),
+                              "model_path": _tiny_bundle(), "backend": "auto",
+                              "use_rviz": "false", **arguments}.items())])
+
     @pytest.mark.launch_test
     def generate_test_description():
         os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-        include = IncludeLaunchDescription(
-            PythonLaunchDescriptionSource(str(LAUNCH_FILE)),
-            launch_arguments={
-                "namespace": NAMESPACE,
-                "image_topic": f"{NAMESPACE}/camera",
-                "params_file": str(ROOT / "config" / "anomaly.yaml"),
-                "model_path": _tiny_bundle(),
-                "backend": "auto",
-                "use_rviz": "false",
-            }.items())
-        return LaunchDescription([include, launch_testing.actions.ReadyToTest()]), {}
+        return LaunchDescription([
+            _include(NAMESPACE, image_topic=f"{NAMESPACE}/camera"),
+            _include(MULTI, cameras="[front, left]"),  # as typed on a command line
+            launch_testing.actions.ReadyToTest()]), {}
 
     class TestNodeComesUpActive(unittest.TestCase):
-        def test_active_and_serving(self):
+        def setUp(self):
+            import rclpy
+
+            self.context = rclpy.Context()
+            rclpy.init(context=self.context)
+            self.node = rclpy.create_node("launch_test_client", context=self.context)
+
+        def tearDown(self):
+            self.node.destroy_node()
+            self.context.try_shutdown()
+
+        def wait_active(self, fqn: str) -> None:
+            """Ask the node's state (retrying: discovery and configure take a while)."""
+            import time
+
+            import rclpy
+            from lifecycle_msgs.srv import GetState
+
+            cli = self.node.create_client(GetState, f"{fqn}/get_state")
+            self.assertTrue(cli.wait_for_service(timeout_sec=60), f"no {fqn}/get_state")
+            deadline = time.monotonic() + 120
+            label = ""
+            while label != "active" and time.monotonic() < deadline:
+                fut = cli.call_async(GetState.Request())
+                rclpy.spin_until_future_complete(self.node, fut, timeout_sec=5,
+                                                 executor=self.executor())
+                label = fut.result().current_state.label if fut.done() else label
+            self.assertEqual(label, "active", fqn)
+
+        def executor(self):
+            from rclpy.executors import SingleThreadedExecutor
+
+            if not hasattr(self, "_executor"):
+                self._executor = SingleThreadedExecutor(context=self.context)
+            return self._executor
+
+        def serves(self, image_topic: str, heatmap_topic: str, frame_id: str) -> None:
+            """Publish frames on image_topic until a heatmap with their header comes back."""
             import threading
             import time
 
             import numpy as np
-            import rclpy
-            from lifecycle_msgs.srv import GetState
             from rclpy.qos import QoSProfile, ReliabilityPolicy
             from sensor_msgs.msg import Image
+            from std_msgs.msg import Header
 
             from flowclas_ros.node.image_conversion import numpy_to_msg
 
-            rclpy.init()
-            node = rclpy.create_node("launch_test_client")
-            try:
-                cli = node.create_client(GetState, f"{NAMESPACE}/flowclas_anomaly/get_state")
-                self.assertTrue(cli.wait_for_service(timeout_sec=60))
-                deadline = time.monotonic() + 120
-                label = ""
-                while label != "active" and time.monotonic() < deadline:
-                    fut = cli.call_async(GetState.Request())
-                    rclpy.spin_until_future_complete(node, fut, timeout_sec=5)
-                    label = fut.result().current_state.label if fut.done() else label
-                self.assertEqual(label, "active")
-                got = threading.Event()
-                qos = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
-                node.create_subscription(Image, f"{NAMESPACE}/anomaly/heatmap",
-                                         lambda m: got.set(), qos)
-                pub = node.create_publisher(Image, f"{NAMESPACE}/camera", qos)
-                frame = numpy_to_msg(np.zeros((48, 64, 3), np.uint8), "rgb8")
-                deadline = time.monotonic() + 60
-                while not got.is_set() and time.monotonic() < deadline:
-                    pub.publish(frame)
-                    rclpy.spin_once(node, timeout_sec=0.5)
-                self.assertTrue(got.is_set(), "no heatmap from the launched node")
-            finally:
-                node.destroy_node()
-                rclpy.shutdown()
+            got = threading.Event()
+            qos = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
+            self.node.create_subscription(
+                Image, heatmap_topic,
+                lambda m: got.set() if m.header.frame_id == frame_id else None, qos)
+            pub = self.node.create_publisher(Image, image_topic, qos)
+            frame = numpy_to_msg(np.zeros((48, 64, 3), np.uint8), "rgb8",
+                                 Header(frame_id=frame_id))
+            deadline = time.monotonic() + 60
+            while not got.is_set() and time.monotonic() < deadline:
+                pub.publish(frame)
+                self.executor().spin_once(timeout_sec=0.5)
+            self.assertTrue(got.is_set(), f"no heatmap on {heatmap_topic}")
+
+        def test_active_and_serving(self):
+            self.executor().add_node(self.node)
+            self.wait_active(f"{NAMESPACE}/flowclas_anomaly")
+            self.serves(f"{NAMESPACE}/camera", f"{NAMESPACE}/anomaly/heatmap", "cam")
+
+        def test_cameras_argument_gives_each_camera_its_topics(self):
+            self.executor().add_node(self.node)
+            self.wait_active(f"{MULTI}/flowclas_anomaly")
+            for cam in ("front", "left"):
+                self.serves(f"{MULTI}/{cam}/image", f"{MULTI}/{cam}/anomaly/heatmap", cam)
 
     @launch_testing.post_shutdown_test()
     class TestExit(unittest.TestCase):
