@@ -29,13 +29,15 @@ Bundle: ``--bundle``, else the demo bundle. Batching needs a graph with a dynami
 dimension; a bundle exported before batching has a fixed batch of 1, which the backend runs a
 frame at a time. Unless ``--no-reexport``, such a bundle is copied to a temporary folder with its
 ONNX graph re-exported from its own weights (``weights.safetensors``) with a dynamic batch
-dimension; the JSON says which graph ran.
+dimension (removed at the end); the JSON says which graph ran, and where the nodes' logs stay
+(``logs``).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -318,6 +320,8 @@ def run(bundle: Path, *, cameras: int = 4, rate: float = 10.0, width: int = 640,
         executor.shutdown(timeout_sec=5)
         client.destroy_node()
         rclpy.try_shutdown()
+        if bundle.parent == work:  # the re-exported copy (17 MB); the node logs stay
+            shutil.rmtree(bundle, ignore_errors=True)
     ratio = (one["rss_mb_total_peak"] / separate["rss_mb_total_peak"]
              if one["rss_mb_total_peak"] and separate["rss_mb_total_peak"] else None)
     return {
