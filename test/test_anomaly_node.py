@@ -224,6 +224,10 @@ def test_configure_fails_with_a_fix_it_message_then_succeeds(ros, nodes, tiny_bu
     res = ros.set_params(fqn, model_path=str(broken))[0]
     assert not res.successful and "cleanup" in res.reason
     assert not ros.set_params(fqn, backend="torch")[0].successful
+    # ... unless the value is the one it has (ros2 param load of the node's own dump)
+    same = ros.set_params(fqn, model_path=str(tiny_bundle),
+                          backend=node.get_parameter("backend").value)
+    assert [r.successful for r in same] == [True, True], [r.reason for r in same]
     assert ros.change_state(fqn, T.TRANSITION_CLEANUP)
     assert gc.get_freeze_count() == 0  # thawed: the released backend is collected as usual
     assert ros.set_params(fqn, device="cpu")[0].successful  # allowed again once unconfigured

@@ -361,6 +361,7 @@ def test_deactivate_drops_every_waiting_frame_and_cleanup_releases_the_backend(
     # cameras are structural: refused while configured
     result = rig.ros.set_params(rig.fqn, cameras=["front"])[0]
     assert not result.successful and "structural" in result.reason
+    assert rig.ros.set_params(rig.fqn, cameras=list(CAMERAS))[0].successful  # no change: fine
     assert rig.ros.change_state(rig.fqn, Transition.TRANSITION_CLEANUP)
     assert be.closed and len(factory.made) == 1 and rig.node._backend is None
     assert rig.node.cameras == [] and rig.node.stats()["waiting"] == 0

@@ -192,7 +192,8 @@ class AnomalyNode(LifecycleNode):
         """Reject invalid values, and structural changes while a backend is loaded."""
         current = {n: self.get_parameter(n).value for pair in parameters.PAIRS for n in pair[:2]}
         return parameters.check_changes(self._params, params, configured=self._backend is not None,
-                                        current=current)
+                                        current=current,
+                                        value_now=lambda n: self.get_parameter(n).value)
 
     def _apply_parameters(self, params) -> None:
         if any(p.name == "cameras" for p in params):

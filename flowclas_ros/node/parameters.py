@@ -12,6 +12,7 @@ node registers as its on-set-parameters callback. Validation here imports no tor
 """
 from __future__ import annotations
 
+import array
 import math
 import re
 from dataclasses import dataclass
@@ -308,11 +309,14 @@ def declare(node, params: tuple[Param, ...]) -> None:
 
 
 def check_changes(params: tuple[Param, ...], changes, configured: bool,
-                  current: dict | None = None) -> SetParametersResult:
+                  current: dict | None = None,
+                  value_now: Callable[[str], Any] | None = None) -> SetParametersResult:
     """Act as the on-set-parameters callback: refuse invalid values and some structural changes.
 
-    Structural changes are refused while ``configured`` (a backend is loaded). ``current``: the
-    parameters' values now, for the constraints between two of them (:data:`PAIRS`).
+    Structural changes are refused while ``configured`` (a backend is loaded); setting one to
+    the value it has (``value_now(name)``) is no change, and succeeds: ``ros2 param load`` of
+    the node's own dump. ``current``: the parameters' values now, for the constraints between
+    two of them (:data:`PAIRS`).
     """
     by_name = {p.name: p for p in params}
     after = dict(current or {})
@@ -320,7 +324,8 @@ def check_changes(params: tuple[Param, ...], changes, configured: bool,
         spec = by_name.get(change.name)
         if spec is None:
             continue
-        if spec.change == STRUCTURAL and configured:
+        if spec.change == STRUCTURAL and configured and not (
+                value_now is not None and _same(value_now(spec.name), change.value)):
             reason = (f"{spec.name} is structural: deactivate and cleanup the node, set it, then "
                       f"configure again")
         else:
@@ -332,6 +337,15 @@ def check_changes(params: tuple[Param, ...], changes, configured: bool,
     if reason:
         return SetParametersResult(successful=False, reason=reason)
     return SetParametersResult(successful=True)
+
+
+def _same(a, b) -> bool:
+    """Whether two parameter values are equal (arrays element by element, NaN equal to NaN)."""
+    if isinstance(a, (list, tuple, array.array)) and isinstance(b, (list, tuple, array.array)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return type(a) is type(b) and a == b
 
 
 __all__ = ["DEFAULT_MAX_PIXELS", "LIVE", "MAX_CAMERAS", "OVERRIDES", "PAIRS", "READ_ONLY",
