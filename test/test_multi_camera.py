@@ -18,6 +18,7 @@ rclpy = pytest.importorskip("rclpy", reason="rclpy (ROS 2 Jazzy) is not installe
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
 from lifecycle_msgs.msg import Transition  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
 from ros_harness import OUTPUTS, RELIABLE, TIMEOUT, Probe, wait_until  # noqa: E402
 
 from flowclas_ros.runtime.backend import FrameResult  # noqa: E402
@@ -399,3 +400,19 @@ def test_empty_cameras_keep_the_single_camera_topics(ros, nodes, tiny_bundle):
     probe.close()
     for p in (pub, other):
         ros.client.destroy_publisher(p)
+
+
+def test_cameras_stay_a_list_of_names_that_cannot_be_deleted(ros, nodes, tiny_bundle):
+    # a params file's `cameras: []` reaches the node unset (rcl cannot type an empty list)
+    node = nodes("/t_mc_unset", model_path=str(tiny_bundle), cameras=None)
+    fqn = node.get_fully_qualified_name()
+    p = node.get_parameter("cameras")
+    assert p.type_ == Parameter.Type.STRING_ARRAY and list(p.value) == []  # dumps as []
+    # `ros2 param delete`, or loading `cameras: null`: refused, with what to do instead
+    gone = ros.set_params(fqn, cameras=None)[0]
+    assert not gone.successful and "[]" in gone.reason
+    assert node.has_parameter("cameras")
+    ros.bring_up(fqn)
+    # `ros2 param load` of the node's own dump: [] (an untyped empty array) is no change
+    assert ros.set_params(fqn, cameras=[])[0].successful
+    assert [c.name for c in node.cameras] == [""]

@@ -25,6 +25,7 @@ from rcl_interfaces.msg import (
     ParameterType,
     SetParametersResult,
 )
+from rclpy.parameter import Parameter
 
 from ..options import BACKENDS, COLORMAPS, DEVICE_PATTERN, IMAGE_QOS, IMAGE_TRANSPORTS, PRECISIONS
 
@@ -49,7 +50,7 @@ def _threshold(value: Any) -> str | None:
 
 def camera_names(value: Any) -> list[str]:
     """Return the ``cameras`` parameter as a list (a params file's ``[]`` arrives unset)."""
-    if value is None or (isinstance(value, (list, tuple)) and len(value) == 0):
+    if value is None or (isinstance(value, (list, tuple, array.array)) and len(value) == 0):
         return []
     if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
         return list(value)
@@ -301,6 +302,10 @@ def declare(node, params: tuple[Param, ...]) -> None:
     for p in params:
         if not node.has_parameter(p.name):  # camera overrides: declared again for new names
             node.declare_parameter(p.name, p.default_value(), p.descriptor())
+        if p.type is list and not len(node.get_parameter(p.name).value or ()):
+            # a params file's [] arrives unset (rcl cannot type an empty list): an unset
+            # parameter dumps as null, and loading null back deletes it
+            node.set_parameters([Parameter(p.name, Parameter.Type.STRING_ARRAY, [])])
     for p in params:
         if p.change == READ_ONLY:
             reason = p.problem(node.get_parameter(p.name).value)
@@ -324,6 +329,13 @@ def check_changes(params: tuple[Param, ...], changes, configured: bool,
         spec = by_name.get(change.name)
         if spec is None:
             continue
+        if int(getattr(change.type_, "value", change.type_)) == ParameterType.PARAMETER_NOT_SET:
+            # unset = undeclared in rclpy (ros2 param delete; loading `name: null`)
+            default = "[] (no cameras: the single image input)" if spec.type is list \
+                else repr(spec.default_value())
+            return SetParametersResult(successful=False, reason=(
+                f"{spec.name} cannot be deleted or unset; set it to a value instead, e.g. "
+                f"its default {default}"))
         if spec.change == STRUCTURAL and configured and not (
                 value_now is not None and _same(value_now(spec.name), change.value)):
             reason = (f"{spec.name} is structural: deactivate and cleanup the node, set it, then "
