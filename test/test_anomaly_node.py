@@ -552,6 +552,28 @@ def _finish(proc: subprocess.Popen, timeout: float = TIMEOUT) -> str:
     return out
 
 
+@pytest.mark.parametrize("executable,expected", [
+    ("anomaly_node", ("model_path", "cameras", "structural", "camera_overrides")),
+    ("image_player", ("source", "rate", "transport")),
+])
+def test_node_executables_answer_help_without_starting_a_node(executable, expected):
+    for argv in (["--help"], ["-h", "--ros-args", "-p", "rate:=5.0"]):
+        out = subprocess.run([sys.executable, "-m", f"flowclas_ros.tools.{executable}", *argv],
+                             cwd=ROOT, env=subprocess_env(), capture_output=True, text=True,
+                             timeout=TIMEOUT)
+        assert out.returncode == 0, out.stderr
+        assert all(word in out.stdout for word in expected), out.stdout
+        assert "[INFO]" not in out.stdout + out.stderr  # no node was made
+
+
+def test_help_is_looked_for_outside_the_ros_arguments():
+    from flowclas_ros.tools.common import asked_for_help
+
+    assert asked_for_help(["node", "--ros-args", "-p", "a:=1", "--", "--help"])
+    assert not asked_for_help(["node", "--ros-args", "-r", "image:=/cam"])
+    assert not asked_for_help(["node"])
+
+
 @pytest.mark.slow
 def test_executable_serves_frames_and_exits_cleanly_on_ctrl_c(ros, tiny_bundle):
     ns = "/t_exe"

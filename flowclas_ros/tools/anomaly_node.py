@@ -12,10 +12,26 @@ from rclpy._rclpy_pybind11 import RCLError
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 
 from flowclas_ros.node.anomaly_node import AnomalyNode
+from flowclas_ros.tools.common import asked_for_help
+
+
+def usage() -> str:
+    """Return this executable's ``--help``: how to run it and its parameters."""
+    from flowclas_ros.node import parameters
+
+    rows = [f"  {p.name:<22} {p.type.__name__:<5} {p.default_value()!r:<10} {p.change}"
+            for p in parameters.table()]
+    return (f"{__doc__.strip()}\n\nParameters (name, type, default, when it may change):\n"
+            + "\n".join(rows) + f"\n  {parameters.OVERRIDES}.<camera>.*: per camera, with "
+            f"`cameras` set\n\nEach one's meaning: `ros2 param describe <node> <name>`, the "
+            f"README, config/anomaly.yaml.")
 
 
 def main(args=None) -> int:
     """``anomaly_node`` executable: spin until Ctrl-C or the shutdown transition."""
+    if asked_for_help(args):
+        print(usage())
+        return 0
     rclpy.init(args=args)
     node = None
     try:

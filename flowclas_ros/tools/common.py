@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 from ..paths import package_file
@@ -15,6 +16,17 @@ def strip_ros_args(argv: list[str]) -> list[str]:
     rest = argv[i + 1:]
     tail = rest[rest.index("--") + 1:] if "--" in rest else []
     return argv[:i] + tail
+
+
+def asked_for_help(args: list[str] | None) -> bool:
+    """Return whether a node executable's command line asks for ``-h`` or ``--help``.
+
+    ``args``: rclpy's (program name first; None: ``sys.argv``); a ``--ros-args`` block is not
+    looked into. A node's executable has no argparse of its own (its settings are ROS
+    parameters), so without this check ``--help`` would start the node.
+    """
+    argv = sys.argv if args is None else args
+    return any(a in ("-h", "--help") for a in strip_ros_args(list(argv[1:])))
 
 
 def resolve_config(name: str) -> Path:

@@ -10,9 +10,16 @@ import rclpy
 from rclpy.executors import ExternalShutdownException
 
 from flowclas_ros.node.image_player import ImagePlayer
+from flowclas_ros.tools.common import asked_for_help
 
 
 def main(args=None) -> int:
+    """``image_player`` executable: publish the source once (or looping), then exit."""
+    if asked_for_help(args):
+        from flowclas_ros.node import image_player
+
+        print(f"{__doc__.strip()}\n\n{image_player.__doc__.strip()}")
+        return 0
     rclpy.init(args=args)
     node = ImagePlayer()
     try:
