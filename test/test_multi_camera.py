@@ -370,7 +370,9 @@ def test_deactivate_drops_every_waiting_frame_and_cleanup_releases_the_backend(
     assert rig.ros.set_params(rig.fqn, cameras=["front", "rear"])[0].successful
     bad = rig.ros.set_params(rig.fqn, cameras=["front/left"])[0]
     assert not bad.successful and "token" in bad.reason
-    # a new camera's overrides exist as soon as it is named (ros2 param set, then configure)
+    # a camera no longer named has no overrides left; a new one's exist as soon as it is named
+    # (ros2 param set, then configure)
+    assert not rig.node.has_parameter("camera_overrides.left.threshold")
     assert rig.ros.set_params(rig.fqn, **{"camera_overrides.rear.threshold": 2.5})[0].successful
     assert rig.ros.change_state(rig.fqn, Transition.TRANSITION_CONFIGURE)
     assert {c.name: c.threshold for c in rig.node.cameras} == {"front": None, "rear": 2.5}

@@ -167,8 +167,15 @@ class AnomalyNode(LifecycleNode):
         names = parameters.camera_names(value)
         rows = parameters.camera_table(names)
         parameters.declare(self, rows)
+        # a camera no longer named loses its overrides (a params file's return with its name)
+        wanted = {p.name for p in rows}
+        stale = {p.name for p in self._params
+                 if p.name.startswith(f"{parameters.OVERRIDES}.") and p.name not in wanted}
+        for name in stale:
+            self.undeclare_parameter(name)
         known = {p.name for p in self._params}
-        self._params += tuple(p for p in rows if p.name not in known)
+        self._params = tuple(p for p in self._params if p.name not in stale) + tuple(
+            p for p in rows if p.name not in known)
         return names, None
 
     def _refresh_live(self) -> None:
