@@ -18,7 +18,10 @@ else an EfficientNet-Lite0 + 8-step flow model exported to a temporary bundle at
 Prints one JSON object (p50/p99/mean of both, their ratio; the goal is ratio <= 1.15), and the
 cost of decoding one compressed frame of that size (``image_transport: compressed``: jpeg
 quality 90 and png, as the node's worker decodes them).
-Both nodes share one Python process (and its GIL), which can only make end-to-end slower.
+Both nodes share one Python process: its GIL, and Fast DDS's delivery inside a process, which
+skips the shared-memory transport between processes that a deployment pays: at 1920x1080 that
+transport costs more than the GIL saves. ``--node-process`` measures the node as deployed, in
+its own process (:mod:`.node_process`).
 
 ``--sizes 640x480 1920x1080``: the same measurement at each size, one after the other in one
 run (a fresh node each), and the ratios of issue 20: each size's backend p50 against the first
@@ -293,6 +296,9 @@ def main(argv=None) -> int:
                     help="frames of the robot-output comparison (0: skip it)")
     ap.add_argument("--block", type=int, default=10,
                     help="the comparison alternates blocks of this many frames")
+    ap.add_argument("--node-process", action="store_true",
+                    help="run the node as its own process, as deployed (DDS between processes; "
+                         "bench.node_process); the robot-output comparison is not run then")
     ap.add_argument("--domain-id", type=int, default=100 + os.getpid() % 100)
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = ap.parse_args(argv)
@@ -305,9 +311,15 @@ def main(argv=None) -> int:
                  if args.sizes else [(args.width, args.height)])
         results = []
         for width, height in sizes:
-            r = run(bundle, frames=args.frames, warmup=args.warmup, height=height, width=width,
-                    backend=args.backend, device=args.device, precision=args.precision,
-                    domain_id=args.domain_id, robot_frames=args.robot_frames, block=args.block)
+            common = {"frames": args.frames, "warmup": args.warmup, "height": height,
+                      "width": width, "backend": args.backend, "device": args.device,
+                      "precision": args.precision, "domain_id": args.domain_id}
+            if args.node_process:
+                from . import node_process
+
+                r = node_process.run(bundle, log_dir=Path(tmp), **common)
+            else:
+                r = run(bundle, robot_frames=args.robot_frames, block=args.block, **common)
             r["compressed_decode_ms"] = decode_cost(width, height)
             if args.bundle is None and bundle.parent == Path(tmp):
                 r["bundle"] = "temporary EfficientNet-Lite0 + 8-step flow (untrained flow)"
