@@ -134,3 +134,11 @@ def test_no_reply_at_all_is_an_error_after_the_timeout():
     node = LossyNode(lose_get=set(range(1, 1000)))
     with pytest.raises(NoReply, match="no reply"):
         call(node.create_client(GetState, "/ns/n/get_state"), GetState.Request(), 0.5, 0.1)
+
+
+def test_bring_up_configures_then_activates_or_says_which_step_failed():
+    node = LossyNode(lose_change={1})  # the configure reply lost on the way: still brought up
+    LifecycleClient(node, "/ns/n", attempt_s=0.2).bring_up(timeout_s=5)
+    assert node.state == "active"
+    with pytest.raises(RuntimeError, match=r"/ns/n: configure failed \(see node\.log\)"):
+        LifecycleClient(LossyNode(refuse=True), "/ns/n").bring_up(timeout_s=5, see="node.log")

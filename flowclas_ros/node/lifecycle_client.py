@@ -132,6 +132,18 @@ class LifecycleClient:
             # still where it started: the request itself was lost; send it again
 
 
+    def bring_up(self, timeout_s: float = 120.0, see: str = "its log") -> None:
+        """Wait for the node's services, configure it, activate it (each within ``timeout_s``).
+
+        RuntimeError says which step failed and where to look (``see``: its log, say).
+        """
+        if not self.wait_for_services(timeout_s):
+            raise RuntimeError(f"{self.target} did not come up (see {see})")
+        for name, tid in (("configure", Transition.TRANSITION_CONFIGURE),
+                          ("activate", Transition.TRANSITION_ACTIVATE)):
+            if not self.change_state(tid, timeout_s):
+                raise RuntimeError(f"{self.target}: {name} failed (see {see})")
+
     def _settled_state(self, deadline: float, alive: Callable[[], bool] | None) -> str:
         """Return the node's state once no transition is running; NoReply at the deadline.
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import platform
+import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Callable, Iterable
@@ -103,3 +105,19 @@ def latency_row(ms: Iterable[float]) -> dict:
 
 __all__ = ["cpu_arch", "cpu_name", "latency_row", "machine", "machine_line",
            "percentile_summary", "time_ms"]
+
+
+def stop_processes(procs: list[subprocess.Popen], timeout: float = 20.0) -> None:
+    """Ctrl-C each process still running (a node shuts down cleanly on it), then reap them.
+
+    One that has not exited after ``timeout`` seconds is killed.
+    """
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    for p in procs:
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()

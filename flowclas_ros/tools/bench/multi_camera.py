@@ -38,7 +38,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -48,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import machine, percentile_summary
+from .common import machine, percentile_summary, stop_processes
 
 NODE = "flowclas_anomaly"
 
@@ -132,18 +131,6 @@ class Load:
                 p.kill()
 
 
-def _stop(procs: list[subprocess.Popen]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGINT)
-    for p in procs:
-        try:
-            p.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-
-
 def measure(client, setups: list[tuple[str, list[str], list[str]]], *, bundle: Path,
             backend: str, device: str, env: dict, log_dir: Path, rate: float, width: int,
             height: int, warmup: float, duration: float, params: tuple[str, ...] = (),
@@ -155,7 +142,6 @@ def measure(client, setups: list[tuple[str, list[str], list[str]]], *, bundle: P
     beside the nodes while the frames flow (:class:`Load`); ``synchronized``: every camera's
     frame at the same instant.
     """
-    from lifecycle_msgs.msg import Transition
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
     from std_msgs.msg import Header
@@ -193,12 +179,7 @@ def measure(client, setups: list[tuple[str, list[str], list[str]]], *, bundle: P
     try:
         t0 = time.monotonic()
         for ns, _, _ in setups:  # one at a time: four simultaneous warm-ups measure nothing
-            lc = LifecycleClient(client, f"{ns}/{NODE}")
-            if not lc.wait_for_services(timeout):
-                raise RuntimeError(f"{ns}/{NODE} did not come up (logs in {log_dir})")
-            for tid in (Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_ACTIVATE):
-                if not lc.change_state(tid, timeout):
-                    raise RuntimeError(f"{ns}/{NODE}: transition {tid} failed (see {log_dir})")
+            LifecycleClient(client, f"{ns}/{NODE}").bring_up(timeout, see=f"logs in {log_dir}")
         bring_up_s = time.monotonic() - t0
         deadline = time.monotonic() + timeout
         while any(p.get_subscription_count() == 0 for p in pubs.values()) or any(
@@ -265,7 +246,7 @@ def measure(client, setups: list[tuple[str, list[str], list[str]]], *, bundle: P
             client.destroy_subscription(s)
         for p in pubs.values():
             client.destroy_publisher(p)
-        _stop(procs)
+        stop_processes(procs)
 
 
 def _load_alone(n: int, seconds: float = 5.0) -> float:

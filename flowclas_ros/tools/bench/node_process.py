@@ -19,7 +19,6 @@ does in both measurements.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -28,20 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import machine_line, percentile_summary
+from .common import machine_line, percentile_summary, stop_processes
 
 NODE = "flowclas_anomaly"
 GOAL_RATIO = 1.15
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def run(bundle: Path, *, frames: int, warmup: int, height: int, width: int, backend: str,
@@ -50,7 +39,6 @@ def run(bundle: Path, *, frames: int, warmup: int, height: int, width: int, back
     """Measure and return the JSON of :func:`.node.run` (``node``: where the node ran)."""
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
-    from lifecycle_msgs.msg import Transition
     from rclpy.context import Context
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node
@@ -100,12 +88,7 @@ def run(bundle: Path, *, frames: int, warmup: int, height: int, width: int, back
                     arrived.notify_all()
 
     try:
-        lc = LifecycleClient(bench, f"{ns}/{NODE}")
-        if not lc.wait_for_services(timeout):
-            raise RuntimeError(f"{ns}/{NODE} did not come up (log: {log})")
-        for tid in (Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_ACTIVATE):
-            if not lc.change_state(tid, timeout):
-                raise RuntimeError(f"{ns}/{NODE}: transition {tid} failed (log: {log})")
+        LifecycleClient(bench, f"{ns}/{NODE}").bring_up(timeout, see=str(log))
         bench.create_subscription(Image, f"{ns}/anomaly/heatmap", on_heatmap,
                                   QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE))
         bench.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
@@ -158,7 +141,7 @@ def run(bundle: Path, *, frames: int, warmup: int, height: int, width: int, back
             "meets_goal_p50": s_e2e["p50"] / be["p50"] <= GOAL_RATIO,
         }
     finally:
-        _stop(proc)
+        stop_processes([proc])
         executor.shutdown(timeout_sec=5)
         bench.destroy_node()
         rclpy.try_shutdown(context=ctx)
