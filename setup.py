@@ -29,9 +29,11 @@ setup(
          + glob("config/*.xml")),
     ] + tree("models"),
     install_requires=["setuptools"],
-    # pip install ".[gpu]": the GPU backends (requirements-gpu.txt pins the same)
+    # pip install ".[gpu]": the GPU backends (requirements-gpu.txt pins the same); "test" is
+    # what makes `colcon test` run the suite with pytest (without it, unittest finds nothing)
     extras_require={"gpu": ["onnxruntime-gpu[cuda,cudnn]==1.31.1", "tensorrt-cu13==11.1.0.106",
-                            "torch-tensorrt==2.14.0"]},
+                            "torch-tensorrt==2.14.0"],
+                    "test": ["pytest"]},
     zip_safe=True,
     maintainer="flowclas_ros maintainers",
     maintainer_email="maintainers@flowclas-ros.org",

@@ -27,6 +27,16 @@ def test_package_xml_is_valid():
             "launch_ros", "python3-numpy"} <= deps
 
 
+def test_colcon_test_runs_the_suite_with_pytest():
+    """`colcon test` runs pytest only for a package whose setup.py names it a test dependency."""
+    has_test_dependency = pytest.importorskip("colcon_core.task.python.test").has_test_dependency
+    setup = next(n for n in ast.walk(ast.parse((ROOT / "setup.py").read_text()))
+                 if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "setup")
+    options = {k.arg: ast.literal_eval(k.value) for k in setup.keywords
+               if k.arg in ("tests_require", "extras_require")}
+    assert has_test_dependency(options, "pytest")
+
+
 # The rosdep key of every third-party module the package imports; the GPU-only ones are optional
 # (requirements-gpu.txt) and have no key.
 ROSDEP_KEYS = {
