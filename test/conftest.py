@@ -3,6 +3,7 @@
 Seeded torch, the real-data folder (skips cleanly where absent), the tiny bundle, and the ROS
 fixtures over test/ros_harness.py.
 """
+import logging
 import os
 from pathlib import Path
 
@@ -20,6 +21,26 @@ def data_root() -> Path:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _our_logs_reach_caplog():
+    """Let the package's log records reach the root logger (caplog) where launch is installed.
+
+    Importing ROS 2's ``launch`` (its pytest plugins do, on every ROS install) makes each
+    logger created afterwards a non-propagating LaunchLogger, so ``caplog`` saw none of ours.
+    """
+    loggers = [logging.getLogger(n) for n in list(logging.root.manager.loggerDict)
+               if n == "flowclas_ros" or n.startswith("flowclas_ros.")]
+    was = [lg.propagate for lg in loggers]
+    for lg in loggers:
+        lg.propagate = True
+    logger_class = logging.getLoggerClass()
+    logging.setLoggerClass(logging.Logger)  # loggers first made during the test propagate too
+    yield
+    logging.setLoggerClass(logger_class)
+    for lg, p in zip(loggers, was):
+        lg.propagate = p
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ launch_testing plugin takes this file over, inside the launch test as well.
 from __future__ import annotations
 
 import ast
+import builtins
 import importlib.util
 import os
 import sys
@@ -116,13 +117,24 @@ def _fake_launch_modules() -> dict[str, types.ModuleType]:
 
 
 def _load_with_fakes():
+    """Run the launch file with the stand-ins as its launch imports, and build its description.
+
+    Its imports, at load and in its functions, see the stand-ins through its own builtins;
+    sys.modules is left alone, since under launch_testing these checks run while a real launch
+    in another thread imports the real modules.
+    """
     fakes = _fake_launch_modules()
-    with mock.patch.dict(sys.modules, fakes):
-        spec = importlib.util.spec_from_file_location("anomaly_launch_under_test", LAUNCH_FILE)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        description = module.generate_launch_description()
-    return module, description, fakes
+
+    def fake_import(name, globs=None, locs=None, fromlist=(), level=0):
+        if level == 0 and name in fakes:
+            return fakes[name] if fromlist else fakes[name.partition(".")[0]]
+        return builtins.__import__(name, globs, locs, fromlist, level)
+
+    module = types.ModuleType("anomaly_launch_under_test")
+    module.__file__ = str(LAUNCH_FILE)
+    module.__builtins__ = {**vars(builtins), "__import__": fake_import}
+    exec(compile(LAUNCH_FILE.read_text(), str(LAUNCH_FILE), "exec"), module.__dict__)
+    return module, module.generate_launch_description(), fakes
 
 
 class TestLaunchFileStatic(unittest.TestCase):
@@ -174,8 +186,7 @@ class TestLaunchFileStatic(unittest.TestCase):
 
         def run(**overrides):
             context = types.SimpleNamespace(launch_configurations=dict(args, **overrides))
-            with mock.patch.dict(sys.modules, fakes):
-                return setup.kwargs["function"](context)
+            return setup.kwargs["function"](context)
 
         actions = run(namespace="/cam0", image_topic="/camera/image_raw")
         kinds = [type(a).__name__ for a in actions]
