@@ -10,6 +10,8 @@ Run each as a module (``--help`` lists its options):
 * ``python -m flowclas_ros.tools.bench.node [--bundle DIR] [--frames 100]`` - the node end to
   end over DDS against the backend's own latency, the cost of decoding compressed frames, and
   (:mod:`.robot_path`) today's path against detections + persistence + points in the same run;
+  ``--node-process``: the node in its own process (:mod:`.node_process`); ``--null-backend
+  MS``: the ROS plumbing alone, around a backend that computes nothing (:mod:`.null_backend`);
 * ``python -m flowclas_ros.tools.bench.persistence [--repeat 3 --noise 4]`` - how many
   single-frame regions reach ``anomaly/detections`` with persistence off and on, on a replay;
 * ``python -m flowclas_ros.tools.bench.outputs`` - the per-frame cost of the outputs library

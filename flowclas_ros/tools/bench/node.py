@@ -23,6 +23,10 @@ skips the shared-memory transport between processes that a deployment pays: at 1
 transport costs more than the GIL saves. ``--node-process`` measures the node as deployed, in
 its own process (:mod:`.node_process`).
 
+``--null-backend MS``: the same with a backend that computes nothing and takes ``MS`` ms a
+frame (:mod:`.null_backend`): end to end minus backend is then the ROS plumbing alone (DDS both
+ways, rclpy's message conversions, the node's hand-over and publishing) at that frame size.
+
 ``--sizes 640x480 1920x1080``: the same measurement at each size, one after the other in one
 run (a fresh node each), and the ratios of issue 20: each size's backend p50 against the first
 size's (goal: at most 1.3 at 1080p against 640x480) and its end to end / backend (at most 1.15).
@@ -114,11 +118,12 @@ def default_bundle() -> Path | None:
 
 def run(bundle: Path, *, frames: int, warmup: int, height: int, width: int, backend: str,
         device: str, precision: str, domain_id: int, timeout: float = 60.0,
-        robot_frames: int = 0, block: int = 10) -> dict:
+        robot_frames: int = 0, block: int = 10, null_backend_ms: float | None = None) -> dict:
     """Measure and return the JSON of the module docstring.
 
     ``robot_frames`` > 0 adds the robot outputs' cost (:func:`.robot_path.measure`), measured
-    on the same node in the same run.
+    on the same node in the same run. ``null_backend_ms``: the backend computes nothing and
+    takes that long (:mod:`.null_backend`), so end to end minus backend is the plumbing alone.
     """
     import rclpy
     from rclpy.context import Context
@@ -135,6 +140,7 @@ def run(bundle: Path, *, frames: int, warmup: int, height: int, width: int, back
     from flowclas_ros.runtime import create_backend
 
     from . import robot_path
+    from .null_backend import NullBackend
 
     inference_ms: dict[tuple[int, int], float] = {}
 
@@ -157,8 +163,11 @@ def run(bundle: Path, *, frames: int, warmup: int, height: int, width: int, back
     made: list[Recording] = []
 
     def factory(b, backend_, device_, precision_, **options):
-        made.append(Recording(create_backend(b, backend=backend_, device=device_,
-                                             precision=precision_, **options)))
+        inner = create_backend(b, backend=backend_, device=device_, precision=precision_,
+                               **options)
+        if null_backend_ms is not None:
+            inner = NullBackend(inner, null_backend_ms)
+        made.append(Recording(inner))
         return made[-1]
 
     from flowclas_ros.paths import DDS_PROFILE_ENV, dds_profile
@@ -237,6 +246,7 @@ def run(bundle: Path, *, frames: int, warmup: int, height: int, width: int, back
             "machine": machine_line(),
             "bundle": str(bundle),
             "backend": be.name, "device": be.device, "precision": be.precision,
+            "null_backend_ms": null_backend_ms,
             "bundle_input_size": list(be.bundle.input_size),
             "frame": f"{width}x{height} rgb8", "frames": len(e2e), "warmup": warmup,
             "lost": lost,
@@ -299,9 +309,16 @@ def main(argv=None) -> int:
     ap.add_argument("--node-process", action="store_true",
                     help="run the node as its own process, as deployed (DDS between processes; "
                          "bench.node_process); the robot-output comparison is not run then")
+    ap.add_argument("--null-backend", type=float, default=None, metavar="MS",
+                    help="the backend computes nothing and takes MS ms a frame "
+                         "(bench.null_backend): end to end minus backend is then the ROS "
+                         "plumbing alone; not with --node-process, and without the robot-output "
+                         "comparison")
     ap.add_argument("--domain-id", type=int, default=100 + os.getpid() % 100)
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = ap.parse_args(argv)
+    if args.null_backend is not None and args.node_process:
+        ap.error("--null-backend runs in this process only; leave out --node-process")
 
     with tempfile.TemporaryDirectory(prefix="flowclas_bench_") as tmp:
         bundle = args.bundle or default_bundle()
@@ -319,7 +336,10 @@ def main(argv=None) -> int:
 
                 r = node_process.run(bundle, log_dir=Path(tmp), **common)
             else:
-                r = run(bundle, robot_frames=args.robot_frames, block=args.block, **common)
+                # the robot outputs need a real mask: not with the null backend
+                robot = 0 if args.null_backend is not None else args.robot_frames
+                r = run(bundle, robot_frames=robot, block=args.block,
+                        null_backend_ms=args.null_backend, **common)
             r["compressed_decode_ms"] = decode_cost(width, height)
             if args.bundle is None and bundle.parent == Path(tmp):
                 r["bundle"] = "temporary EfficientNet-Lite0 + 8-step flow (untrained flow)"
