@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import MutableMapping
 
 PACKAGE = "flowclas_ros"
 SOURCE_ROOT = Path(__file__).resolve().parents[1]
@@ -50,5 +51,19 @@ def dds_profile() -> Path:
     return package_file("config", "fastdds_large_frames.xml")
 
 
-__all__ = ["CACHE_ENV", "DDS_PROFILE_ENV", "PACKAGE", "SOURCE_ROOT", "cache_dir", "dds_profile",
-           "package_file"]
+def default_dds_profile(environ: MutableMapping[str, str] | None = None) -> str | None:
+    """Give Fast DDS the shipped profile where ``environ`` names none; return it, else None.
+
+    ``environ``: ``os.environ`` (before ``rclpy.init``: Fast DDS reads it when the process's
+    participant is made) or a child process's environment. A profile already named, even
+    empty, is the user's choice and stays.
+    """
+    env = os.environ if environ is None else environ
+    if DDS_PROFILE_ENV in env:
+        return None
+    env[DDS_PROFILE_ENV] = str(dds_profile())
+    return env[DDS_PROFILE_ENV]
+
+
+__all__ = ["CACHE_ENV", "DDS_PROFILE_ENV", "PACKAGE", "SOURCE_ROOT", "cache_dir",
+           "default_dds_profile", "dds_profile", "package_file"]

@@ -74,7 +74,7 @@ def run_demo(source: Path, out: Path, model: Path, backend: str, rate: float,
 
     from flowclas_ros.node.image_player import ImagePlayer
     from flowclas_ros.node.lifecycle_client import LifecycleClient, NoReply
-    from flowclas_ros.paths import DDS_PROFILE_ENV, dds_profile
+    from flowclas_ros.paths import DDS_PROFILE_ENV, default_dds_profile
 
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("overlay_*.png"):
@@ -84,7 +84,7 @@ def run_demo(source: Path, out: Path, model: Path, backend: str, rate: float,
     env.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 100))
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     # camera-sized frames need Fast DDS's large shared-memory segment on both sides
-    env.setdefault(DDS_PROFILE_ENV, str(dds_profile()))
+    default_dds_profile(env)
     os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE",
                                            DDS_PROFILE_ENV)})
     log_path = out / "anomaly_node.log"

@@ -270,11 +270,11 @@ def run(bundle: Path, *, cameras: int = 4, rate: float = 10.0, width: int = 640,
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node
 
-    from flowclas_ros.paths import DDS_PROFILE_ENV, dds_profile
+    from flowclas_ros.paths import DDS_PROFILE_ENV, default_dds_profile
 
     env = dict(os.environ, ROS_DOMAIN_ID=str(150 + os.getpid() % 80),
                ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", PYTHONUNBUFFERED="1")
-    env.setdefault(DDS_PROFILE_ENV, str(dds_profile()))
+    default_dds_profile(env)
     os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE",
                                            DDS_PROFILE_ENV)})
     work = Path(tempfile.mkdtemp(prefix="flowclas_bench_mc_"))

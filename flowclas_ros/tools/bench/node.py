@@ -170,12 +170,12 @@ def run(bundle: Path, *, frames: int, warmup: int, height: int, width: int, back
         made.append(Recording(inner))
         return made[-1]
 
-    from flowclas_ros.paths import DDS_PROFILE_ENV, dds_profile
+    from flowclas_ros.paths import default_dds_profile
 
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     # as the launch file runs the node (and the robot part's peer process inherits it): camera
     # frames over shared memory, not best-effort UDP fragments between processes
-    os.environ.setdefault(DDS_PROFILE_ENV, str(dds_profile()))
+    default_dds_profile()
     node_ctx, bench_ctx = Context(), Context()
     rclpy.init(context=node_ctx, domain_id=domain_id)
     rclpy.init(context=bench_ctx, domain_id=domain_id)

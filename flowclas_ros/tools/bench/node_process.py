@@ -49,11 +49,11 @@ def run(bundle: Path, *, frames: int, warmup: int, height: int, width: int, back
     from flowclas_ros.memory import keep_frame_buffers
     from flowclas_ros.node.image_conversion import numpy_to_msg
     from flowclas_ros.node.lifecycle_client import LifecycleClient
-    from flowclas_ros.paths import DDS_PROFILE_ENV, dds_profile
+    from flowclas_ros.paths import default_dds_profile
 
     keep_frame_buffers()
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    os.environ.setdefault(DDS_PROFILE_ENV, str(dds_profile()))
+    default_dds_profile()
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), PYTHONUNBUFFERED="1")
     ns = f"/bench_{os.getpid()}_{width}x{height}"
     log = log_dir / f"node_{width}x{height}.log"
