@@ -8,7 +8,7 @@ import re
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt", "torch_tensorrt")
 PRECISIONS = ("fp32", "fp16", "bf16")
 COLORMAPS = ("turbo", "jet", "inferno", "viridis", "gray")
-IMAGE_QOS = ("sensor_data", "reliable")
+IMAGE_QOS = ("auto", "sensor_data", "reliable")
 IMAGE_TRANSPORTS = ("raw", "compressed")  # image_transport's names
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 

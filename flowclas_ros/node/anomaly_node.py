@@ -49,12 +49,12 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.event_handler import PublisherEventCallbacks
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
 from ..memory import freeze_long_lived, keep_frame_buffers, thaw
 from ..paths import package_file
-from . import parameters
+from . import input_qos, parameters
 from .backend_loading import ConfigureError, load_backend
 from .cameras import OUTPUTS, Camera, CameraPath, Settings, camera_parameters, unused_node_depth
 from .diagnostics import camera_status, node_status
@@ -71,8 +71,6 @@ DEMO_BUNDLE = "flowclas_lite2_hires"  # issue 18; flowclas_lite2_camvid is the p
 
 OUTPUT_QOS = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE,
                         history=HistoryPolicy.KEEP_LAST)
-RELIABLE_INPUT_QOS = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE,
-                                history=HistoryPolicy.KEEP_LAST)
 
 
 def default_model_path() -> str:
@@ -130,6 +128,7 @@ class AnomalyNode(LifecycleNode):
         self._backend_lock = threading.Lock()  # held by infer and close: never close mid-frame
         self._path: CameraPath | None = None
         self._pubs: dict[str, Any] = {}  # the single camera's outputs
+        self._qos_timer = None  # image_qos auto, while active
         self._diag_group = MutuallyExclusiveCallbackGroup()
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         period = float(self.get_parameter("diagnostics_period").value)
@@ -297,16 +296,18 @@ class AnomalyNode(LifecycleNode):
         return TransitionCallbackReturn.FAILURE
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        qos_name = self.get_parameter("image_qos").value
-        qos = qos_profile_sensor_data if qos_name == "sensor_data" else RELIABLE_INPUT_QOS
+        qos_mode = self.get_parameter("image_qos").value
         # image_transport's naming: raw on `image`, compressed on `image/compressed`
         compressed = self.get_parameter("image_transport").value == "compressed"
-        topics = self._path.subscribe(compressed, qos)
+        topics = self._path.subscribe(compressed, qos_mode)
+        if qos_mode == "auto":  # follow the camera's QoS (.input_qos)
+            self._qos_timer = self.create_timer(input_qos.RECHECK_S, self._path.adapt_qos,
+                                                callback_group=self._diag_group)
         for cam in self.cameras:
             cam.robot.activate()  # the depth and CameraInfo subscriptions, if any
         ret = super().on_activate(state)  # enables the lifecycle publishers
         self.state_label = "active"
-        self.get_logger().info(f"active: subscribed to {', '.join(topics)} ({qos_name})")
+        self.get_logger().info(f"active: subscribed to {', '.join(topics)}")
         return ret
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -339,6 +340,9 @@ class AnomalyNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _drop_subscription(self) -> None:
+        if self._qos_timer is not None:
+            self.destroy_timer(self._qos_timer)
+            self._qos_timer = None
         if self._path is not None:
             self._path.unsubscribe()
 
@@ -396,6 +400,8 @@ class AnomalyNode(LifecycleNode):
         for cam in named:
             refusals = {k: v + cam.robot.refusals()[k] for k, v in refusals.items()}
         out = self.meters.snapshot() | refusals | {
+            "input_qos": ", ".join(sorted({path.qos_label(c) for c in self.cameras}))
+            if path is not None else "",
             "waiting": len(path.mailbox) if path is not None else 0,
             "mailbox_high_water": path.mailbox.high_water if path is not None else 0}
         if named and path is not None:

@@ -24,6 +24,7 @@ frame in each batch like them, and a camera that stopped has none (nothing stale
 """
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -43,6 +44,7 @@ from ..image_codec import (
     image_to_rgb,
     validate_image,
 )
+from . import input_qos
 from .image_conversion import bgr_to_msg, heatmap_to_msg, mask_to_msg
 from .mailbox import InferenceWorker
 from .parameters import OVERRIDES
@@ -125,6 +127,7 @@ class Camera:
         self.calibrated: float | None = None  # the bundle's threshold for its input topic
         self.pubs: dict[str, Any] = {}
         self.sub = None
+        self.input_qos: str | None = None  # the subscription's (.input_qos.PROFILES key)
         self.previous: dict[str, Any] | None = None  # its statistics at the last /diagnostics
 
     def mask_threshold(self, node_threshold: float | None) -> float | None:
@@ -189,27 +192,73 @@ class CameraPath:
         self.worker: InferenceWorker[Frame] = InferenceWorker(
             self._process, self._on_error, tuple(c.name for c in self.cameras))
         self.mailbox = self.worker.mailbox
+        # (un)subscribing: activate and deactivate on the executor, adapt_qos on its timer
+        self._subs_lock = threading.Lock()
+        self._compressed, self._mode = False, "sensor_data"
 
     # lifecycle (executor thread) ---------------------------------------------------------------
-    def subscribe(self, compressed: bool, qos) -> list[str]:
-        """Subscribe every camera's input (image_transport's naming); return the topics."""
-        for cam in self.cameras:
-            if compressed:
-                msg_type, topic, cb = CompressedImage, "image/compressed", self._on_compressed
-            else:
-                msg_type, topic, cb = Image, "image", self._on_image
-            # a group per camera: one camera's callback never waits for another's
-            cam.sub = self.node.create_subscription(
-                msg_type, cam.prefix + topic, partial(cb, cam), qos,
-                callback_group=MutuallyExclusiveCallbackGroup(),
-                event_callbacks=no_event_handlers(SubscriptionEventCallbacks))
-        return [cam.sub.topic_name for cam in self.cameras]
+    def subscribe(self, compressed: bool, mode: str) -> list[str]:
+        """Subscribe every camera's input (image_transport's naming); return topic and QoS each.
+
+        ``mode``: the ``image_qos`` parameter (:mod:`.input_qos`; ``auto``: what the topic's
+        publishers offer now, kept up to date by :meth:`adapt_qos`).
+        """
+        with self._subs_lock:
+            self._compressed, self._mode = compressed, mode
+            for cam in self.cameras:
+                topic = self.node.resolve_topic_name(cam.prefix + self._input_name())
+                pubs = self.node.get_publishers_info_by_topic(topic)
+                self._subscribe(cam, input_qos.choose(mode, pubs))
+            return [f"{cam.sub.topic_name} ({input_qos.label(mode, cam.input_qos)})"
+                    for cam in self.cameras]
+
+    def adapt_qos(self) -> None:
+        """``image_qos: auto``: subscribe anew each camera whose publishers now offer another QoS.
+
+        Runs on a timer while active (every :data:`.input_qos.RECHECK_S` s); a frame sent while
+        the new subscription matches may be lost, once.
+        """
+        with self._subs_lock:
+            if self._mode != "auto":
+                return
+            for cam in self.cameras:
+                if cam.sub is None:  # deactivated
+                    continue
+                topic = cam.sub.topic_name
+                pubs = self.node.get_publishers_info_by_topic(topic)
+                want = input_qos.choose("auto", pubs, cam.input_qos)
+                if want == cam.input_qos:
+                    continue
+                self.node.destroy_subscription(cam.sub)
+                self._subscribe(cam, want)
+                offers = sorted({p.qos_profile.reliability.name.lower() for p in pubs})
+                self.node.get_logger().info(
+                    f"{topic}: subscribed {want} now (its publishers offer "
+                    f"{' and '.join(offers)}; image_qos: auto)")
+
+    def _input_name(self) -> str:
+        return "image/compressed" if self._compressed else "image"
+
+    def _subscribe(self, cam: Camera, qos: str) -> None:
+        msg_type, cb = ((CompressedImage, self._on_compressed) if self._compressed
+                        else (Image, self._on_image))
+        # a group per camera: one camera's callback never waits for another's
+        cam.sub = self.node.create_subscription(
+            msg_type, cam.prefix + self._input_name(), partial(cb, cam), input_qos.PROFILES[qos],
+            callback_group=MutuallyExclusiveCallbackGroup(),
+            event_callbacks=no_event_handlers(SubscriptionEventCallbacks))
+        cam.input_qos = qos
 
     def unsubscribe(self) -> None:
-        for cam in self.cameras:
-            if cam.sub is not None:
-                self.node.destroy_subscription(cam.sub)
-                cam.sub = None
+        with self._subs_lock:
+            for cam in self.cameras:
+                if cam.sub is not None:
+                    self.node.destroy_subscription(cam.sub)
+                    cam.sub = None
+
+    def qos_label(self, cam: Camera) -> str:
+        """Return ``cam``'s input QoS for /diagnostics ("" while not subscribed)."""
+        return input_qos.label(self._mode, cam.input_qos) if cam.sub is not None else ""
 
     def discard(self) -> None:
         """Drop every waiting frame (deactivate), counted for its camera."""
@@ -224,7 +273,7 @@ class CameraPath:
     def camera_stats(self, cam: Camera) -> dict[str, Any]:
         """One camera's statistics (AnomalyNode.stats()'s keys, for that camera)."""
         return cam.meters.snapshot() | cam.robot.refusals() | {
-            "waiting": self.mailbox.waiting(cam.name),
+            "input_qos": self.qos_label(cam), "waiting": self.mailbox.waiting(cam.name),
             "mailbox_high_water": self.mailbox.high_water}
 
     # subscription callbacks (executor thread): O(1), never raise ---------------------------------

@@ -42,6 +42,7 @@ def node_status(name: str, state: str, last_error: str, backend, threshold: floa
         "precision": backend.precision if backend is not None else "",
         "model_path": model_path,
         "threshold": "" if threshold is None else f"{threshold:.6g}",
+        "input_qos": stats.get("input_qos", ""),
         **_frame_values(stats),
         **extra,
     }
@@ -63,7 +64,7 @@ def camera_status(name: str, camera: str, topic: str, state: str, hardware_id: s
     status.hardware_id = hardware_id
     extra, notes = outputs if outputs is not None else ({}, [])
     _level(status, state, "", stats, previous, notes)
-    values = {"camera": camera, "topic": topic,
+    values = {"camera": camera, "topic": topic, "input_qos": stats.get("input_qos", ""),
               "threshold": "" if threshold is None else f"{threshold:.6g}",
               "waiting": stats.get("waiting", 0), **_frame_values(stats), **extra}
     status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]

@@ -164,9 +164,11 @@ def table() -> tuple[Param, ...]:
               float_range=(0.0, 1.0)),
         Param("colormap", str, "turbo", LIVE, "Colour map of the overlay. Changes live.",
               choices=COLORMAPS),
-        Param("image_qos", str, "sensor_data", READ_ONLY,
-              "QoS of the image subscription: sensor_data (best effort, keep last 5) or "
-              "reliable (keep last 2). Read-only: set it at start-up.", choices=IMAGE_QOS),
+        Param("image_qos", str, "auto", READ_ONLY,
+              "QoS of the image subscription: auto (reliable when every publisher of the "
+              "topic offers reliable, else best effort; followed while active), sensor_data "
+              "(best effort, keep last 5) or reliable (keep last 2). Read-only: set it at "
+              "start-up.", choices=IMAGE_QOS),
         Param("image_transport", str, "raw", READ_ONLY,
               "raw: sensor_msgs/Image on `image`; compressed: sensor_msgs/CompressedImage (jpeg "
               "or png) on `image/compressed`, decoded on the inference thread. Read-only.",
