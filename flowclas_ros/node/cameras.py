@@ -12,8 +12,9 @@ threshold, ignore mask and depth topic (``camera_overrides.<c>.*``, :func:`camer
 
 :class:`CameraPath` is the data path::
 
-    c/image (executor thread): validate sizes O(1) -> c's slot of the mailbox (a newer frame of
-        c replaces c's waiting one); bad frames are dropped and counted for c alone
+    c/image (executor thread; its QoS per ``image_qos``, :mod:`.input_qos`): validate sizes
+        O(1) -> c's slot of the mailbox (a newer frame of c replaces c's waiting one); bad
+        frames are dropped and counted for c alone
     worker thread: every waiting frame, one per camera -> RGB (jpeg/png decoded here) ->
         backend.infer (one frame) or backend.infer_batch (several: one forward run for the
         frames of one model input shape where the backend batches) -> each camera's outputs

@@ -29,12 +29,10 @@ PROFILE = dds_profile()
 
 
 def _qos(name: str):
-    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+    """Return the node's own image QoS of that name (``image_qos``'s fixed choices)."""
+    from flowclas_ros.node.input_qos import PROFILES
 
-    if name == "sensor_data":
-        return qos_profile_sensor_data
-    return QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE,
-                      history=HistoryPolicy.KEEP_LAST)
+    return PROFILES[name]
 
 
 def run_publisher(width: int, height: int, rate: float, frames: int, qos: str,
